@@ -1,0 +1,154 @@
+//! The `DatabaseCluster` API (`stead.dev/v1alpha1`).
+//!
+//! The Rust types are the single source of the CRD schema (`crdgen`), of the
+//! webhook's view of a request, and of the controller's view of the world.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::{ListMerge, Rule};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of every stead resource; the webhook is scoped to it.
+pub const GROUP: &str = "stead.dev";
+/// The one served version.
+pub const VERSION: &str = "v1alpha1";
+/// Kind of the only resource stead serves.
+pub const KIND: &str = "DatabaseCluster";
+/// Plural resource name, as it appears in URLs and webhook rules.
+pub const PLURAL: &str = "databaseclusters";
+
+/// Desired state of one database cluster.
+///
+/// `replicas` and `port` are optional in the schema on purpose: the mutating
+/// webhook fills them in, and the controller applies the same defaults in
+/// memory when the webhook was bypassed.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "stead.dev",
+    version = "v1alpha1",
+    kind = "DatabaseCluster",
+    plural = "databaseclusters",
+    singular = "databasecluster",
+    shortname = "dbc",
+    category = "stead",
+    namespaced,
+    status = "DatabaseClusterStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas", description = "Desired replicas"),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Replicas ready to serve"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Available\")].reason",
+        description = "Why the cluster is or is not available"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseClusterSpec {
+    /// Container image of the database, e.g. `postgres:17.2`.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// Number of database pods. Defaulted to 1 by the webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: Option<i32>,
+
+    /// Port the database listens on. Defaulted to 5432 by the webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+
+    /// Compute resources of each database container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Persistent storage of each replica.
+    pub storage: StorageSpec,
+
+    /// When true, DELETE of this cluster is refused by the webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_protection: Option<bool>,
+
+    /// When true, the controller leaves all children exactly as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+/// Storage of each replica: one PersistentVolumeClaim per pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new(
+    "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)"
+).message("storageClassName is immutable: existing volumes keep the class they were created with"))]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each volume, a Kubernetes quantity such as `10Gi`. May grow, never shrink.
+    #[schemars(length(min = 1, max = 64))]
+    pub size: String,
+
+    /// StorageClass of the volumes; the cluster default when absent. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+/// Observed state, written by the controller through the status subresource.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Pods the StatefulSet currently runs (scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Pods that pass their readiness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// Label selector of the pods, as a string (scale subresource, HPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// Available, Progressing and Degraded, in metav1.Condition form.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl DatabaseClusterSpec {
+    /// Replicas with the webhook's default applied.
+    pub fn effective_replicas(&self) -> i32 {
+        self.replicas.unwrap_or(crate::defaults::DEFAULT_REPLICAS)
+    }
+
+    /// Port with the webhook's default applied.
+    pub fn effective_port(&self) -> i32 {
+        self.port.unwrap_or(crate::defaults::DEFAULT_PORT)
+    }
+
+    /// Whether DELETE must be refused.
+    pub fn is_deletion_protected(&self) -> bool {
+        self.deletion_protection.unwrap_or(false)
+    }
+
+    /// Whether the controller must leave children alone.
+    pub fn is_paused(&self) -> bool {
+        self.paused.unwrap_or(false)
+    }
+}

@@ -1,0 +1,136 @@
+//! Defaulting: what the mutating webhook adds to a `DatabaseCluster`.
+//!
+//! Defaulting works on the raw JSON of the request, not on the typed struct:
+//! only there can "absent" be told apart from "present", and the mutating
+//! webhook sees objects before schema validation, so they may be malformed.
+//! A malformed spec gets no patch; schema validation reports it afterwards.
+
+use json_patch::{AddOperation, Patch, PatchOperation};
+use serde_json::{Map, Value};
+
+use crate::cluster::DatabaseClusterSpec;
+
+/// Replicas when the user wrote none.
+pub const DEFAULT_REPLICAS: i32 = 1;
+/// PostgreSQL's port, when the user wrote none.
+pub const DEFAULT_PORT: i32 = 5432;
+
+/// One documented default: a field of `spec` and the value it gets when absent.
+struct SpecDefault {
+    field: &'static str,
+    value: fn() -> Value,
+}
+
+const SPEC_DEFAULTS: &[SpecDefault] = &[
+    SpecDefault { field: "replicas", value: || Value::from(DEFAULT_REPLICAS) },
+    SpecDefault { field: "port", value: || Value::from(DEFAULT_PORT) },
+];
+
+/// The minimal JSON patch that adds every absent default to `object`.
+///
+/// It touches only absent (or `null`) fields, so defaulting the defaulted
+/// object yields an empty patch and `reinvocationPolicy: IfNeeded` is safe.
+pub fn default_patch(object: &Value) -> Patch {
+    let Some(spec) = object.get("spec").and_then(Value::as_object) else {
+        return Patch(Vec::new());
+    };
+    let ops = SPEC_DEFAULTS
+        .iter()
+        .filter(|d| is_absent(spec, d.field))
+        .map(|d| {
+            PatchOperation::Add(AddOperation {
+                path: json_patch::jsonptr::PointerBuf::from_tokens(["spec", d.field]),
+                value: (d.value)(),
+            })
+        })
+        .collect();
+    Patch(ops)
+}
+
+fn is_absent(spec: &Map<String, Value>, field: &str) -> bool {
+    spec.get(field).is_none_or(Value::is_null)
+}
+
+/// The spec with every default applied, for the controller when the webhook
+/// was bypassed. Mirrors [`default_patch`] on the typed struct.
+pub fn with_defaults(spec: &DatabaseClusterSpec) -> DatabaseClusterSpec {
+    let mut spec = spec.clone();
+    spec.replicas.get_or_insert(DEFAULT_REPLICAS);
+    spec.port.get_or_insert(DEFAULT_PORT);
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn apply(object: &Value) -> Value {
+        let mut out = object.clone();
+        json_patch::patch(&mut out, &default_patch(object)).unwrap();
+        out
+    }
+
+    #[test]
+    fn defaults_table() {
+        // (case, spec in, spec out)
+        let rows = [
+            ("both absent", json!({"image": "pg"}), json!({"image": "pg", "replicas": 1, "port": 5432})),
+            ("replicas written", json!({"replicas": 3}), json!({"replicas": 3, "port": 5432})),
+            ("port written", json!({"port": 6543}), json!({"port": 6543, "replicas": 1})),
+            ("both written", json!({"replicas": 5, "port": 1}), json!({"replicas": 5, "port": 1})),
+            ("explicit null is absent", json!({"replicas": null}), json!({"replicas": 1, "port": 5432})),
+            (
+                "wrong type left for schema validation",
+                json!({"replicas": "three"}),
+                json!({"replicas": "three", "port": 5432}),
+            ),
+            ("zero is a value, not absent", json!({"replicas": 0}), json!({"replicas": 0, "port": 5432})),
+        ];
+        for (case, spec, want) in rows {
+            let got = apply(&json!({"spec": spec}));
+            assert_eq!(got["spec"], want, "{case}");
+        }
+    }
+
+    #[test]
+    fn defaulting_is_idempotent() {
+        for spec in [json!({}), json!({"replicas": 2}), json!({"port": 1, "image": "x"})] {
+            let once = apply(&json!({"spec": spec}));
+            assert!(default_patch(&once).0.is_empty(), "second pass must be empty for {spec}");
+        }
+    }
+
+    #[test]
+    fn patch_paths_and_values() {
+        let patch = default_patch(&json!({"spec": {"image": "pg"}}));
+        let rendered = serde_json::to_value(&patch).unwrap();
+        assert_eq!(
+            rendered,
+            json!([
+                {"op": "add", "path": "/spec/replicas", "value": 1},
+                {"op": "add", "path": "/spec/port", "value": 5432}
+            ])
+        );
+    }
+
+    #[test]
+    fn no_spec_or_malformed_spec_gets_no_patch() {
+        for object in [json!({}), json!({"spec": null}), json!({"spec": "x"}), json!({"spec": [1]}), json!(null)] {
+            assert!(default_patch(&object).0.is_empty(), "{object}");
+        }
+    }
+
+    #[test]
+    fn typed_defaults_match_the_patch() {
+        let spec = DatabaseClusterSpec { image: "pg".into(), ..Default::default() };
+        let typed = serde_json::to_value(with_defaults(&spec)).unwrap();
+        let patched = apply(&json!({"spec": serde_json::to_value(&spec).unwrap()}));
+        assert_eq!(typed, patched["spec"]);
+        let written = DatabaseClusterSpec { replicas: Some(7), port: Some(1), ..spec };
+        assert_eq!(with_defaults(&written), written);
+    }
+}

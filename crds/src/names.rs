@@ -1,0 +1,113 @@
+//! Names and labels shared by the webhook's name rule and the controller's
+//! children, so the length limit and the names it protects cannot drift apart.
+
+/// Suffix of the headless Service that gives each pod a stable DNS name.
+pub const HEADLESS_SUFFIX: &str = "-headless";
+
+/// Longest cluster name every child name fits in.
+///
+/// The StatefulSet named after the cluster stamps each pod with the label
+/// `controller-revision-hash: <name>-<10 char hash>`; label values are at most
+/// 63 characters, so the StatefulSet name (and thus the cluster name) is at
+/// most 52. `<name>-headless` (61) is then a valid Service name as well.
+pub const MAX_CLUSTER_NAME_LEN: usize = 52;
+
+/// Finalizer that lets the controller run its cleanup before the cluster goes.
+pub const FINALIZER: &str = "stead.dev/finalizer";
+
+/// Field manager of every server-side apply the controller makes.
+pub const FIELD_MANAGER: &str = "stead-controller";
+
+/// `app.kubernetes.io/name` of everything stead creates.
+pub const APP_NAME: &str = "databasecluster";
+
+/// `app.kubernetes.io/managed-by` of everything stead creates.
+pub const MANAGED_BY: &str = "stead-controller";
+
+/// `app.kubernetes.io/component` of the database pods.
+pub const COMPONENT: &str = "database";
+
+/// Name of the headless Service of a cluster.
+pub fn headless_service_name(cluster: &str) -> String {
+    format!("{cluster}{HEADLESS_SUFFIX}")
+}
+
+/// Labels that select the pods of one cluster; also the status selector.
+pub fn selector_labels(cluster: &str) -> std::collections::BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/instance".to_owned(), cluster.to_owned()),
+        ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// `selector_labels` rendered as a label selector string, for `.status.selector`.
+pub fn selector_string(cluster: &str) -> String {
+    selector_labels(cluster).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Every recommended label a child carries.
+pub fn child_labels(cluster: &str) -> std::collections::BTreeMap<String, String> {
+    let mut labels = selector_labels(cluster);
+    labels.insert("app.kubernetes.io/managed-by".to_owned(), MANAGED_BY.to_owned());
+    labels.insert("app.kubernetes.io/component".to_owned(), COMPONENT.to_owned());
+    labels
+}
+
+/// Why a string is not a DNS-1035 label, in apimachinery's words; `None` when it is one.
+pub fn dns1035_label_error(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let well_formed = !bytes.is_empty()
+        && bytes[0].is_ascii_lowercase()
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.last().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (!well_formed).then(|| {
+        "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic \
+         character, and end with an alphanumeric character (e.g. 'my-name', or 'abc-123')"
+            .to_owned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns1035_table() {
+        let rows = [
+            ("orders", true),
+            ("a", true),
+            ("a1", true),
+            ("a-b-c", true),
+            ("", false),
+            ("1abc", false),
+            ("-abc", false),
+            ("abc-", false),
+            ("Orders", false),
+            ("or_ders", false),
+            ("or.ders", false),
+            ("ordérs", false),
+        ];
+        for (name, ok) in rows {
+            assert_eq!(dns1035_label_error(name).is_none(), ok, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn limit_keeps_every_child_name_valid() {
+        let name = "a".repeat(MAX_CLUSTER_NAME_LEN);
+        assert!(headless_service_name(&name).len() <= 63);
+        // controller-revision-hash label value: "<sts>-<hash>" with a 10 char hash.
+        assert!(format!("{name}-0123456789").len() <= 63);
+    }
+
+    #[test]
+    fn selector_string_is_sorted_and_stable() {
+        assert_eq!(
+            selector_string("orders"),
+            "app.kubernetes.io/instance=orders,app.kubernetes.io/name=databasecluster"
+        );
+        assert_eq!(child_labels("x").len(), 4);
+    }
+}

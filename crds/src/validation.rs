@@ -1,0 +1,379 @@
+//! Validation: what the validating webhook refuses, and what it warns about.
+//!
+//! Every function returns *all* problems at once, in apimachinery's
+//! vocabulary, so one `kubectl apply` shows the user everything to fix.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
+use serde_json::Value;
+
+use crate::cluster::{DatabaseCluster, DatabaseClusterSpec};
+use crate::field_error::{FieldError, Verdict};
+use crate::image::ImageReference;
+use crate::names::{MAX_CLUSTER_NAME_LEN, dns1035_label_error};
+use crate::quantity::{Quantity, format_bytes};
+
+/// Fewest replicas a cluster may ask for.
+pub const MIN_REPLICAS: i32 = 1;
+/// Most replicas a cluster may ask for; beyond this a single StatefulSet is the wrong tool.
+pub const MAX_REPLICAS: i32 = 9;
+/// Smallest volume: below this no database initialises.
+pub const MIN_STORAGE_BYTES: i64 = 1 << 20;
+/// Largest volume stead provisions (64Ti).
+pub const MAX_STORAGE_BYTES: i64 = 64 << 40;
+/// The API server appends 5 random characters to `generateName`.
+const GENERATED_SUFFIX_LEN: usize = 5;
+
+/// Rules for CREATE: the name, then the whole spec.
+pub fn validate_create(cluster: &DatabaseCluster) -> Verdict {
+    let mut verdict = Verdict::default();
+    validate_name(cluster, &mut verdict);
+    validate_spec(&cluster.spec, &mut verdict);
+    verdict
+}
+
+/// Rules for UPDATE, judged only on what the update changes.
+///
+/// Objects being deleted and updates that leave `spec` alone (labels,
+/// finalizers, anything the controller writes) are always admitted: the
+/// webhook must never block finalizer removal or ownership bookkeeping, even
+/// for an object stored before today's rules existed.
+pub fn validate_update(old: &DatabaseCluster, new: &DatabaseCluster) -> Verdict {
+    let mut verdict = Verdict::default();
+    if new.metadata.deletion_timestamp.is_some() || old.spec == new.spec {
+        return verdict;
+    }
+    let (old_json, new_json) = (spec_json(&old.spec), spec_json(&new.spec));
+    let mut spec_verdict = Verdict::default();
+    validate_spec(&new.spec, &mut spec_verdict);
+    // Ratcheting: a problem in a part of the spec this update does not touch
+    // was already stored; refusing now would block unrelated edits.
+    verdict.errors.extend(spec_verdict.errors.into_iter().filter(|e| changed(&old_json, &new_json, &e.field)));
+    verdict.warnings.extend(
+        spec_verdict
+            .warnings
+            .into_iter()
+            .filter(|w| w.split(':').next().is_some_and(|f| changed(&old_json, &new_json, f))),
+    );
+    validate_transition(&old.spec, &new.spec, &mut verdict);
+    verdict
+}
+
+/// Rules for DELETE: refused while `spec.deletionProtection` is true.
+pub fn validate_delete(old: &DatabaseCluster) -> Verdict {
+    let mut verdict = Verdict::default();
+    if old.spec.is_deletion_protected() {
+        verdict.errors.push(FieldError::forbidden(
+            "spec.deletionProtection",
+            "the cluster is protected against deletion; set spec.deletionProtection to false, then delete it",
+        ));
+    }
+    verdict
+}
+
+/// Turns request JSON into a `DatabaseCluster`, naming the field that does not fit.
+///
+/// The API server has already checked the schema before validating webhooks
+/// run, so this fails only for offline checks or a bypassed schema.
+pub fn decode(object: &Value) -> Result<DatabaseCluster, FieldError> {
+    serde_path_to_error::deserialize::<_, DatabaseCluster>(object).map_err(|err| {
+        let path = err.path().to_string();
+        let field = if path == "." { "<object>".to_owned() } else { path };
+        let value = lookup(object, &field).cloned().unwrap_or(Value::Null);
+        let detail = err.into_inner().to_string();
+        match detail.strip_prefix("missing field `") {
+            Some(rest) => {
+                let missing = rest.trim_end_matches('`');
+                let full = if field == "<object>" { missing.to_owned() } else { format!("{field}.{missing}") };
+                FieldError::required(full, "")
+            }
+            None => FieldError::invalid(field, value, detail),
+        }
+    })
+}
+
+fn validate_name(cluster: &DatabaseCluster, verdict: &mut Verdict) {
+    let meta = &cluster.metadata;
+    match (meta.name.as_deref(), meta.generate_name.as_deref()) {
+        (Some(name), _) if !name.is_empty() => {
+            if name.len() > MAX_CLUSTER_NAME_LEN {
+                verdict.errors.push(FieldError::invalid(
+                    "metadata.name",
+                    name,
+                    format!(
+                        "must be no more than {MAX_CLUSTER_NAME_LEN} characters, so that the StatefulSet's pod labels and \
+                         the Service {name}-headless stay within Kubernetes' limits"
+                    ),
+                ));
+            }
+            if let Some(detail) = dns1035_label_error(name) {
+                verdict.errors.push(FieldError::invalid("metadata.name", name, detail));
+            }
+        }
+        (_, Some(prefix)) if !prefix.is_empty() => {
+            let max = MAX_CLUSTER_NAME_LEN - GENERATED_SUFFIX_LEN;
+            if prefix.len() > max {
+                verdict.errors.push(FieldError::invalid(
+                    "metadata.generateName",
+                    prefix,
+                    format!("must be no more than {max} characters, leaving room for the 5 generated ones"),
+                ));
+            }
+            // A generated name ends in an alphanumeric suffix, so only the start and the alphabet matter.
+            if let Some(detail) = dns1035_label_error(&format!("{prefix}x")) {
+                verdict.errors.push(FieldError::invalid("metadata.generateName", prefix, detail));
+            }
+        }
+        _ => verdict.errors.push(FieldError::required("metadata.name", "name or generateName is required")),
+    }
+}
+
+/// Rules on the spec alone, shared by create, update and the controller's guard.
+pub fn validate_spec(spec: &DatabaseClusterSpec, verdict: &mut Verdict) {
+    validate_image(&spec.image, verdict);
+    if let Some(replicas) = spec.replicas {
+        validate_replicas(replicas, verdict);
+    }
+    if let Some(port) = spec.port
+        && !(1..=65535).contains(&port)
+    {
+        verdict.errors.push(FieldError::invalid("spec.port", port, "must be between 1 and 65535, inclusive"));
+    }
+    if let Some(resources) = &spec.resources {
+        validate_resources(resources, verdict);
+    }
+    validate_storage_size(&spec.storage.size, verdict);
+    if let Some(class) = &spec.storage.storage_class_name
+        && let Some(detail) = dns1123_subdomain_error(class)
+    {
+        verdict.errors.push(FieldError::invalid("spec.storage.storageClassName", class.as_str(), detail));
+    }
+}
+
+fn validate_image(image: &str, verdict: &mut Verdict) {
+    if image.is_empty() {
+        verdict.errors.push(FieldError::required("spec.image", "an image reference such as postgres:17.2"));
+        return;
+    }
+    match ImageReference::parse(image) {
+        Ok(reference) if reference.is_floating() => verdict.warnings.push(format!(
+            "spec.image: {image:?} does not pin a version (no tag, or :latest); pods may start different database \
+             versions after a restart — pin a tag such as postgres:17.2 or a digest"
+        )),
+        Ok(_) => {}
+        Err(err) => verdict.errors.push(FieldError::invalid(
+            "spec.image",
+            image,
+            format!("must be an image reference such as postgres:17.2 or registry.example.com/db/postgres@sha256:<digest>: {err}"),
+        )),
+    }
+}
+
+fn validate_replicas(replicas: i32, verdict: &mut Verdict) {
+    if !(MIN_REPLICAS..=MAX_REPLICAS).contains(&replicas) {
+        verdict.errors.push(FieldError::invalid(
+            "spec.replicas",
+            replicas,
+            format!("must be between {MIN_REPLICAS} and {MAX_REPLICAS}, inclusive"),
+        ));
+    } else if replicas % 2 == 0 {
+        verdict.warnings.push(format!(
+            "spec.replicas: {replicas} is even; an odd count ({}) survives the same number of failures with one pod fewer",
+            replicas - 1
+        ));
+    }
+}
+
+fn validate_storage_size(size: &str, verdict: &mut Verdict) {
+    const FIELD: &str = "spec.storage.size";
+    if size.is_empty() {
+        verdict.errors.push(FieldError::required(FIELD, "a Kubernetes quantity such as 10Gi"));
+        return;
+    }
+    let quantity = match Quantity::parse(size) {
+        Ok(q) => q,
+        Err(err) => {
+            verdict.errors.push(FieldError::invalid(
+                FIELD,
+                size,
+                format!("must be a Kubernetes quantity such as 10Gi ({err})"),
+            ));
+            return;
+        }
+    };
+    let bounds = format!(
+        "between {} and {}",
+        format_bytes(i128::from(MIN_STORAGE_BYTES)),
+        format_bytes(i128::from(MAX_STORAGE_BYTES))
+    );
+    match quantity.whole_units() {
+        None => verdict.errors.push(FieldError::invalid(
+            FIELD,
+            size,
+            format!("must be a whole number of bytes {bounds}, such as 10Gi"),
+        )),
+        Some(bytes) if bytes < i128::from(MIN_STORAGE_BYTES) || bytes > i128::from(MAX_STORAGE_BYTES) => {
+            verdict.errors.push(FieldError::invalid(FIELD, size, format!("must be {bounds}")));
+        }
+        Some(_) => {}
+    }
+}
+
+fn validate_resources(resources: &ResourceRequirements, verdict: &mut Verdict) {
+    let requests = parse_resource_list("spec.resources.requests", resources.requests.as_ref(), verdict);
+    let limits = parse_resource_list("spec.resources.limits", resources.limits.as_ref(), verdict);
+    for (name, (raw, request)) in &requests {
+        if let Some((raw_limit, limit)) = limits.get(name)
+            && request > limit
+        {
+            verdict.errors.push(FieldError::invalid(
+                format!("spec.resources.requests[{name}]"),
+                raw.as_str(),
+                format!("must be less than or equal to {name} limit of {raw_limit}"),
+            ));
+        }
+    }
+    if resources.claims.as_ref().is_some_and(|c| !c.is_empty()) {
+        verdict.errors.push(FieldError::forbidden(
+            "spec.resources.claims",
+            "dynamic resource claims are not supported; use requests and limits",
+        ));
+    }
+}
+
+/// Parses one requests/limits map, reporting every entry the API server
+/// would refuse when it validates the StatefulSet's pod template.
+fn parse_resource_list(
+    field: &str,
+    list: Option<&BTreeMap<String, ApiQuantity>>,
+    verdict: &mut Verdict,
+) -> BTreeMap<String, (String, Quantity)> {
+    let mut parsed = BTreeMap::new();
+    for (name, ApiQuantity(raw)) in list.into_iter().flatten() {
+        let path = format!("{field}[{name}]");
+        if let Some(detail) = resource_name_error(name) {
+            verdict.errors.push(FieldError::invalid(path.clone(), name.as_str(), detail));
+            continue;
+        }
+        match Quantity::parse(raw) {
+            Err(err) => verdict.errors.push(FieldError::invalid(
+                path,
+                raw.as_str(),
+                format!("must be a Kubernetes quantity such as 500m or 1Gi ({err})"),
+            )),
+            Ok(q) if q.is_negative() => {
+                verdict.errors.push(FieldError::invalid(path, raw.as_str(), "must be greater than or equal to 0"));
+            }
+            Ok(q) => {
+                parsed.insert(name.clone(), (raw.clone(), q));
+            }
+        }
+    }
+    parsed
+}
+
+/// Resource names a pod accepts: the standard ones, hugepages, or a
+/// domain-qualified extended resource.
+fn resource_name_error(name: &str) -> Option<String> {
+    const STANDARD: [&str; 3] = ["cpu", "memory", "ephemeral-storage"];
+    let ok = STANDARD.contains(&name)
+        || name.strip_prefix("hugepages-").is_some_and(|size| Quantity::parse(size).is_ok())
+        || name.split_once('/').is_some_and(|(domain, rest)| {
+            dns1123_subdomain_error(domain).is_none() && !rest.is_empty() && rest.len() <= 63
+        });
+    (!ok).then(|| {
+        "must be cpu, memory, ephemeral-storage, hugepages-<size>, or a domain-qualified extended resource such as \
+         example.com/gpu"
+            .to_owned()
+    })
+}
+
+/// Why a string is not a DNS-1123 subdomain (StorageClass and domain names).
+fn dns1123_subdomain_error(value: &str) -> Option<String> {
+    let label_ok = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    };
+    if value.len() > 253 {
+        return Some("must be no more than 253 characters".to_owned());
+    }
+    (!value.split('.').all(label_ok)).then(|| {
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must \
+         start and end with an alphanumeric character (e.g. 'example.com')"
+            .to_owned()
+    })
+}
+
+/// Rules that compare the old spec with the new one.
+fn validate_transition(old: &DatabaseClusterSpec, new: &DatabaseClusterSpec, verdict: &mut Verdict) {
+    if let (Ok(old_size), Ok(new_size)) = (Quantity::parse(&old.storage.size), Quantity::parse(&new.storage.size)) {
+        if new_size < old_size {
+            verdict.errors.push(FieldError::forbidden(
+                "spec.storage.size",
+                format!(
+                    "may not shrink from {:?} to {:?}; volumes can grow but never shrink",
+                    old.storage.size, new.storage.size
+                ),
+            ));
+        } else if new_size > old_size {
+            verdict.warnings.push(format!(
+                "spec.storage.size: growing from {} to {} expands every PersistentVolumeClaim; the StorageClass must \
+                 allow volume expansion",
+                old.storage.size, new.storage.size
+            ));
+        }
+    }
+    if old.storage.storage_class_name != new.storage.storage_class_name {
+        let shown = |v: &Option<String>| v.as_deref().map_or_else(|| "<unset>".to_owned(), |s| format!("{s:?}"));
+        verdict.errors.push(FieldError::invalid(
+            "spec.storage.storageClassName",
+            new.storage.storage_class_name.clone().map_or(Value::Null, Value::from),
+            format!(
+                "field is immutable (was {}): existing volumes keep the class they were created with",
+                shown(&old.storage.storage_class_name)
+            ),
+        ));
+    }
+    let (old_replicas, new_replicas) = (old.effective_replicas(), new.effective_replicas());
+    if new_replicas < old_replicas {
+        let kept: Vec<String> = (new_replicas..old_replicas).map(|i| format!("{i}")).collect();
+        verdict.warnings.push(format!(
+            "spec.replicas: scaling down from {old_replicas} to {new_replicas}; the volumes of ordinals {} are retained, \
+             not deleted",
+            kept.join(", ")
+        ));
+    }
+}
+
+fn spec_json(spec: &DatabaseClusterSpec) -> Value {
+    serde_json::to_value(spec).unwrap_or(Value::Null)
+}
+
+/// Whether the part of the spec a field error belongs to differs between old and new.
+///
+/// The granularity is the rule's subject: `spec.storage.<field>` or
+/// `spec.<field>` (all of `spec.resources` counts as one, since requests are
+/// judged against limits).
+fn changed(old: &Value, new: &Value, field: &str) -> bool {
+    let segments: Vec<&str> =
+        field.split('.').map(|s| s.split('[').next().unwrap_or(s)).filter(|s| !s.is_empty()).collect();
+    let depth = if segments.get(1) == Some(&"storage") { 3 } else { 2 };
+    let key: Vec<&str> = segments.iter().skip(1).take(depth - 1).copied().collect();
+    let pick = |v: &Value| key.iter().try_fold(v, |acc, k| acc.get(*k)).cloned();
+    pick(old) != pick(new)
+}
+
+/// Finds a value by a serde_path_to_error path (`spec.storage.size`, `spec.resources.requests.cpu`).
+fn lookup<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(object, |acc, key| match acc {
+        Value::Array(items) => {
+            key.trim_matches(|c| c == '[' || c == ']').parse::<usize>().ok().and_then(|i| items.get(i))
+        }
+        _ => acc.get(key),
+    })
+}
