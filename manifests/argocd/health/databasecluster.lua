@@ -10,8 +10,9 @@
 --                cluster is still rolling out
 --   Healthy      Available=True for the current generation
 --
--- Written for Lua 5.1 (Argo CD runs gopher-lua) and the libraries Argo CD
--- opens: no os, io or require.
+-- Written for Lua 5.1 (Argo CD runs gopher-lua) and only the libraries Argo
+-- CD opens for health checks: base and table. There is no string or math
+-- library (so no string.format), and no io.
 
 local hs = {}
 
@@ -113,9 +114,8 @@ end
 
 if generation ~= nil and observed < generation then
   hs.status = "Progressing"
-  hs.message = string.format(
-    "Waiting for stead-controller to observe generation %d (status is for generation %d)",
-    generation, observed)
+  hs.message = "Waiting for stead-controller to observe generation " .. tostring(generation)
+    .. " (status is for generation " .. tostring(observed) .. ")"
   return hs
 end
 
@@ -133,7 +133,7 @@ if replicas == nil then
   replicas = number_or_nil(status.replicas)
 end
 if replicas ~= nil then
-  fallback = string.format("Waiting for replicas: %d/%d ready", ready or 0, replicas)
+  fallback = "Waiting for replicas: " .. tostring(ready or 0) .. "/" .. tostring(replicas) .. " ready"
 end
 hs.status = "Progressing"
 if current(progressing) then

@@ -1,0 +1,331 @@
+//! Runs the Argo CD health check for `stead.dev/DatabaseCluster`
+//! (`manifests/argocd/health/databasecluster.lua`) in a Lua 5.1 VM set up
+//! the way Argo CD sets up gopher-lua for health checks: only the base,
+//! package and table libraries, a fresh VM per object, the object as the
+//! global `obj` with JSON null as nil, and the returned table read as
+//! `{status, message}`. Every state a DatabaseCluster can be in is asserted,
+//! and the copy in `argocd-cm-patch.yaml` must be the same text.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use mlua::{Lua, LuaOptions, LuaSerdeExt, StdLib, Table};
+use serde_json::{Value, json};
+
+const HEALTH_KEY: &str = "resource.customizations.health.stead.dev_DatabaseCluster";
+
+/// Health statuses Argo CD accepts from a script; anything else becomes Unknown.
+const VALID_STATUSES: &[&str] = &["Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn script() -> String {
+    let path = repo_root().join("manifests/argocd/health/databasecluster.lua");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// What Argo CD makes of the script's return value.
+#[derive(Debug)]
+struct Health {
+    status: String,
+    message: String,
+}
+
+/// Evaluates the health script against one object, as Argo CD does.
+fn health_of(object: &Value) -> Health {
+    // Argo CD opens package, base, table and a reduced os library: no
+    // string or math, so a script that calls string.format fails there.
+    let lua = Lua::new_with(StdLib::PACKAGE | StdLib::TABLE, LuaOptions::default()).unwrap();
+    let options = mlua::serde::SerializeOptions::new()
+        .serialize_none_to_null(false)
+        .serialize_unit_to_null(false)
+        .set_array_metatable(false);
+    let obj = lua.to_value_with(object, options).unwrap();
+    lua.globals().set("obj", obj).unwrap();
+    let table: Table = lua
+        .load(script())
+        .set_name("databasecluster.lua")
+        .eval()
+        .unwrap_or_else(|e| panic!("health script failed on {object}: {e}"));
+    let status: String = table.get("status").unwrap();
+    let message: Option<String> = table.get("message").unwrap();
+    let health = Health { status, message: message.unwrap_or_default() };
+    assert!(
+        VALID_STATUSES.contains(&health.status.as_str()),
+        "script returned {health:?}, which Argo CD turns into Unknown"
+    );
+    assert!(!health.message.is_empty(), "script returned no message for {object}");
+    health
+}
+
+fn cluster(generation: i64, spec_extra: Value, status: Option<Value>) -> Value {
+    let mut spec = json!({"image": "postgres:17.2", "replicas": 3, "storage": {"size": "10Gi"}});
+    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), spec_extra) {
+        spec.extend(extra);
+    }
+    let mut object = json!({
+        "apiVersion": "stead.dev/v1alpha1",
+        "kind": "DatabaseCluster",
+        "metadata": {"name": "orders", "namespace": "shop", "generation": generation, "uid": "0b9c7d1e"},
+        "spec": spec,
+    });
+    if let Some(status) = status {
+        object["status"] = status;
+    }
+    object
+}
+
+fn condition(kind: &str, status: &str, reason: &str, message: &str, generation: i64) -> Value {
+    json!({
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": "2026-11-01T10:00:00Z",
+    })
+}
+
+fn status(observed: i64, ready: i64, conditions: &[Value]) -> Value {
+    json!({
+        "observedGeneration": observed,
+        "replicas": 3,
+        "readyReplicas": ready,
+        "selector": "app.kubernetes.io/instance=orders,app.kubernetes.io/name=databasecluster",
+        "conditions": conditions,
+    })
+}
+
+fn available(generation: i64) -> Vec<Value> {
+    vec![
+        condition("Available", "True", "AllReplicasReady", "3/3 replicas are ready", generation),
+        condition("Progressing", "False", "RolloutComplete", "StatefulSet is up to date", generation),
+        condition("Degraded", "False", "AsExpected", "", generation),
+    ]
+}
+
+fn assert_health(object: &Value, status: &str, message_contains: &str) {
+    let health = health_of(object);
+    assert_eq!(health.status, status, "health of {object}: got {health:?}, want {status}");
+    assert!(
+        health.message.contains(message_contains),
+        "health of {object}: message {:?} lacks {message_contains:?}",
+        health.message
+    );
+}
+
+#[test]
+fn healthy_when_available_for_the_current_generation() {
+    let object = cluster(4, json!({}), Some(status(4, 3, &available(4))));
+    assert_health(&object, "Healthy", "AllReplicasReady: 3/3 replicas are ready");
+}
+
+#[test]
+fn healthy_when_conditions_carry_no_generation_of_their_own() {
+    let mut conditions = available(4);
+    for c in &mut conditions {
+        c.as_object_mut().unwrap().remove("observedGeneration");
+    }
+    let object = cluster(4, json!({}), Some(status(4, 3, &conditions)));
+    assert_health(&object, "Healthy", "3/3 replicas are ready");
+}
+
+#[test]
+fn healthy_without_metadata_generation() {
+    let mut object = cluster(4, json!({}), Some(status(4, 3, &available(4))));
+    object["metadata"].as_object_mut().unwrap().remove("generation");
+    assert_health(&object, "Healthy", "3/3 replicas are ready");
+}
+
+#[test]
+fn progressing_before_the_controller_reports_status() {
+    assert_health(&cluster(1, json!({}), None), "Progressing", "Waiting for stead-controller to report status");
+    assert_health(
+        &cluster(1, json!({}), Some(json!({}))),
+        "Progressing",
+        "Waiting for stead-controller to report status",
+    );
+}
+
+#[test]
+fn progressing_when_status_lags_the_generation() {
+    // Available for generation 3, but the user has since changed the spec.
+    let object = cluster(4, json!({}), Some(status(3, 3, &available(3))));
+    assert_health(&object, "Progressing", "observe generation 4 (status is for generation 3)");
+}
+
+#[test]
+fn progressing_when_available_is_stale_even_if_status_is_current() {
+    let mut conditions = available(4);
+    conditions[0]["observedGeneration"] = json!(3);
+    let object = cluster(4, json!({}), Some(status(4, 3, &conditions)));
+    assert_eq!(health_of(&object).status, "Progressing");
+}
+
+#[test]
+fn progressing_while_rolling_out() {
+    let conditions = vec![
+        condition("Available", "False", "ReplicasNotReady", "1/3 replicas are ready", 5),
+        condition("Progressing", "True", "RollingUpdate", "StatefulSet orders is rolling out", 5),
+        condition("Degraded", "False", "AsExpected", "", 5),
+    ];
+    let object = cluster(5, json!({}), Some(status(5, 1, &conditions)));
+    assert_health(&object, "Progressing", "RollingUpdate: StatefulSet orders is rolling out");
+}
+
+#[test]
+fn progressing_with_replica_counts_when_no_condition_says_more() {
+    let object = cluster(2, json!({}), Some(status(2, 1, &[])));
+    assert_health(&object, "Progressing", "Waiting for replicas: 1/3 ready");
+}
+
+#[test]
+fn degraded_when_the_spec_is_invalid() {
+    // The webhook was bypassed; the controller reports the same messages.
+    let message = "spec.storage.size: Invalid value: \"10GB\": must be a Kubernetes quantity such as 10Gi";
+    let conditions = vec![
+        condition("Available", "False", "InvalidSpec", "the spec is invalid", 7),
+        condition("Progressing", "False", "InvalidSpec", "", 7),
+        condition("Degraded", "True", "InvalidSpec", message, 7),
+    ];
+    let object = cluster(7, json!({}), Some(status(7, 0, &conditions)));
+    assert_health(&object, "Degraded", &format!("InvalidSpec: {message}"));
+}
+
+#[test]
+fn degraded_wins_over_available() {
+    let mut conditions = available(3);
+    conditions[2] = condition("Degraded", "True", "ApplyFailed", "StatefulSet orders: forbidden", 3);
+    let object = cluster(3, json!({}), Some(status(3, 3, &conditions)));
+    assert_health(&object, "Degraded", "ApplyFailed: StatefulSet orders: forbidden");
+}
+
+#[test]
+fn a_stale_degraded_condition_waits_for_the_controller() {
+    // The user fixed the spec (generation 8); the controller has not caught up.
+    let conditions = vec![condition(
+        "Degraded",
+        "True",
+        "InvalidSpec",
+        "spec.replicas: Invalid value: 12: must be between 1 and 9",
+        7,
+    )];
+    let object = cluster(8, json!({}), Some(status(7, 0, &conditions)));
+    assert_health(&object, "Progressing", "observe generation 8");
+}
+
+#[test]
+fn suspended_when_paused() {
+    let conditions = vec![
+        condition("Available", "True", "AllReplicasReady", "3/3 replicas are ready", 6),
+        condition("Progressing", "False", "Paused", "reconciliation is paused", 6),
+    ];
+    let object = cluster(6, json!({"paused": true}), Some(status(6, 3, &conditions)));
+    assert_health(&object, "Suspended", "Paused: reconciliation is paused");
+}
+
+#[test]
+fn suspended_when_paused_before_any_status() {
+    assert_health(&cluster(1, json!({"paused": true}), None), "Suspended", "spec.paused is true");
+}
+
+#[test]
+fn unpaused_is_not_suspended() {
+    let object = cluster(4, json!({"paused": false}), Some(status(4, 3, &available(4))));
+    assert_eq!(health_of(&object).status, "Healthy");
+}
+
+#[test]
+fn degraded_is_reported_even_while_paused() {
+    let conditions = vec![condition("Degraded", "True", "InvalidSpec", "spec.image: Required value", 2)];
+    let object = cluster(2, json!({"paused": true}), Some(status(2, 0, &conditions)));
+    assert_health(&object, "Degraded", "spec.image: Required value");
+}
+
+#[test]
+fn malformed_objects_never_crash_the_script() {
+    // A script error shows as an error in Argo CD's UI instead of a health
+    // status; odd shapes must still produce a valid answer.
+    let odd = [
+        json!({"apiVersion": "stead.dev/v1alpha1", "kind": "DatabaseCluster"}),
+        json!({"apiVersion": "stead.dev/v1alpha1", "kind": "DatabaseCluster", "metadata": "x", "spec": 3, "status": "y"}),
+        cluster(1, json!({}), Some(json!({"observedGeneration": 1, "conditions": "Available"}))),
+        cluster(1, json!({}), Some(json!({"observedGeneration": 1, "conditions": [null, 3, {"type": null}]}))),
+        cluster(1, json!({}), Some(json!({"observedGeneration": "1", "readyReplicas": "all"}))),
+        cluster(
+            1,
+            json!({"replicas": null}),
+            Some(json!({"observedGeneration": 1, "conditions": [{"type": "Available", "status": "True"}]})),
+        ),
+    ];
+    for object in &odd {
+        let health = health_of(object);
+        assert!(health.status == "Progressing" || health.status == "Healthy", "{object} gave {health:?}");
+    }
+}
+
+/// `line` with the contents of its double-quoted string literals removed.
+fn without_strings(line: &str) -> String {
+    line.split('"').step_by(2).collect::<Vec<_>>().join("\"\"")
+}
+
+/// Whether `code` uses `name` as a whole Lua identifier.
+fn mentions(code: &str, name: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    code.match_indices(name).any(|(at, _)| {
+        let before = code[..at].chars().next_back();
+        let after = code[at + name.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
+}
+
+#[test]
+fn script_uses_only_libraries_argo_cd_opens() {
+    // Runtime calls are covered above; this also covers branches a fixture
+    // might miss.
+    for (number, line) in script().lines().enumerate() {
+        let code = without_strings(line.split("--").next().unwrap_or_default());
+        for forbidden in ["string", "math", "io", "os", "debug", "require", "load", "loadstring", "dofile"] {
+            assert!(
+                !mentions(&code, forbidden),
+                "databasecluster.lua line {}: {forbidden:?} is not available to Argo CD health checks: {line}",
+                number + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn argocd_cm_patch_carries_the_same_script() {
+    let path = repo_root().join("manifests/argocd/argocd-cm-patch.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let patch: Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(patch["apiVersion"], "v1");
+    assert_eq!(patch["kind"], "ConfigMap");
+    assert_eq!(patch["metadata"]["name"], "argocd-cm");
+    assert_eq!(patch["metadata"]["namespace"], "argocd");
+    let data = patch["data"].as_object().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), vec![HEALTH_KEY], "argocd-cm patch data keys");
+    let lua = script();
+    let indented: String =
+        lua.lines().map(|l| if l.trim().is_empty() { "\n".to_owned() } else { format!("    {l}\n") }).collect();
+    assert!(
+        data[HEALTH_KEY].as_str() == Some(lua.as_str()),
+        "{} differs from manifests/argocd/health/databasecluster.lua; \
+         replace the block under `{HEALTH_KEY}: |` with:\n{indented}",
+        path.display()
+    );
+}
+
+#[test]
+fn health_key_names_the_crd_group_and_kind() {
+    // Argo CD looks the script up as resource.customizations.health.<group>_<Kind>.
+    let path = repo_root().join("manifests/crds/databaseclusters.stead.dev.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let crd: Value = serde_saphyr::from_str(&text).unwrap();
+    let group = crd["spec"]["group"].as_str().unwrap();
+    let kind = crd["spec"]["names"]["kind"].as_str().unwrap();
+    assert_eq!(HEALTH_KEY, format!("resource.customizations.health.{group}_{kind}"));
+}
