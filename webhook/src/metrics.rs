@@ -1,0 +1,119 @@
+//! Prometheus metrics of the webhook, served as text on the plain-HTTP port.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::review::{Outcome, Route};
+
+/// Latency buckets in seconds: admission takes tens of microseconds, so the
+/// interesting range starts well below a millisecond.
+const LATENCY_BUCKETS: [f64; 12] = [0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+/// Every metric the webhook exports, shared by the handlers.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    reloads: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration: Family<RouteLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
+        let reloads = Counter::default();
+        registry.register(
+            "stead_webhook_requests",
+            "Admission requests by route and verdict (allowed, denied, patched, bad_request)",
+            requests.clone(),
+        );
+        registry.register(
+            "stead_webhook_request_duration_seconds",
+            "Time from the request's arrival to its answer, by route",
+            duration.clone(),
+        );
+        registry.register(
+            "stead_webhook_certificate_reloads",
+            "Serving certificates loaded from the certificate directory after the first",
+            reloads.clone(),
+        );
+        // Pre-create every series so dashboards see zeros instead of gaps.
+        for route in [Route::Mutate, Route::Validate] {
+            for outcome in [Outcome::Allowed, Outcome::Patched, Outcome::Denied, Outcome::BadRequest] {
+                let _ = requests.get_or_create(&RequestLabels { route: route.as_str(), verdict: outcome.as_str() });
+            }
+            let _ = duration.get_or_create(&RouteLabels { route: route.as_str() });
+        }
+        Self { registry, requests, duration, reloads }
+    }
+
+    /// Counts one answered admission request.
+    pub fn observe(&self, route: Route, outcome: Outcome, elapsed: Duration) {
+        self.requests.get_or_create(&RequestLabels { route: route.as_str(), verdict: outcome.as_str() }).inc();
+        self.duration.get_or_create(&RouteLabels { route: route.as_str() }).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts certificate reloads; `total` is the resolver's running count.
+    pub fn set_certificate_reloads(&self, total: u64) {
+        let seen = self.reloads.get();
+        if total > seen {
+            self.reloads.inc_by(total - seen);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an error would only drop the page.
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_counts_latency_and_reloads() {
+        let metrics = Metrics::new();
+        metrics.observe(Route::Validate, Outcome::Denied, Duration::from_micros(80));
+        metrics.observe(Route::Validate, Outcome::Denied, Duration::from_micros(80));
+        metrics.observe(Route::Mutate, Outcome::Patched, Duration::from_micros(30));
+        metrics.set_certificate_reloads(2);
+        metrics.set_certificate_reloads(3);
+        let text = metrics.encode();
+        assert!(text.contains(r#"stead_webhook_requests_total{route="validate",verdict="denied"} 2"#), "{text}");
+        assert!(text.contains(r#"stead_webhook_requests_total{route="mutate",verdict="patched"} 1"#), "{text}");
+        assert!(text.contains(r#"stead_webhook_requests_total{route="mutate",verdict="bad_request"} 0"#), "{text}");
+        assert!(text.contains(r#"stead_webhook_request_duration_seconds_count{route="validate"} 2"#), "{text}");
+        assert!(text.contains(r#"stead_webhook_request_duration_seconds_bucket{le="0.0001",route="validate"} 2"#), "{text}");
+        assert!(text.contains("stead_webhook_certificate_reloads_total 3"), "{text}");
+    }
+}
