@@ -1371,3 +1371,67 @@ fn units_parse_as_kubernetes_and_cert_manager_write_them() {
     assert_eq!(quantity("128Mi"), Some(128.0 * 1024.0 * 1024.0));
     assert_eq!(quantity("lots"), None);
 }
+
+#[test]
+fn dockerfile_ships_the_binaries_the_manifests_run() {
+    let root = repo_root();
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    // Instructions with line continuations joined.
+    let joined = dockerfile.replace("\\\n", " ");
+    let instructions: Vec<&str> =
+        joined.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let from: Vec<&str> = instructions.iter().filter(|l| l.starts_with("FROM ")).copied().collect();
+    assert!(from.len() >= 2, "multi-stage build expected, FROM lines: {from:?}");
+    let runtime = from.last().copied().unwrap_or_default();
+    assert!(
+        runtime.contains("distroless") || runtime.contains("scratch"),
+        "runtime stage must be distroless or static: {runtime}"
+    );
+
+    let user = instructions.iter().rev().find_map(|l| l.strip_prefix("USER ")).expect("a USER instruction");
+    let uid: i64 = user.split(':').next().and_then(|u| u.trim().parse().ok()).expect("USER is numeric (uid:gid)");
+    assert_ne!(uid, 0, "the image must not run as root");
+
+    let build = instructions.iter().find(|l| l.contains("cargo build")).expect("a cargo build step");
+    for needle in ["--release", "--locked"] {
+        assert!(build.contains(needle), "cargo build lacks {needle}: {build}");
+    }
+    let copied = instructions.iter().find(|l| l.starts_with("COPY --from=")).expect("COPY --from the build stage");
+    let shipped: Vec<String> = copied
+        .split_whitespace()
+        .filter_map(|w| w.rsplit_once('/').map(|(_, file)| file))
+        .filter(|f| !f.is_empty())
+        .map(|f| format!("/usr/local/bin/{f}"))
+        .collect();
+    assert!(copied.trim_end().ends_with("/usr/local/bin/"), "binaries go to /usr/local/bin/: {copied}");
+
+    let mut seen = BTreeSet::new();
+    for workload in default_render().iter().filter(|o| pod_spec(o).is_some()) {
+        let pod = pod_spec(workload).unwrap_or(&Value::Null);
+        assert_eq!(
+            pod["securityContext"]["runAsUser"].as_i64(),
+            Some(uid),
+            "{}: runAsUser matches the image USER",
+            id(workload)
+        );
+        for container in containers(pod) {
+            let command = strings(&container["command"]);
+            let binary = command.first().copied().unwrap_or_default();
+            assert!(
+                shipped.iter().any(|s| s == binary),
+                "{} runs {binary:?}, which the image does not ship ({shipped:?})",
+                id(workload)
+            );
+            let bin_name = binary.rsplit('/').next().unwrap_or_default();
+            assert!(build.contains(&format!("--bin {bin_name}")), "cargo build does not build {bin_name}");
+            seen.insert(bin_name.to_owned());
+        }
+    }
+    assert_eq!(seen, BTreeSet::from(["stead-controller".to_owned(), "stead-webhook".to_owned()]));
+
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    let ignored: BTreeSet<&str> = ignore.lines().map(str::trim).collect();
+    for entry in ["target", ".git"] {
+        assert!(ignored.contains(entry), ".dockerignore must exclude {entry}");
+    }
+}
