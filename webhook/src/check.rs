@@ -96,9 +96,11 @@ pub fn check_text(
     err: &mut dyn Write,
     summary: &mut CheckSummary,
 ) -> io::Result<()> {
-    for (index, document) in split_documents(text).into_iter().enumerate() {
+    for (index, (first_line, document)) in split_documents(text).into_iter().enumerate() {
         let at = format!("{origin} (document {})", index + 1);
-        match serde_saphyr::from_str::<Value>(document) {
+        // Blank lines in front keep the parser's line numbers those of the file.
+        let positioned = format!("{}{document}", "\n".repeat(first_line));
+        match serde_saphyr::from_str::<Value>(&positioned) {
             Ok(Value::Null) => {}
             Ok(value) => {
                 for object in list_items(value) {
@@ -106,7 +108,9 @@ pub fn check_text(
                 }
             }
             Err(problem) => {
-                writeln!(err, "error: {at}: not valid YAML: {}", one_line(&problem.to_string()))?;
+                let message = problem.without_snippet().to_string();
+                let message = message.strip_prefix("error: ").unwrap_or(&message);
+                writeln!(err, "error: {at}: not valid YAML: {}", one_line(message))?;
                 summary.refused += 1;
             }
         }
@@ -115,20 +119,21 @@ pub fn check_text(
 }
 
 /// Splits a YAML stream where kubectl does: at lines that are exactly `---`.
-/// Chunks holding only comments and blank lines are not documents.
-fn split_documents(text: &str) -> Vec<&str> {
+/// Each document comes with the number of lines before it; chunks holding
+/// only comments and blank lines are not documents.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
     let mut documents = Vec::new();
-    let mut start = 0;
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
+    let (mut start, mut start_line, mut offset) = (0, 0, 0);
+    for (number, line) in text.split_inclusive('\n').enumerate() {
         if line.trim_end() == "---" {
-            documents.push(&text[start..offset]);
+            documents.push((start_line, &text[start..offset]));
             start = offset + line.len();
+            start_line = number + 1;
         }
         offset += line.len();
     }
-    documents.push(&text[start..]);
-    documents.retain(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')));
+    documents.push((start_line, &text[start..]));
+    documents.retain(|(_, d)| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')));
     documents
 }
 
@@ -321,7 +326,7 @@ mod tests {
     fn splits_documents_like_kubectl() {
         let text = "---\n# leading comment only\n---\na: 1\n---   \nb: 2\n--- # not a separator for kubectl\n---\n\n";
         let docs = split_documents(text);
-        assert_eq!(docs, vec!["a: 1\n", "b: 2\n--- # not a separator for kubectl\n"]);
+        assert_eq!(docs, vec![(3, "a: 1\n"), (5, "b: 2\n--- # not a separator for kubectl\n")]);
     }
 
     #[test]

@@ -1,0 +1,135 @@
+//! `stead-webhook check` as a pipeline runs it: the real binary, exit codes
+//! and output.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn check(paths: &[&Path]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stead-webhook"));
+    command.arg("check");
+    for path in paths {
+        command.arg("-f").arg(path);
+    }
+    let output = command.output().unwrap();
+    Run {
+        code: output.status.code().unwrap(),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/check")
+}
+
+#[test]
+fn a_valid_file_is_admitted_with_defaults_skips_and_warnings() {
+    let file = fixtures().join("valid-shop.yaml");
+    let run = check(&[&file]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let shown = file.display();
+    let expected_out = format!(
+        "skipped: {shown} (document 1): v1 Namespace shop is not a DatabaseCluster\n\
+         databasecluster.stead.dev/orders defaulted: spec.replicas=1, spec.port=5432\n\
+         skipped: {shown} (document 3): v1 ConfigMap orders-client is not a DatabaseCluster\n\
+         databasecluster.stead.dev/payments admitted\n\
+         databasecluster.stead.dev/sessions defaulted: spec.port=5432\n\
+         checked 1 file(s): 3 admitted, 0 refused, 2 skipped\n"
+    );
+    assert_eq!(run.stdout, expected_out);
+    assert!(run.stderr.contains("Warning: spec.replicas: 2 is even"), "{}", run.stderr);
+    assert!(run.stderr.contains("Warning: spec.image: \"postgres:latest\""), "{}", run.stderr);
+}
+
+#[test]
+fn an_invalid_file_is_refused_like_kubectl_with_every_reason() {
+    let file = fixtures().join("invalid-orders.yaml");
+    let run = check(&[&file]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let prefix = format!(
+        "Error from server (Invalid): error when creating {:?}: admission webhook \"validate.stead.dev\" denied the \
+         request: DatabaseCluster.stead.dev \"orders\" is invalid: [",
+        file.display().to_string()
+    );
+    assert!(run.stderr.starts_with(&prefix), "{}", run.stderr);
+    for field in ["spec.replicas: Invalid value: 12", "spec.storage.size: Invalid value: \"10GB\"", "spec.resources.requests[memory]"] {
+        assert!(run.stderr.contains(field), "{field} missing from {}", run.stderr);
+    }
+    assert!(run.stdout.ends_with("checked 1 file(s): 0 admitted, 1 refused, 0 skipped\n"), "{}", run.stdout);
+}
+
+#[test]
+fn yaml_errors_name_file_and_document_and_refuse() {
+    let file = fixtures().join("broken.yaml");
+    let run = check(&[&file]);
+    assert_eq!(run.code, 1);
+    assert!(run.stdout.contains("databasecluster.stead.dev/inventory defaulted"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains(&format!("error: {} (document 2): not valid YAML:", file.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("at line 12, column 5"), "line numbers are the file's: {}", run.stderr);
+}
+
+#[test]
+fn a_directory_is_walked_and_lists_are_expanded() {
+    let run = check(&[&fixtures()]);
+    assert_eq!(run.code, 1, "the directory holds refused objects");
+    assert!(run.stdout.contains("databasecluster.stead.dev/analytics admitted"), "{}", run.stdout);
+    assert!(!run.stdout.contains("notes.txt") && !run.stderr.contains("notes.txt"));
+    assert!(run.stdout.ends_with("checked 4 file(s): 5 admitted, 2 refused, 2 skipped\n"), "{}", run.stdout);
+}
+
+#[test]
+fn a_missing_path_is_an_error() {
+    let missing = fixtures().join("does-not-exist.yaml");
+    let run = check(&[&missing]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.starts_with(&format!("error: {}:", missing.display())), "{}", run.stderr);
+}
+
+#[test]
+fn check_needs_a_path() {
+    let output = Command::new(env!("CARGO_BIN_EXE_stead-webhook")).arg("check").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+/// The examples shipped in `manifests/examples`: `valid-*` pass, `invalid-*` are refused.
+#[test]
+fn shipped_examples_pass_or_fail_as_named() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&examples) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(err) => {
+            println!("skipped: {} is not readable ({err}); nothing to check yet", examples.display());
+            return;
+        }
+    };
+    files.sort();
+    let mut checked = 0;
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let expected = if name.starts_with("valid-") {
+            0
+        } else if name.starts_with("invalid-") {
+            1
+        } else {
+            continue;
+        };
+        let run = check(&[&file]);
+        assert_eq!(run.code, expected, "{name}:\n{}{}", run.stdout, run.stderr);
+        checked += 1;
+    }
+    if checked == 0 {
+        println!("skipped: {} holds no valid-*/invalid-* files yet", examples.display());
+    }
+}
