@@ -1,0 +1,623 @@
+//! Pure builders of the desired children of one cluster.
+//!
+//! Each builder returns the server-side-apply body as JSON that names every
+//! field the controller owns and nothing else. Typed `k8s-openapi` structs
+//! built from `Default` would also send `selector: {}` and `serviceName: ""`
+//! (k8s-openapi issue 112); both are atomic, immutable StatefulSet fields, so
+//! we never go through them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::Resource;
+use serde_json::{Value, json};
+use stead_crds::defaults::with_defaults;
+use stead_crds::names::{child_labels, headless_service_name, selector_labels};
+use stead_crds::{DatabaseCluster, DatabaseClusterSpec};
+
+use crate::diff::restrict_to_live;
+use crate::error::Error;
+
+/// Name of the container that runs the database.
+pub const CONTAINER: &str = "database";
+/// Name of the database port on the container and on both Services.
+pub const PORT_NAME: &str = "db";
+/// Name of the volume claim template; PVCs are `data-<cluster>-<ordinal>`.
+pub const VOLUME: &str = "data";
+/// Where the volume is mounted. The parent of the data directory, so that
+/// `lost+found` at the volume root never sits inside it.
+pub const DATA_MOUNT_PATH: &str = "/var/lib/postgresql";
+/// UID/GID the database runs as (`postgres` in the official images); fsGroup makes the volume writable.
+pub const RUN_AS: i64 = 999;
+/// Pod management policy; immutable after creation, see [`stateful_set`].
+pub const POD_MANAGEMENT_POLICY: &str = "OrderedReady";
+
+/// The cluster as the builders see it: identity plus the spec with every
+/// webhook default applied in memory (for clusters that bypassed the webhook).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterView {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub generation: Option<i64>,
+    pub spec: DatabaseClusterSpec,
+}
+
+impl ClusterView {
+    /// Extracts what the builders need; fails only for objects not read from an API server.
+    pub fn new(cluster: &DatabaseCluster) -> Result<Self, Error> {
+        let meta = cluster.meta();
+        Ok(Self {
+            name: meta.name.clone().ok_or(Error::MissingMetadata { field: "metadata.name" })?,
+            namespace: meta.namespace.clone().ok_or(Error::MissingMetadata { field: "metadata.namespace" })?,
+            uid: meta.uid.clone().ok_or(Error::MissingMetadata { field: "metadata.uid" })?,
+            generation: meta.generation,
+            spec: with_defaults(&cluster.spec),
+        })
+    }
+
+    /// Replicas after defaulting.
+    pub fn replicas(&self) -> i32 {
+        self.spec.effective_replicas()
+    }
+
+    /// Port after defaulting.
+    pub fn port(&self) -> i32 {
+        self.spec.effective_port()
+    }
+
+    /// Names of the PVCs the StatefulSet creates for ordinals `0..replicas`.
+    pub fn volume_claim_names(&self) -> Vec<String> {
+        (0..self.replicas()).map(|i| format!("{VOLUME}-{}-{i}", self.name)).collect()
+    }
+
+    fn owner_reference(&self) -> Value {
+        json!({
+            "apiVersion": DatabaseCluster::api_version(&()),
+            "kind": DatabaseCluster::kind(&()),
+            "name": self.name,
+            "uid": self.uid,
+            "controller": true,
+            "blockOwnerDeletion": true,
+        })
+    }
+
+    fn metadata(&self, name: &str) -> Value {
+        json!({
+            "name": name,
+            "namespace": self.namespace,
+            "labels": child_labels(&self.name),
+            "ownerReferences": [self.owner_reference()],
+        })
+    }
+}
+
+/// One child the controller manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildKind {
+    HeadlessService,
+    ClientService,
+    StatefulSet,
+    PodDisruptionBudget,
+}
+
+impl ChildKind {
+    /// The Kubernetes kind, for events, errors and metric labels.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::HeadlessService | Self::ClientService => "Service",
+            Self::StatefulSet => "StatefulSet",
+            Self::PodDisruptionBudget => "PodDisruptionBudget",
+        }
+    }
+
+    /// The child's name for a cluster.
+    pub fn name(self, cluster: &str) -> String {
+        match self {
+            Self::HeadlessService => headless_service_name(cluster),
+            _ => cluster.to_owned(),
+        }
+    }
+}
+
+fn service_ports(view: &ClusterView) -> Value {
+    json!([{ "name": PORT_NAME, "port": view.port(), "targetPort": PORT_NAME, "protocol": "TCP" }])
+}
+
+/// `<name>-headless`: stable per-pod DNS names, published before pods are
+/// ready so that peers can find each other while they bootstrap.
+pub fn headless_service(view: &ClusterView) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": view.metadata(&ChildKind::HeadlessService.name(&view.name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": selector_labels(&view.name),
+            "ports": service_ports(view),
+        },
+    })
+}
+
+/// `<name>`: the address clients connect to; only ready pods receive traffic.
+pub fn client_service(view: &ClusterView) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": view.metadata(&ChildKind::ClientService.name(&view.name)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(&view.name),
+            "ports": service_ports(view),
+        },
+    })
+}
+
+/// `<name>`: keeps at most one pod voluntarily down (drains, upgrades) at a time.
+/// Only built when replicas > 1: with one replica it would block every drain.
+pub fn pod_disruption_budget(view: &ClusterView) -> Value {
+    json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": view.metadata(&ChildKind::PodDisruptionBudget.name(&view.name)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": { "matchLabels": selector_labels(&view.name) },
+        },
+    })
+}
+
+/// Whether the cluster needs a PodDisruptionBudget.
+pub fn wants_pdb(view: &ClusterView) -> bool {
+    view.replicas() > 1
+}
+
+/// The volume claim template as the spec asks for it.
+fn volume_claim_template(view: &ClusterView) -> Value {
+    let mut spec = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": { "requests": { "storage": view.spec.storage.size } },
+    });
+    if let Some(class) = &view.spec.storage.storage_class_name {
+        spec["storageClassName"] = json!(class);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": { "name": VOLUME, "labels": child_labels(&view.name) },
+        "spec": spec,
+    })
+}
+
+/// `requests`/`limits` that are set and non-empty; `None` when nothing is.
+fn container_resources(resources: Option<&ResourceRequirements>) -> Option<Value> {
+    let resources = resources?;
+    let mut out = serde_json::Map::new();
+    let mut put =
+        |key: &str, list: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+            if let Some(list) = list.filter(|l| !l.is_empty()) {
+                let map: serde_json::Map<String, Value> =
+                    list.iter().map(|(name, q)| (name.clone(), Value::String(q.0.clone()))).collect();
+                out.insert(key.to_owned(), Value::Object(map));
+            }
+        };
+    put("requests", resources.requests.as_ref());
+    put("limits", resources.limits.as_ref());
+    (!out.is_empty()).then_some(Value::Object(out))
+}
+
+fn database_container(view: &ClusterView) -> Value {
+    let port = view.port();
+    let mut container = json!({
+        "name": CONTAINER,
+        "image": view.spec.image,
+        "ports": [{ "name": PORT_NAME, "containerPort": port, "protocol": "TCP" }],
+        // Ready as soon as the port accepts connections.
+        "readinessProbe": {
+            "tcpSocket": { "port": port },
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        // Generous: first start (initdb) and crash recovery must not be killed.
+        "livenessProbe": {
+            "tcpSocket": { "port": port },
+            "initialDelaySeconds": 30,
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "volumeMounts": [{ "name": VOLUME, "mountPath": DATA_MOUNT_PATH }],
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": { "drop": ["ALL"] },
+        },
+    });
+    if let Some(resources) = container_resources(view.spec.resources.as_ref()) {
+        container["resources"] = resources;
+    }
+    container
+}
+
+/// `<name>`: the pods and their volumes.
+///
+/// - `podManagementPolicy: OrderedReady` (immutable, chosen once): database
+///   replicas bootstrap from ordinal 0, so starting them all at once only
+///   makes them fail and restart; ordered scale-down removes one replica at a
+///   time from the highest ordinal. Rolling updates are one pod at a time with
+///   either policy, so the price is slower scale-up only.
+/// - Volumes are retained when pods are scaled away or the StatefulSet is
+///   deleted: data outlives the objects that used it.
+/// - `volumeClaimTemplates` are immutable. For an existing StatefulSet
+///   (`live`), we apply exactly the stored template fields we own, so the
+///   apply keeps our ownership without asking for a change; a grown
+///   `spec.storage.size` reaches the PVCs by patching them (see `storage`).
+pub fn stateful_set(view: &ClusterView, live: Option<&StatefulSet>) -> Result<Value, Error> {
+    let selector = selector_labels(&view.name);
+    let desired_templates = json!([volume_claim_template(view)]);
+    let templates = match live.and_then(|sts| sts.spec.volume_claim_templates.as_ref()) {
+        Some(live_templates) => {
+            let live_json = serde_json::to_value(live_templates)
+                .map_err(|source| Error::Serialize { what: "live volumeClaimTemplates", source })?;
+            restrict_to_live(&desired_templates, &live_json)
+        }
+        None => desired_templates,
+    };
+    Ok(json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": view.metadata(&ChildKind::StatefulSet.name(&view.name)),
+        "spec": {
+            "replicas": view.replicas(),
+            "serviceName": headless_service_name(&view.name),
+            "podManagementPolicy": POD_MANAGEMENT_POLICY,
+            "selector": { "matchLabels": selector },
+            "persistentVolumeClaimRetentionPolicy": { "whenDeleted": "Retain", "whenScaled": "Retain" },
+            "template": {
+                "metadata": { "labels": child_labels(&view.name) },
+                "spec": {
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
+                        "fsGroup": RUN_AS,
+                        "fsGroupChangePolicy": "OnRootMismatch",
+                        "seccompProfile": { "type": "RuntimeDefault" },
+                    },
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "preferredDuringSchedulingIgnoredDuringExecution": [{
+                                "weight": 100,
+                                "podAffinityTerm": {
+                                    "topologyKey": "kubernetes.io/hostname",
+                                    "labelSelector": { "matchLabels": selector_labels(&view.name) },
+                                },
+                            }],
+                        },
+                    },
+                    "containers": [database_container(view)],
+                },
+            },
+            "volumeClaimTemplates": templates,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use stead_crds::StorageSpec;
+
+    use super::*;
+    use crate::diff::is_subset;
+
+    fn cluster(spec: DatabaseClusterSpec) -> DatabaseCluster {
+        let mut c = DatabaseCluster::new("orders", spec);
+        c.metadata.namespace = Some("shop".into());
+        c.metadata.uid = Some("uid-1".into());
+        c.metadata.generation = Some(1);
+        c
+    }
+
+    fn spec() -> DatabaseClusterSpec {
+        DatabaseClusterSpec {
+            image: "postgres:17.2".into(),
+            replicas: Some(3),
+            port: Some(5432),
+            storage: StorageSpec { size: "10Gi".into(), storage_class_name: Some("fast-ssd".into()) },
+            ..Default::default()
+        }
+    }
+
+    fn view(spec: DatabaseClusterSpec) -> ClusterView {
+        ClusterView::new(&cluster(spec)).unwrap()
+    }
+
+    /// Every leaf path of a JSON value, e.g. `spec.ports[0].name`.
+    fn leaf_paths(v: &Value, prefix: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                assert!(!m.is_empty(), "empty object at {prefix}: an apply must never send {{}}");
+                for (k, v) in m {
+                    leaf_paths(v, &if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    leaf_paths(v, &format!("{prefix}[{i}]"), out);
+                }
+            }
+            Value::String(s) => {
+                assert!(!s.is_empty(), "empty string at {prefix}");
+                out.push(prefix.to_owned());
+            }
+            Value::Null => panic!("null at {prefix}"),
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+
+    fn paths(v: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        leaf_paths(v, "", &mut out);
+        out
+    }
+
+    const META: [&str; 12] = [
+        "metadata.labels.app.kubernetes.io/component",
+        "metadata.labels.app.kubernetes.io/instance",
+        "metadata.labels.app.kubernetes.io/managed-by",
+        "metadata.labels.app.kubernetes.io/name",
+        "metadata.name",
+        "metadata.namespace",
+        "metadata.ownerReferences[0].apiVersion",
+        "metadata.ownerReferences[0].blockOwnerDeletion",
+        "metadata.ownerReferences[0].controller",
+        "metadata.ownerReferences[0].kind",
+        "metadata.ownerReferences[0].name",
+        "metadata.ownerReferences[0].uid",
+    ];
+
+    fn with_meta(specific: &[&str]) -> Vec<String> {
+        let mut all: Vec<String> =
+            ["apiVersion", "kind"].iter().chain(META.iter()).chain(specific.iter()).map(|s| (*s).to_owned()).collect();
+        all.sort();
+        all
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn headless_service_names_exactly_its_fields() {
+        let svc = headless_service(&view(spec()));
+        assert_eq!(
+            sorted(paths(&svc)),
+            with_meta(&[
+                "spec.clusterIP",
+                "spec.ports[0].name",
+                "spec.ports[0].port",
+                "spec.ports[0].protocol",
+                "spec.ports[0].targetPort",
+                "spec.publishNotReadyAddresses",
+                "spec.selector.app.kubernetes.io/instance",
+                "spec.selector.app.kubernetes.io/name",
+            ])
+        );
+        assert_eq!(svc["metadata"]["name"], "orders-headless");
+        assert_eq!(svc["spec"]["clusterIP"], "None");
+        assert_eq!(svc["spec"]["publishNotReadyAddresses"], true);
+        assert_eq!(svc["spec"]["ports"][0], json!({"name": "db", "port": 5432, "targetPort": "db", "protocol": "TCP"}));
+        let owner = &svc["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["apiVersion"], "stead.dev/v1alpha1");
+        assert_eq!(owner["kind"], "DatabaseCluster");
+        assert_eq!(owner["uid"], "uid-1");
+        assert_eq!(owner["controller"], true);
+        // It is a valid Service.
+        let _: Service = serde_json::from_value(svc).unwrap();
+    }
+
+    #[test]
+    fn client_service_names_exactly_its_fields() {
+        let svc = client_service(&view(DatabaseClusterSpec { port: Some(6543), ..spec() }));
+        assert_eq!(
+            sorted(paths(&svc)),
+            with_meta(&[
+                "spec.ports[0].name",
+                "spec.ports[0].port",
+                "spec.ports[0].protocol",
+                "spec.ports[0].targetPort",
+                "spec.selector.app.kubernetes.io/instance",
+                "spec.selector.app.kubernetes.io/name",
+                "spec.type",
+            ])
+        );
+        assert_eq!(svc["metadata"]["name"], "orders");
+        assert_eq!(svc["spec"]["ports"][0]["port"], 6543);
+        let _: Service = serde_json::from_value(svc).unwrap();
+    }
+
+    #[test]
+    fn pdb_names_exactly_its_fields() {
+        let pdb = pod_disruption_budget(&view(spec()));
+        assert_eq!(
+            sorted(paths(&pdb)),
+            with_meta(&[
+                "spec.maxUnavailable",
+                "spec.selector.matchLabels.app.kubernetes.io/instance",
+                "spec.selector.matchLabels.app.kubernetes.io/name",
+            ])
+        );
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        let _: PodDisruptionBudget = serde_json::from_value(pdb).unwrap();
+    }
+
+    #[test]
+    fn pdb_only_for_more_than_one_replica() {
+        let rows = [(None, false), (Some(1), false), (Some(2), true), (Some(3), true)];
+        for (replicas, want) in rows {
+            assert_eq!(wants_pdb(&view(DatabaseClusterSpec { replicas, ..spec() })), want, "{replicas:?}");
+        }
+    }
+
+    #[test]
+    fn stateful_set_names_exactly_its_fields() {
+        let sts = stateful_set(&view(spec()), None).unwrap();
+        let c = "spec.template.spec.containers[0]";
+        let tpl = "spec.volumeClaimTemplates[0]";
+        let aff = "spec.template.spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]";
+        let specific: Vec<String> = [
+            "spec.replicas".to_owned(),
+            "spec.serviceName".to_owned(),
+            "spec.podManagementPolicy".to_owned(),
+            "spec.selector.matchLabels.app.kubernetes.io/instance".to_owned(),
+            "spec.selector.matchLabels.app.kubernetes.io/name".to_owned(),
+            "spec.persistentVolumeClaimRetentionPolicy.whenDeleted".to_owned(),
+            "spec.persistentVolumeClaimRetentionPolicy.whenScaled".to_owned(),
+            "spec.template.metadata.labels.app.kubernetes.io/component".to_owned(),
+            "spec.template.metadata.labels.app.kubernetes.io/instance".to_owned(),
+            "spec.template.metadata.labels.app.kubernetes.io/managed-by".to_owned(),
+            "spec.template.metadata.labels.app.kubernetes.io/name".to_owned(),
+            "spec.template.spec.securityContext.runAsNonRoot".to_owned(),
+            "spec.template.spec.securityContext.runAsUser".to_owned(),
+            "spec.template.spec.securityContext.runAsGroup".to_owned(),
+            "spec.template.spec.securityContext.fsGroup".to_owned(),
+            "spec.template.spec.securityContext.fsGroupChangePolicy".to_owned(),
+            "spec.template.spec.securityContext.seccompProfile.type".to_owned(),
+            format!("{aff}.weight"),
+            format!("{aff}.podAffinityTerm.topologyKey"),
+            format!("{aff}.podAffinityTerm.labelSelector.matchLabels.app.kubernetes.io/instance"),
+            format!("{aff}.podAffinityTerm.labelSelector.matchLabels.app.kubernetes.io/name"),
+            format!("{c}.name"),
+            format!("{c}.image"),
+            format!("{c}.ports[0].name"),
+            format!("{c}.ports[0].containerPort"),
+            format!("{c}.ports[0].protocol"),
+            format!("{c}.readinessProbe.tcpSocket.port"),
+            format!("{c}.readinessProbe.periodSeconds"),
+            format!("{c}.readinessProbe.failureThreshold"),
+            format!("{c}.livenessProbe.tcpSocket.port"),
+            format!("{c}.livenessProbe.initialDelaySeconds"),
+            format!("{c}.livenessProbe.periodSeconds"),
+            format!("{c}.livenessProbe.failureThreshold"),
+            format!("{c}.volumeMounts[0].name"),
+            format!("{c}.volumeMounts[0].mountPath"),
+            format!("{c}.securityContext.allowPrivilegeEscalation"),
+            format!("{c}.securityContext.capabilities.drop[0]"),
+            format!("{tpl}.apiVersion"),
+            format!("{tpl}.kind"),
+            format!("{tpl}.metadata.name"),
+            format!("{tpl}.metadata.labels.app.kubernetes.io/component"),
+            format!("{tpl}.metadata.labels.app.kubernetes.io/instance"),
+            format!("{tpl}.metadata.labels.app.kubernetes.io/managed-by"),
+            format!("{tpl}.metadata.labels.app.kubernetes.io/name"),
+            format!("{tpl}.spec.accessModes[0]"),
+            format!("{tpl}.spec.resources.requests.storage"),
+            format!("{tpl}.spec.storageClassName"),
+        ]
+        .into();
+        let specific: Vec<&str> = specific.iter().map(String::as_str).collect();
+        assert_eq!(sorted(paths(&sts)), with_meta(&specific));
+        assert_eq!(sts["spec"]["serviceName"], "orders-headless");
+        assert_eq!(sts["spec"]["replicas"], 3);
+        assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["image"], "postgres:17.2");
+        assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["tcpSocket"]["port"], 5432);
+        assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "10Gi");
+        assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"], "fast-ssd");
+        let _: StatefulSet = serde_json::from_value(sts).unwrap();
+    }
+
+    #[test]
+    fn defaults_are_applied_in_memory() {
+        let sts = stateful_set(&view(DatabaseClusterSpec { replicas: None, port: None, ..spec() }), None).unwrap();
+        assert_eq!(sts["spec"]["replicas"], 1);
+        assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 5432);
+    }
+
+    #[test]
+    fn resources_table() {
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity as Q;
+        let q = |pairs: &[(&str, &str)]| {
+            Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), Q((*v).to_owned()))).collect::<BTreeMap<_, _>>())
+        };
+        // (case, resources, rendered `resources` of the container or None)
+        let rows = [
+            ("absent", None, None),
+            ("all empty", Some(ResourceRequirements::default()), None),
+            (
+                "empty maps are not sent",
+                Some(ResourceRequirements { requests: q(&[]), limits: q(&[]), ..Default::default() }),
+                None,
+            ),
+            (
+                "requests and limits",
+                Some(ResourceRequirements {
+                    requests: q(&[("cpu", "500m"), ("memory", "1Gi")]),
+                    limits: q(&[("memory", "1Gi")]),
+                    ..Default::default()
+                }),
+                Some(json!({"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}})),
+            ),
+            (
+                "limits only",
+                Some(ResourceRequirements { limits: q(&[("cpu", "2")]), ..Default::default() }),
+                Some(json!({"limits": {"cpu": "2"}})),
+            ),
+        ];
+        for (case, resources, want) in rows {
+            let sts = stateful_set(&view(DatabaseClusterSpec { resources, ..spec() }), None).unwrap();
+            let got = sts["spec"]["template"]["spec"]["containers"][0].get("resources").cloned();
+            assert_eq!(got, want, "{case}");
+        }
+    }
+
+    #[test]
+    fn no_storage_class_means_none_sent() {
+        let v = view(DatabaseClusterSpec {
+            storage: StorageSpec { size: "1Gi".into(), storage_class_name: None },
+            ..spec()
+        });
+        let sts = stateful_set(&v, None).unwrap();
+        assert!(sts["spec"]["volumeClaimTemplates"][0]["spec"].get("storageClassName").is_none());
+    }
+
+    #[test]
+    fn existing_stateful_set_keeps_its_claim_templates() {
+        // Created with 10Gi; the user has since grown the spec to 20Gi.
+        let created = stateful_set(&view(spec()), None).unwrap();
+        let mut live: StatefulSet = serde_json::from_value(created.clone()).unwrap();
+        // The API server adds defaults to the stored template.
+        if let Some(t) = live.spec.volume_claim_templates.as_mut().and_then(|t| t.first_mut()) {
+            t.spec.get_or_insert_default().volume_mode = Some("Filesystem".into());
+        }
+        let grown = view(DatabaseClusterSpec {
+            storage: StorageSpec { size: "20Gi".into(), storage_class_name: Some("fast-ssd".into()) },
+            ..spec()
+        });
+        let sts = stateful_set(&grown, Some(&live)).unwrap();
+        assert_eq!(sts["spec"]["volumeClaimTemplates"], created["spec"]["volumeClaimTemplates"]);
+        // ... so the whole apply is already satisfied by the live object.
+        assert!(is_subset(&sts, &serde_json::to_value(&live).unwrap()));
+        // A StatefulSet without templates (not ours) gets none proposed.
+        let mut bare = live.clone();
+        bare.spec.volume_claim_templates = None;
+        let sts = stateful_set(&grown, Some(&bare)).unwrap();
+        assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "20Gi");
+    }
+
+    #[test]
+    fn volume_claim_names_follow_the_statefulset_convention() {
+        assert_eq!(view(spec()).volume_claim_names(), ["data-orders-0", "data-orders-1", "data-orders-2"]);
+    }
+
+    #[test]
+    fn view_needs_server_metadata() {
+        let mut c = cluster(spec());
+        c.metadata.uid = None;
+        assert!(matches!(ClusterView::new(&c), Err(Error::MissingMetadata { field: "metadata.uid" })));
+    }
+}

@@ -1,0 +1,497 @@
+//! Pure computation of a cluster's `.status` from what the controller saw.
+//!
+//! Conditions follow the Deployment vocabulary (Available, Progressing,
+//! Degraded). Each is proposed afresh on every reconcile, then merged with the
+//! stored ones so that `lastTransitionTime` moves only when a condition's
+//! status flips. The result is compared with the stored status and written
+//! only when different, which keeps the steady state free of writes.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use stead_crds::names::selector_string;
+use stead_crds::{DatabaseCluster, DatabaseClusterStatus, Verdict};
+
+/// Condition types, in the order they are listed.
+pub const AVAILABLE: &str = "Available";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// Message of Progressing=False/Paused.
+pub const PAUSED_MESSAGE: &str = "reconciliation is paused (spec.paused=true); children are left as they are";
+
+/// Longest condition message the API accepts.
+const MAX_MESSAGE: usize = 32 * 1024;
+
+/// What the reconcile did with the children, as far as the status is concerned.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// Children were checked (and applied where needed), or left alone because paused.
+    Reconciled,
+    /// The spec breaks the admission rules; no child was touched.
+    Invalid(&'a Verdict),
+    /// Applying the children failed with this message.
+    Failed(&'a str),
+}
+
+/// The status the cluster should have now.
+///
+/// `now` is truncated to whole seconds, the precision `metav1.Time` is
+/// stored with, so a status read back compares equal to the one written.
+pub fn compute_status(
+    cluster: &DatabaseCluster,
+    sts: Option<&StatefulSet>,
+    outcome: Outcome<'_>,
+    now: Timestamp,
+) -> DatabaseClusterStatus {
+    let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    let generation = cluster.metadata.generation;
+    let observed = Observed::of(sts);
+    let proposed =
+        [available(name, &observed, outcome), progressing(cluster, name, &observed, outcome), degraded(outcome)];
+    let stored = cluster.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
+    let conditions = proposed.into_iter().map(|p| merge(p, stored, generation, &now)).collect();
+    DatabaseClusterStatus {
+        observed_generation: generation,
+        replicas: Some(observed.replicas),
+        ready_replicas: Some(observed.ready),
+        selector: Some(selector_string(name)),
+        conditions,
+    }
+}
+
+/// Whether `computed` must be written: any difference at all counts.
+pub fn needs_write(stored: Option<&DatabaseClusterStatus>, computed: &DatabaseClusterStatus) -> bool {
+    stored != Some(computed)
+}
+
+/// The numbers the StatefulSet reports; all zero when it does not exist.
+#[derive(Debug, Default)]
+struct Observed {
+    exists: bool,
+    /// `spec.replicas` of the StatefulSet: what it is asked to run.
+    want: i32,
+    replicas: i32,
+    ready: i32,
+    updated: i32,
+    rolling: bool,
+    spec_unobserved: bool,
+}
+
+impl Observed {
+    fn of(sts: Option<&StatefulSet>) -> Self {
+        let Some(sts) = sts else { return Self::default() };
+        let want = sts.spec.replicas.unwrap_or(1);
+        let status = sts.status.clone().unwrap_or_default();
+        let rolling = matches!(
+            (&status.current_revision, &status.update_revision),
+            (Some(current), Some(update)) if current != update
+        );
+        let spec_unobserved = match (sts.metadata.generation, status.observed_generation) {
+            (Some(generation), Some(observed)) => observed < generation,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        Self {
+            exists: true,
+            want,
+            replicas: status.replicas,
+            ready: status.ready_replicas.unwrap_or(0),
+            updated: status.updated_replicas.unwrap_or(0),
+            rolling,
+            spec_unobserved,
+        }
+    }
+}
+
+/// A condition before merging: type, status, reason, message.
+struct Proposed {
+    type_: &'static str,
+    status: bool,
+    reason: &'static str,
+    message: String,
+}
+
+fn proposed(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Proposed {
+    Proposed { type_, status, reason, message: message.into() }
+}
+
+fn available(name: &str, seen: &Observed, outcome: Outcome<'_>) -> Proposed {
+    if !seen.exists {
+        return match outcome {
+            Outcome::Invalid(_) => proposed(
+                AVAILABLE,
+                false,
+                "InvalidSpec",
+                "the spec is invalid, so no StatefulSet was created (see the Degraded condition)",
+            ),
+            _ => proposed(AVAILABLE, false, "StatefulSetMissing", format!("StatefulSet {name} does not exist yet")),
+        };
+    }
+    // Pods that exist keep serving whatever the spec says now; report them.
+    let ratio = format!("{}/{} replicas are ready", seen.ready, seen.want);
+    if seen.ready >= seen.want {
+        proposed(AVAILABLE, true, "AllReplicasReady", ratio)
+    } else {
+        proposed(AVAILABLE, false, "ReplicasNotReady", ratio)
+    }
+}
+
+fn progressing(cluster: &DatabaseCluster, name: &str, seen: &Observed, outcome: Outcome<'_>) -> Proposed {
+    if let Outcome::Invalid(_) = outcome {
+        return proposed(
+            PROGRESSING,
+            false,
+            "InvalidSpec",
+            "reconciliation is stopped until the spec is valid (see the Degraded condition)",
+        );
+    }
+    if cluster.spec.is_paused() {
+        return proposed(PROGRESSING, false, "Paused", PAUSED_MESSAGE);
+    }
+    let reconciling = |message: String| proposed(PROGRESSING, true, "Reconciling", message);
+    if !seen.exists {
+        return reconciling(format!("creating StatefulSet {name}"));
+    }
+    if seen.spec_unobserved {
+        return reconciling(format!("StatefulSet {name} has not yet observed its latest spec"));
+    }
+    if seen.replicas != seen.want {
+        return reconciling(format!("scaling from {} to {} replicas", seen.replicas, seen.want));
+    }
+    if seen.rolling || seen.updated < seen.want {
+        return reconciling(format!("rolling update: {}/{} replicas updated", seen.updated, seen.want));
+    }
+    if seen.ready < seen.want {
+        return reconciling(format!("waiting for replicas to become ready: {}/{} ready", seen.ready, seen.want));
+    }
+    proposed(
+        PROGRESSING,
+        false,
+        "Reconciled",
+        format!("StatefulSet {name} is up to date with {} ready replicas", seen.ready),
+    )
+}
+
+fn degraded(outcome: Outcome<'_>) -> Proposed {
+    match outcome {
+        Outcome::Invalid(verdict) => {
+            let messages: Vec<String> = verdict.errors.iter().map(ToString::to_string).collect();
+            proposed(DEGRADED, true, "InvalidSpec", messages.join("; "))
+        }
+        Outcome::Failed(message) => proposed(DEGRADED, true, "ReconcileFailed", message),
+        Outcome::Reconciled => proposed(DEGRADED, false, "AsExpected", "no problems found"),
+    }
+}
+
+/// Turns a proposal into a condition, keeping the stored transition time unless the status flipped.
+fn merge(p: Proposed, stored: &[Condition], generation: Option<i64>, now: &Time) -> Condition {
+    let status = if p.status { "True" } else { "False" };
+    let last_transition_time = stored
+        .iter()
+        .find(|c| c.type_ == p.type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: p.type_.to_owned(),
+        status: status.to_owned(),
+        reason: p.reason.to_owned(),
+        message: truncate(p.message),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+fn truncate(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE - 3;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use k8s_openapi::api::apps::v1::{StatefulSetSpec, StatefulSetStatus};
+    use stead_crds::{DatabaseClusterSpec, FieldError, StorageSpec};
+
+    use super::*;
+
+    fn cluster(generation: i64, replicas: i32) -> DatabaseCluster {
+        let mut c = DatabaseCluster::new(
+            "orders",
+            DatabaseClusterSpec {
+                image: "postgres:17.2".into(),
+                replicas: Some(replicas),
+                storage: StorageSpec { size: "10Gi".into(), storage_class_name: None },
+                ..Default::default()
+            },
+        );
+        c.metadata.namespace = Some("shop".into());
+        c.metadata.generation = Some(generation);
+        c
+    }
+
+    /// A StatefulSet asked for `want` pods, with the given observed numbers.
+    fn sts(want: i32, replicas: i32, ready: i32, updated: i32) -> StatefulSet {
+        StatefulSet {
+            metadata: kube::api::ObjectMeta { generation: Some(2), ..Default::default() },
+            spec: StatefulSetSpec { replicas: Some(want), ..Default::default() },
+            status: Some(StatefulSetStatus {
+                observed_generation: Some(2),
+                replicas,
+                ready_replicas: Some(ready),
+                updated_replicas: Some(updated),
+                current_revision: Some("r1".into()),
+                update_revision: Some("r1".into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn t(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).unwrap()
+    }
+
+    fn condition<'a>(status: &'a DatabaseClusterStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    /// (status, reason, message) of one condition.
+    fn srm(status: &DatabaseClusterStatus, type_: &str) -> (String, String, String) {
+        let c = condition(status, type_);
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    fn row(s: &str, r: &str, m: &str) -> (String, String, String) {
+        (s.to_owned(), r.to_owned(), m.to_owned())
+    }
+
+    #[test]
+    fn conditions_table() {
+        let invalid = Verdict {
+            errors: vec![
+                FieldError::invalid("spec.storage.size", "10GB", "must be a Kubernetes quantity such as 10Gi"),
+                FieldError::invalid("spec.replicas", 12, "must be between 1 and 9, inclusive"),
+            ],
+            warnings: vec![],
+        };
+        let rolling = {
+            let mut s = sts(3, 3, 3, 1);
+            if let Some(st) = s.status.as_mut() {
+                st.update_revision = Some("r2".into());
+            }
+            s
+        };
+        let unobserved = {
+            let mut s = sts(3, 3, 3, 3);
+            s.metadata.generation = Some(3);
+            s
+        };
+        let mut paused = cluster(4, 3);
+        paused.spec.paused = Some(true);
+        let invalid_degraded = row(
+            "True",
+            "InvalidSpec",
+            "spec.storage.size: Invalid value: \"10GB\": must be a Kubernetes quantity such as 10Gi; \
+             spec.replicas: Invalid value: 12: must be between 1 and 9, inclusive",
+        );
+        let ok = row("False", "AsExpected", "no problems found");
+        let done = row("False", "Reconciled", "StatefulSet orders is up to date with 3 ready replicas");
+        // (case, cluster, sts, outcome, Available, Progressing, Degraded)
+        let rows = [
+            (
+                "all ready",
+                cluster(4, 3),
+                Some(sts(3, 3, 3, 3)),
+                Outcome::Reconciled,
+                row("True", "AllReplicasReady", "3/3 replicas are ready"),
+                done.clone(),
+                ok.clone(),
+            ),
+            (
+                "one of three ready",
+                cluster(4, 3),
+                Some(sts(3, 3, 1, 3)),
+                Outcome::Reconciled,
+                row("False", "ReplicasNotReady", "1/3 replicas are ready"),
+                row("True", "Reconciling", "waiting for replicas to become ready: 1/3 ready"),
+                ok.clone(),
+            ),
+            (
+                "no StatefulSet yet",
+                cluster(1, 3),
+                None,
+                Outcome::Reconciled,
+                row("False", "StatefulSetMissing", "StatefulSet orders does not exist yet"),
+                row("True", "Reconciling", "creating StatefulSet orders"),
+                ok.clone(),
+            ),
+            (
+                "scaling up",
+                cluster(4, 5),
+                Some(sts(5, 3, 3, 3)),
+                Outcome::Reconciled,
+                row("False", "ReplicasNotReady", "3/5 replicas are ready"),
+                row("True", "Reconciling", "scaling from 3 to 5 replicas"),
+                ok.clone(),
+            ),
+            (
+                "rolling update",
+                cluster(4, 3),
+                Some(rolling),
+                Outcome::Reconciled,
+                row("True", "AllReplicasReady", "3/3 replicas are ready"),
+                row("True", "Reconciling", "rolling update: 1/3 replicas updated"),
+                ok.clone(),
+            ),
+            (
+                "StatefulSet spec not observed yet",
+                cluster(4, 3),
+                Some(unobserved),
+                Outcome::Reconciled,
+                row("True", "AllReplicasReady", "3/3 replicas are ready"),
+                row("True", "Reconciling", "StatefulSet orders has not yet observed its latest spec"),
+                ok.clone(),
+            ),
+            (
+                "paused",
+                paused,
+                Some(sts(3, 3, 3, 3)),
+                Outcome::Reconciled,
+                row("True", "AllReplicasReady", "3/3 replicas are ready"),
+                row("False", "Paused", PAUSED_MESSAGE),
+                ok,
+            ),
+            (
+                "invalid, nothing created",
+                cluster(1, 12),
+                None,
+                Outcome::Invalid(&invalid),
+                row(
+                    "False",
+                    "InvalidSpec",
+                    "the spec is invalid, so no StatefulSet was created (see the Degraded condition)",
+                ),
+                row(
+                    "False",
+                    "InvalidSpec",
+                    "reconciliation is stopped until the spec is valid (see the Degraded condition)",
+                ),
+                invalid_degraded.clone(),
+            ),
+            (
+                "invalid, old pods keep serving",
+                cluster(5, 12),
+                Some(sts(3, 3, 3, 3)),
+                Outcome::Invalid(&invalid),
+                row("True", "AllReplicasReady", "3/3 replicas are ready"),
+                row(
+                    "False",
+                    "InvalidSpec",
+                    "reconciliation is stopped until the spec is valid (see the Degraded condition)",
+                ),
+                invalid_degraded,
+            ),
+            (
+                "apply failed",
+                cluster(4, 3),
+                Some(sts(3, 3, 3, 3)),
+                Outcome::Failed("apply StatefulSet shop/orders failed: forbidden"),
+                row("True", "AllReplicasReady", "3/3 replicas are ready"),
+                done,
+                row("True", "ReconcileFailed", "apply StatefulSet shop/orders failed: forbidden"),
+            ),
+        ];
+        for (case, cluster, sts, outcome, want_a, want_p, want_d) in rows {
+            let status = compute_status(&cluster, sts.as_ref(), outcome, t(0));
+            assert_eq!(srm(&status, AVAILABLE), want_a, "{case}: Available");
+            assert_eq!(srm(&status, PROGRESSING), want_p, "{case}: Progressing");
+            assert_eq!(srm(&status, DEGRADED), want_d, "{case}: Degraded");
+            let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+            assert_eq!(types, [AVAILABLE, PROGRESSING, DEGRADED], "{case}");
+            for c in &status.conditions {
+                assert_eq!(c.observed_generation, cluster.metadata.generation, "{case}: {}", c.type_);
+            }
+            assert_eq!(status.observed_generation, cluster.metadata.generation, "{case}");
+        }
+    }
+
+    #[test]
+    fn numbers_and_selector() {
+        let status = compute_status(&cluster(7, 3), Some(&sts(3, 3, 2, 3)), Outcome::Reconciled, t(0));
+        assert_eq!(status.observed_generation, Some(7));
+        assert_eq!(status.replicas, Some(3));
+        assert_eq!(status.ready_replicas, Some(2));
+        assert_eq!(
+            status.selector.as_deref(),
+            Some("app.kubernetes.io/instance=orders,app.kubernetes.io/name=databasecluster")
+        );
+        let none = compute_status(&cluster(1, 3), None, Outcome::Reconciled, t(0));
+        assert_eq!((none.replicas, none.ready_replicas), (Some(0), Some(0)));
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let mut c = cluster(1, 3);
+        // t0: one of three ready.
+        let s0 = compute_status(&c, Some(&sts(3, 3, 1, 3)), Outcome::Reconciled, t(0));
+        c.status = Some(s0.clone());
+        // t10: two of three: reason/message change, statuses do not: times stay.
+        let s1 = compute_status(&c, Some(&sts(3, 3, 2, 3)), Outcome::Reconciled, t(10));
+        for type_ in [AVAILABLE, PROGRESSING, DEGRADED] {
+            assert_eq!(
+                condition(&s1, type_).last_transition_time,
+                condition(&s0, type_).last_transition_time,
+                "{type_}"
+            );
+        }
+        assert_eq!(condition(&s1, AVAILABLE).message, "2/3 replicas are ready");
+        c.status = Some(s1);
+        // t20: all ready: Available and Progressing flip, Degraded does not.
+        let s2 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(20));
+        assert_eq!(condition(&s2, AVAILABLE).last_transition_time, Time(t(20)));
+        assert_eq!(condition(&s2, PROGRESSING).last_transition_time, Time(t(20)));
+        assert_eq!(condition(&s2, DEGRADED).last_transition_time, Time(t(0)));
+        c.status = Some(s2.clone());
+        // t30: nothing changed: the computed status equals the stored one, nothing to write.
+        let s3 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(30));
+        assert_eq!(s3, s2);
+        assert!(!needs_write(c.status.as_ref(), &s3));
+        // A new generation alone is a change to write.
+        c.metadata.generation = Some(2);
+        let s4 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(40));
+        assert!(needs_write(c.status.as_ref(), &s4));
+        assert_eq!(condition(&s4, AVAILABLE).last_transition_time, Time(t(20)));
+    }
+
+    #[test]
+    fn now_is_truncated_to_seconds() {
+        let now = Timestamp::from_millisecond(1_700_000_000_750).unwrap();
+        let status = compute_status(&cluster(1, 1), None, Outcome::Reconciled, now);
+        let written = serde_json::to_value(&status).unwrap();
+        let read_back: DatabaseClusterStatus = serde_json::from_value(written).unwrap();
+        assert_eq!(read_back, status);
+    }
+
+    #[test]
+    fn no_stored_status_needs_a_write() {
+        let status = compute_status(&cluster(1, 1), None, Outcome::Reconciled, t(0));
+        assert!(needs_write(None, &status));
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let long = "x".repeat(40_000);
+        let status = compute_status(&cluster(1, 1), None, Outcome::Failed(&long), t(0));
+        let message = &condition(&status, DEGRADED).message;
+        assert_eq!(message.len(), MAX_MESSAGE);
+        assert!(message.ends_with("..."));
+    }
+}
