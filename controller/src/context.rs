@@ -1,0 +1,168 @@
+//! The one `Context` shared by every reconcile and the HTTP endpoints.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::store::{Writer, WriterDropped};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use prometheus_client::registry::Registry;
+use stead_crds::DatabaseCluster;
+
+use crate::cli::Settings;
+use crate::metrics::Metrics;
+
+/// `reportingController` of every event.
+pub const REPORTER: &str = "stead-controller";
+
+/// Read-only caches of the children, filled by the informers.
+///
+/// The reconciler reads live children from here instead of GETting them,
+/// so a reconcile that finds everything as desired makes no API call at all.
+/// Each cache is updated before the event that triggers the reconcile is
+/// delivered, so a reconcile never sees an older child than its trigger.
+#[derive(Clone)]
+pub struct Stores {
+    pub stateful_sets: Store<StatefulSet>,
+    pub services: Store<Service>,
+    pub pdbs: Store<PodDisruptionBudget>,
+    pub claims: Store<PersistentVolumeClaim>,
+}
+
+/// The writing halves of [`Stores`]: the informers own them, tests fill them by hand.
+pub struct StoreWriters {
+    pub stateful_sets: Writer<StatefulSet>,
+    pub services: Writer<Service>,
+    pub pdbs: Writer<PodDisruptionBudget>,
+    pub claims: Writer<PersistentVolumeClaim>,
+}
+
+/// Empty caches and their writers.
+pub fn stores() -> (Stores, StoreWriters) {
+    let writers = StoreWriters {
+        stateful_sets: Writer::default(),
+        services: Writer::default(),
+        pdbs: Writer::default(),
+        claims: Writer::default(),
+    };
+    let stores = Stores {
+        stateful_sets: writers.stateful_sets.as_reader(),
+        services: writers.services.as_reader(),
+        pdbs: writers.pdbs.as_reader(),
+        claims: writers.claims.as_reader(),
+    };
+    (stores, writers)
+}
+
+impl Stores {
+    /// Resolves once every cache holds a complete initial list.
+    pub async fn wait_until_ready(&self) -> Result<(), WriterDropped> {
+        self.stateful_sets.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.pdbs.wait_until_ready().await?;
+        self.claims.wait_until_ready().await
+    }
+}
+
+impl StoreWriters {
+    /// Puts objects into the caches and marks them complete, as a finished initial list would.
+    pub fn seed(
+        &mut self,
+        stateful_sets: impl IntoIterator<Item = StatefulSet>,
+        services: impl IntoIterator<Item = Service>,
+        pdbs: impl IntoIterator<Item = PodDisruptionBudget>,
+        claims: impl IntoIterator<Item = PersistentVolumeClaim>,
+    ) {
+        seed(&mut self.stateful_sets, stateful_sets);
+        seed(&mut self.services, services);
+        seed(&mut self.pdbs, pdbs);
+        seed(&mut self.claims, claims);
+    }
+}
+
+fn seed<K>(writer: &mut Writer<K>, objects: impl IntoIterator<Item = K>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+}
+
+/// Health as `/readyz` reports it.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Everything a reconcile needs, built once.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub registry: Registry,
+    pub settings: Settings,
+    pub stores: Stores,
+    pub health: Health,
+    /// The clock of status transition times; fixed in tests.
+    pub now: fn() -> Timestamp,
+    failures: Mutex<HashMap<ObjectRef<DatabaseCluster>, u32>>,
+}
+
+impl Context {
+    /// Builds the context; `instance` tells replicas apart in events (the pod name).
+    pub fn new(client: Client, settings: Settings, stores: Stores, instance: Option<String>) -> Self {
+        let recorder = Recorder::new(client.clone(), Reporter { controller: REPORTER.to_owned(), instance });
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        Self {
+            client,
+            recorder,
+            metrics,
+            registry,
+            settings,
+            stores,
+            health: Health::default(),
+            now: Timestamp::now,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one more consecutive failure of `obj` and returns the count.
+    pub fn record_failure(&self, obj: &ObjectRef<DatabaseCluster>) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = failures.entry(obj.clone()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// Forgets the failures of `obj` after a successful reconcile.
+    pub fn reset_failures(&self, obj: &ObjectRef<DatabaseCluster>) {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(obj);
+    }
+
+    /// Consecutive failures of `obj` so far.
+    pub fn failures(&self, obj: &ObjectRef<DatabaseCluster>) -> u32 {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(obj).copied().unwrap_or(0)
+    }
+}

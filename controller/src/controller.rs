@@ -1,0 +1,336 @@
+//! Wiring of watches, caches and the reconcile loop.
+//!
+//! We assemble the loop from kube-runtime's stable parts (reflectors,
+//! `trigger_self`-style mapping, `applier`) instead of `Controller::owns`,
+//! for two reasons:
+//!
+//! - The reconciler reads children from caches we own ([`Stores`]); a
+//!   reflector updates its cache *before* yielding the event that triggers
+//!   the parent, so a reconcile never sees a child older than its trigger.
+//!   `Controller::owns` keeps no cache, and a second, separate watch would
+//!   race with it.
+//! - Caches stay warm while a replica stands by for the lease; only the
+//!   reconcile loop starts and stops with leadership.
+//!
+//! Noise filtering: the DatabaseCluster stream passes only changes of
+//! generation or finalizers (our own status writes do not re-trigger us;
+//! deletion bumps the generation). Child streams are NOT filtered by
+//! generation: a StatefulSet status change (readyReplicas) must reach the
+//! parent's status.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::channel::mpsc;
+use futures::stream::{self, BoxStream, SelectAll};
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{self, applier};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
+use kube::{Client, Resource, ResourceExt};
+use stead_crds::DatabaseCluster;
+use stead_crds::names::{MANAGED_BY, selector_labels};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::context::{Context, StoreWriters};
+use crate::reconciler::{error_policy, reconcile};
+
+/// Label selector of everything the controller creates; keeps the caches small.
+pub fn managed_selector() -> String {
+    format!("app.kubernetes.io/managed-by={MANAGED_BY}")
+}
+
+/// Why startup failed before any reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(
+        "the DatabaseCluster CRD (databaseclusters.stead.dev) is not installed in this cluster; \
+         install it with `kubectl apply -k manifests/crds` and start the controller again"
+    )]
+    CrdMissing,
+    #[error("cannot list DatabaseClusters ({0}); check the kubeconfig/service account and its RBAC")]
+    Api(#[source] kube::Error),
+}
+
+/// Fails fast when the CRD is missing, instead of retrying watches forever.
+pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), StartupError> {
+    let api: Api<DatabaseCluster> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(StartupError::CrdMissing),
+        Err(e) => Err(StartupError::Api(e)),
+    }
+}
+
+type Requests = Vec<ObjectRef<DatabaseCluster>>;
+type RequestStream = BoxStream<'static, Result<Requests, watcher::Error>>;
+
+/// The watches: they fill the caches and say which clusters to reconcile.
+pub struct Informers {
+    clusters: Store<DatabaseCluster>,
+    streams: SelectAll<RequestStream>,
+}
+
+impl Informers {
+    /// Watches DatabaseClusters and our children in `namespace` (or everywhere).
+    pub fn new(client: &Client, namespace: Option<&str>, writers: StoreWriters) -> Self {
+        fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+        where
+            K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+        {
+            match namespace {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            }
+        }
+        let children = watcher::Config::default().labels(&managed_selector()).any_semantic();
+        let cluster_writer = Writer::<DatabaseCluster>::default();
+        let clusters = cluster_writer.as_reader();
+        let mut streams: SelectAll<RequestStream> = SelectAll::new();
+        streams.push(
+            reflector::reflector(
+                cluster_writer,
+                watcher(api::<DatabaseCluster>(client, namespace), watcher::Config::default().any_semantic()),
+            )
+            .default_backoff()
+            .touched_objects()
+            .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default())
+            .map(|r| r.map(|c| vec![ObjectRef::from_obj(&c)]))
+            .boxed(),
+        );
+        streams.push(owned(api::<StatefulSet>(client, namespace), &children, writers.stateful_sets));
+        streams.push(owned(api::<Service>(client, namespace), &children, writers.services));
+        streams.push(owned(api::<PodDisruptionBudget>(client, namespace), &children, writers.pdbs));
+        streams.push(
+            reflector::reflector(writers.claims, watcher(api::<PersistentVolumeClaim>(client, namespace), children))
+                .default_backoff()
+                .touched_objects()
+                .map(|r| r.map(|claim| cluster_of_claim(&claim).into_iter().collect()))
+                .boxed(),
+        );
+        Self { clusters, streams }
+    }
+
+    /// The DatabaseCluster cache.
+    pub fn clusters(&self) -> Store<DatabaseCluster> {
+        self.clusters.clone()
+    }
+}
+
+fn owned<K>(api: Api<K>, config: &watcher::Config, writer: Writer<K>) -> RequestStream
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    reflector::reflector(writer, watcher(api, config.clone()))
+        .default_backoff()
+        .touched_objects()
+        .map(|r| r.map(|child| owner_of(child.meta()).into_iter().collect()))
+        .boxed()
+}
+
+/// The DatabaseCluster that controls a child, from its controller ownerReference.
+pub fn owner_of(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<DatabaseCluster>> {
+    let namespace = meta.namespace.as_deref()?;
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| {
+            o.controller == Some(true)
+                && o.kind == DatabaseCluster::kind(&())
+                && o.api_version == DatabaseCluster::api_version(&())
+        })
+        .map(|o| ObjectRef::new(&o.name).within(namespace))
+}
+
+/// The cluster a volume claim belongs to, from the labels the StatefulSet copies onto it.
+/// (Retained claims carry no ownerReference.)
+pub fn cluster_of_claim(claim: &PersistentVolumeClaim) -> Option<ObjectRef<DatabaseCluster>> {
+    let namespace = claim.namespace()?;
+    let labels = claim.labels();
+    let instance = labels.get("app.kubernetes.io/instance")?;
+    let ours = selector_labels(instance).iter().all(|(k, v)| labels.get(k) == Some(v));
+    ours.then(|| ObjectRef::new(instance).within(&namespace))
+}
+
+/// Where reconcile requests go while this replica leads; `None` while standing by.
+type Sink = Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<ObjectRef<DatabaseCluster>>>>>;
+
+/// Runs the watches forever, forwarding reconcile requests to the current leader loop.
+async fn pump(mut streams: SelectAll<RequestStream>, sink: Sink) {
+    while let Some(item) = streams.next().await {
+        match item {
+            Ok(requests) => {
+                let guard = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(tx) = guard.as_ref() {
+                    for request in requests {
+                        // A closed receiver means the leader loop just stopped; it relists on restart.
+                        let _ = tx.unbounded_send(request);
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "watch failed; retrying with backoff"),
+        }
+    }
+}
+
+/// Runs until `shutdown` resolves: caches always, reconciles while `leadership` is `true`
+/// (see [`crate::leader::Leadership::subscribe`]).
+pub async fn run(
+    ctx: Arc<Context>,
+    informers: Informers,
+    mut leadership: watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let sink: Sink = Arc::default();
+    let clusters = informers.clusters();
+    let pump_task = tokio::spawn(pump(informers.streams, sink.clone()));
+    let shutdown = shutdown.shared();
+
+    // Ready once every cache is complete: a standby replica is ready too.
+    tokio::select! {
+        ready = async {
+            clusters.wait_until_ready().await?;
+            ctx.stores.wait_until_ready().await
+        } => match ready {
+            Ok(()) => {
+                info!(clusters = clusters.len(), "caches synced");
+                ctx.health.set_ready(true);
+            }
+            Err(e) => warn!(error = %e, "a cache writer stopped before it was ready"),
+        },
+        () = shutdown.clone() => {
+            pump_task.abort();
+            return;
+        }
+    }
+
+    loop {
+        // Stand by until we lead.
+        let became_leader = tokio::select! {
+            r = leadership.wait_for(|leader| *leader) => r.is_ok(),
+            () = shutdown.clone() => false,
+        };
+        if !became_leader {
+            break;
+        }
+        ctx.metrics.leader.set(1);
+        info!("leading: reconciling");
+        let (tx, rx) = mpsc::unbounded();
+        *sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        // Everything known is reconciled once per term; watch events follow.
+        let initial: Vec<_> = clusters.state().iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect();
+        let queue = stream::iter(initial).chain(rx).map(Ok::<_, Infallible>).take_until(shutdown.clone());
+        let reconciling = reconcile_loop(ctx.clone(), clusters.clone(), queue);
+        let lost = leadership.wait_for(|leader| !*leader);
+        let stopped_by_shutdown = tokio::select! {
+            () = reconciling => true,
+            _ = lost => false,
+        };
+        *sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        ctx.metrics.leader.set(0);
+        if stopped_by_shutdown {
+            break;
+        }
+        warn!("lost the lease: stopped reconciling, standing by");
+    }
+    pump_task.abort();
+    info!("controller stopped");
+}
+
+/// The applier over a queue of requests; ends when the queue ends and in-flight reconciles finish.
+async fn reconcile_loop(
+    ctx: Arc<Context>,
+    clusters: Store<DatabaseCluster>,
+    queue: impl Stream<Item = Result<ObjectRef<DatabaseCluster>, Infallible>> + Send + 'static,
+) {
+    let config = controller::Config::default().concurrency(ctx.settings.concurrency);
+    let reconciler = |cluster: Arc<DatabaseCluster>, ctx: Arc<Context>| -> Pin<Box<dyn Future<Output = _> + Send>> {
+        Box::pin(reconcile(cluster, ctx))
+    };
+    applier(reconciler, error_policy, ctx, clusters, queue, config)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, action)) => debug!(cluster = %obj, ?action, "reconciled"),
+                Err(controller::Error::ReconcilerFailed(e, obj)) => {
+                    debug!(cluster = %obj, error = %e, "reconcile failed")
+                }
+                Err(e) => debug!(error = %e, "reconcile skipped"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn owner(kind: &str, api_version: &str, controller: Option<bool>) -> OwnerReference {
+        OwnerReference {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: "orders".into(),
+            uid: "u".into(),
+            controller,
+            block_owner_deletion: None,
+        }
+    }
+
+    #[test]
+    fn owner_mapping_table() {
+        let rows = [
+            ("ours", vec![owner("DatabaseCluster", "stead.dev/v1alpha1", Some(true))], true),
+            ("not controller", vec![owner("DatabaseCluster", "stead.dev/v1alpha1", None)], false),
+            ("other kind", vec![owner("Deployment", "apps/v1", Some(true))], false),
+            ("other version", vec![owner("DatabaseCluster", "stead.dev/v2", Some(true))], false),
+            ("none", vec![], false),
+        ];
+        for (case, refs, want) in rows {
+            let meta =
+                ObjectMeta { namespace: Some("shop".into()), owner_references: Some(refs), ..Default::default() };
+            let got = owner_of(&meta);
+            assert_eq!(got.is_some(), want, "{case}");
+            if let Some(r) = got {
+                assert_eq!((r.name.as_str(), r.namespace.as_deref()), ("orders", Some("shop")));
+            }
+        }
+    }
+
+    #[test]
+    fn claims_map_to_their_cluster_by_labels() {
+        let claim = |labels: &[(&str, &str)]| PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data-orders-0".into()),
+                namespace: Some("shop".into()),
+                labels: Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let ours = claim(&[("app.kubernetes.io/instance", "orders"), ("app.kubernetes.io/name", "databasecluster")]);
+        assert_eq!(cluster_of_claim(&ours), Some(ObjectRef::new("orders").within("shop")));
+        let foreign = claim(&[("app.kubernetes.io/instance", "orders"), ("app.kubernetes.io/name", "other")]);
+        assert_eq!(cluster_of_claim(&foreign), None);
+        assert_eq!(cluster_of_claim(&claim(&[])), None);
+    }
+
+    #[test]
+    fn selector_is_the_managed_by_label() {
+        assert_eq!(managed_selector(), "app.kubernetes.io/managed-by=stead-controller");
+    }
+}

@@ -1,0 +1,340 @@
+//! Test helpers: a mock API server that checks every call, and test objects.
+//!
+//! A test lists the calls it expects, in order: method, exact URI and a
+//! check of the body, each with the answer the API server would give. The
+//! verifier fails on any other call, on a call that never came (timeout),
+//! and on any call after the last expected one — so an empty list proves
+//! that a reconcile made no API call at all ("radio silence").
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use stead_crds::names::{FIELD_MANAGER, FINALIZER};
+use stead_crds::{DatabaseCluster, DatabaseClusterSpec, StorageSpec};
+use tokio::task::JoinHandle;
+use tower_test::mock;
+
+use crate::children::{self, ClusterView};
+use crate::cli::Settings;
+use crate::context::{Context, StoreWriters, stores};
+use crate::status::{Outcome, compute_status};
+
+pub const NS: &str = "shop";
+pub const NAME: &str = "orders";
+pub const UID: &str = "uid-orders";
+
+/// The fixed clock of every test context.
+pub fn now() -> Timestamp {
+    Timestamp::from_second(1_700_000_000).unwrap()
+}
+
+type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+/// The mock API server's end of the client.
+pub struct ApiServer(Handle);
+
+/// A context on a mock client, with empty caches that count as synced.
+pub fn context() -> (Arc<Context>, ApiServer) {
+    context_with(|_| {})
+}
+
+/// A context whose caches are filled by `fill`.
+pub fn context_with(fill: impl FnOnce(&mut StoreWriters)) -> (Arc<Context>, ApiServer) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let (stores, mut writers) = stores();
+    writers.seed([], [], [], []);
+    fill(&mut writers);
+    let mut ctx = Context::new(client, Settings::default(), stores, Some("test".into()));
+    ctx.now = now;
+    (Arc::new(ctx), ApiServer(handle))
+}
+
+/// What the mock answers.
+pub enum Reply {
+    /// 200 with this JSON.
+    Json(Value),
+    /// 200 with the request body (an apply or an event as stored).
+    Echo,
+    /// An error Status with this code and reason.
+    Status(u16, &'static str),
+}
+
+/// One expected call.
+pub struct Call {
+    pub method: Method,
+    pub uri: String,
+    pub check: Box<dyn FnOnce(&Value) + Send>,
+    pub reply: Reply,
+}
+
+impl Call {
+    pub fn new(
+        method: Method,
+        uri: impl Into<String>,
+        check: impl FnOnce(&Value) + Send + 'static,
+        reply: Reply,
+    ) -> Self {
+        Self { method, uri: uri.into(), check: Box::new(check), reply }
+    }
+}
+
+impl ApiServer {
+    /// Answers `calls` in order, then asserts that no further call comes.
+    ///
+    /// The returned task ends once every client is dropped; await it with
+    /// [`verify`] after dropping the context.
+    pub fn expect(self, calls: Vec<Call>) -> JoinHandle<()> {
+        let mut handle = self.0;
+        tokio::spawn(async move {
+            for (i, call) in calls.into_iter().enumerate() {
+                let Some((request, send)) = handle.next_request().await else {
+                    panic!("call #{i} never came: expected {} {}", call.method, call.uri);
+                };
+                let method = request.method().clone();
+                let uri = request.uri().to_string();
+                assert_eq!((&method, uri.as_str()), (&call.method, call.uri.as_str()), "call #{i}");
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+                (call.check)(&body);
+                let response = match call.reply {
+                    Reply::Json(v) => Response::builder().status(200).body(Body::from(serde_json::to_vec(&v).unwrap())),
+                    Reply::Echo => Response::builder().status(200).body(Body::from(bytes.to_vec())),
+                    Reply::Status(code, reason) => {
+                        let status = json!({
+                            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": format!("mock {reason}"), "reason": reason, "code": code,
+                        });
+                        Response::builder().status(code).body(Body::from(serde_json::to_vec(&status).unwrap()))
+                    }
+                };
+                send.send_response(response.unwrap());
+            }
+            if let Some((request, _)) = handle.next_request().await {
+                panic!("unexpected call: {} {}", request.method(), request.uri());
+            }
+        })
+    }
+}
+
+/// Awaits the verifier, failing when it hangs (a call that never came).
+pub async fn verify(server: JoinHandle<()>) {
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => panic!("the mock API server still waits for an expected call"),
+    }
+}
+
+// ---- URIs --------------------------------------------------------------------------------
+
+fn apply_query() -> String {
+    format!("?&force=true&fieldManager={FIELD_MANAGER}")
+}
+
+pub fn cluster_uri() -> String {
+    format!("/apis/stead.dev/v1alpha1/namespaces/{NS}/databaseclusters/{NAME}")
+}
+
+pub fn service_uri(name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/services/{name}{}", apply_query())
+}
+
+pub fn sts_uri() -> String {
+    format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}{}", apply_query())
+}
+
+pub fn pdb_path() -> String {
+    format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/{NAME}")
+}
+
+pub fn claim_uri(name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/{name}?&fieldManager={FIELD_MANAGER}")
+}
+
+// ---- Calls ------------------------------------------------------------------------------
+
+/// An event with this reason and type about the cluster; `check` sees the note.
+pub fn event(reason: &'static str, type_: &'static str, check: impl FnOnce(&str) + Send + 'static) -> Call {
+    Call::new(
+        Method::POST,
+        format!("/apis/events.k8s.io/v1/namespaces/{NS}/events?"),
+        move |body| {
+            assert_eq!(body["reason"], reason, "event reason in {body}");
+            assert_eq!(body["type"], type_, "event type in {body}");
+            assert_eq!(body["regarding"]["kind"], "DatabaseCluster");
+            assert_eq!(body["regarding"]["name"], NAME);
+            assert_eq!(body["reportingController"], "stead-controller");
+            check(body["note"].as_str().unwrap_or_default());
+        },
+        Reply::Echo,
+    )
+}
+
+/// The finalizer helper's JSON patch adding our finalizer.
+pub fn add_finalizer(cluster: &DatabaseCluster) -> Call {
+    let mut answer = cluster.clone();
+    answer.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+    Call::new(
+        Method::PATCH,
+        format!("{}?", cluster_uri()),
+        |body| {
+            assert_eq!(
+                body,
+                &json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+                ])
+            );
+        },
+        Reply::Json(serde_json::to_value(answer).unwrap()),
+    )
+}
+
+/// The finalizer helper's JSON patch removing our finalizer (index 0).
+pub fn remove_finalizer(reply: Reply) -> Call {
+    Call::new(
+        Method::PATCH,
+        format!("{}?", cluster_uri()),
+        |body| {
+            assert_eq!(
+                body,
+                &json!([
+                    {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+                    {"op": "remove", "path": "/metadata/finalizers/0"},
+                ])
+            );
+        },
+        reply,
+    )
+}
+
+/// A merge patch of `/status`; `check` sees the status written.
+pub fn status_patch(cluster: &DatabaseCluster, check: impl FnOnce(&Value) + Send + 'static) -> Call {
+    let answer = serde_json::to_value(cluster).unwrap();
+    Call::new(
+        Method::PATCH,
+        format!("{}/status?&fieldManager={FIELD_MANAGER}", cluster_uri()),
+        move |body| {
+            let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["status"], "a status patch carries only status");
+            check(&body["status"]);
+        },
+        Reply::Json(answer),
+    )
+}
+
+/// A server-side apply of a child at `uri`; the body must be exactly `want`.
+pub fn apply(uri: String, want: Value) -> Call {
+    Call::new(Method::PATCH, uri, move |body| assert_eq!(body, &want), Reply::Echo)
+}
+
+// ---- Objects ----------------------------------------------------------------------------
+
+pub fn spec() -> DatabaseClusterSpec {
+    DatabaseClusterSpec {
+        image: "postgres:17.2".into(),
+        replicas: Some(3),
+        port: Some(5432),
+        storage: StorageSpec { size: "10Gi".into(), storage_class_name: None },
+        ..Default::default()
+    }
+}
+
+/// A stored cluster without finalizer or status.
+pub fn cluster(spec: DatabaseClusterSpec) -> DatabaseCluster {
+    let mut c = DatabaseCluster::new(NAME, spec);
+    c.metadata.namespace = Some(NS.into());
+    c.metadata.uid = Some(UID.into());
+    c.metadata.generation = Some(1);
+    c.metadata.resource_version = Some("100".into());
+    c
+}
+
+/// The cluster with our finalizer.
+pub fn finalized(mut c: DatabaseCluster) -> DatabaseCluster {
+    c.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+    c
+}
+
+/// The cluster with the status the controller would have written for `sts`.
+pub fn settled(mut c: DatabaseCluster, sts: Option<&StatefulSet>) -> DatabaseCluster {
+    c.status = Some(compute_status(&c, sts, Outcome::Reconciled, now()));
+    c
+}
+
+/// What the API server stores for an applied body: our fields plus defaults and bookkeeping.
+fn stored<K: serde::de::DeserializeOwned>(mut applied: Value, uid: &str) -> K {
+    applied["metadata"]["uid"] = json!(uid);
+    applied["metadata"]["resourceVersion"] = json!("7");
+    applied["metadata"]["generation"] = json!(1);
+    applied["metadata"]["labels"]["added-by-someone-else"] = json!("yes");
+    serde_json::from_value(applied).unwrap()
+}
+
+pub fn live_services(c: &DatabaseCluster) -> Vec<Service> {
+    let view = ClusterView::new(c).unwrap();
+    let mut headless: Service = stored(children::headless_service(&view), "uid-headless");
+    let mut client: Service = stored(children::client_service(&view), "uid-client");
+    // API server defaults.
+    for svc in [&mut headless, &mut client] {
+        let spec = svc.spec.as_mut().unwrap();
+        spec.session_affinity = Some("None".into());
+        spec.ip_families = Some(vec!["IPv4".into()]);
+        if spec.cluster_ip.is_none() {
+            spec.cluster_ip = Some("10.96.0.17".into());
+        }
+    }
+    vec![headless, client]
+}
+
+/// The StatefulSet as stored, with `ready` of its replicas ready.
+pub fn live_sts(c: &DatabaseCluster, ready: i32) -> StatefulSet {
+    let view = ClusterView::new(c).unwrap();
+    let mut sts: StatefulSet = stored(children::stateful_set(&view, None).unwrap(), "uid-sts");
+    let spec = &mut sts.spec;
+    spec.revision_history_limit = Some(10);
+    spec.template.spec.as_mut().unwrap().containers[0].termination_message_path = Some("/dev/termination-log".into());
+    spec.template.spec.as_mut().unwrap().containers[0].image_pull_policy = Some("IfNotPresent".into());
+    let replicas = view.replicas();
+    sts.status = Some(StatefulSetStatus {
+        observed_generation: Some(1),
+        replicas,
+        ready_replicas: Some(ready),
+        available_replicas: Some(ready),
+        current_replicas: Some(replicas),
+        updated_replicas: Some(replicas),
+        current_revision: Some(format!("{NAME}-abc")),
+        update_revision: Some(format!("{NAME}-abc")),
+        ..Default::default()
+    });
+    sts
+}
+
+pub fn live_pdb(c: &DatabaseCluster) -> PodDisruptionBudget {
+    let view = ClusterView::new(c).unwrap();
+    stored(children::pod_disruption_budget(&view), "uid-pdb")
+}
+
+/// A claim the StatefulSet created from the template.
+pub fn live_claim(ordinal: i32, size: &str) -> PersistentVolumeClaim {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("data-{NAME}-{ordinal}"),
+            "namespace": NS,
+            "uid": format!("uid-claim-{ordinal}"),
+            "labels": stead_crds::names::child_labels(NAME),
+        },
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+    }))
+    .unwrap()
+}

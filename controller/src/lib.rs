@@ -1,0 +1,27 @@
+//! stead-controller: reconciles every `DatabaseCluster` into a headless
+//! Service, a client Service, a StatefulSet and a PodDisruptionBudget, and
+//! reports what it sees in `.status`.
+//!
+//! Pure parts (`children`, `diff`, `status`, `storage`) are separate from the
+//! parts that talk to the API server (`reconciler`, `controller`, `leader`).
+
+pub mod children;
+pub mod cli;
+pub mod context;
+pub mod controller;
+pub mod diff;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod reconciler;
+pub mod status;
+pub mod storage;
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod reconciler_tests;
+
+pub use context::Context;
+pub use error::Error;

@@ -1,0 +1,401 @@
+//! One reconcile of one DatabaseCluster: finalizer, guard, children, status.
+//!
+//! The steady state is silent: children are read from the informer caches,
+//! applied only when the live object lacks a field we own (see `diff`), and
+//! the status is written only when it differs from the stored one. Events
+//! accompany writes, so a quiet cluster produces no events either.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use stead_crds::names::{FIELD_MANAGER, FINALIZER};
+use stead_crds::validation::validate_create;
+use stead_crds::{DatabaseCluster, Verdict};
+use tracing::{debug, info, warn};
+
+use crate::children::{self, ChildKind, ClusterView};
+use crate::context::Context;
+use crate::diff::is_subset;
+use crate::error::{Error, backoff, is_not_found};
+use crate::status::{Outcome, compute_status, needs_write};
+use crate::storage::{expansion_patch, expansions};
+
+/// Longest event note the API accepts.
+const MAX_NOTE: usize = 1024;
+
+/// Reconciles one cluster; the entry point handed to the applier.
+pub async fn reconcile(cluster: Arc<DatabaseCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&cluster, &ctx).await;
+    ctx.metrics.observe_duration(started.elapsed());
+    if result.is_ok() {
+        ctx.reset_failures(&ObjectRef::from_obj(cluster.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_inner(cluster: &Arc<DatabaseCluster>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let namespace = cluster.namespace().ok_or(Error::MissingMetadata { field: "metadata.namespace" })?;
+    let api: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let finalizing = cluster.meta().deletion_timestamp.is_some() && cluster.finalizers().iter().any(|f| f == FINALIZER);
+    let outcome = finalizer::finalizer(&api, FINALIZER, cluster.clone(), |event| async {
+        match event {
+            Finalizer::Apply(cluster) => apply(&cluster, ctx).await,
+            Finalizer::Cleanup(cluster) => cleanup(&cluster, ctx).await,
+        }
+    })
+    .await;
+    match outcome {
+        Ok(action) => {
+            if finalizing {
+                publish(
+                    ctx,
+                    cluster,
+                    EventType::Normal,
+                    "FinalizerRemoved",
+                    "Delete",
+                    format!("cleanup done; removed finalizer {FINALIZER}"),
+                )
+                .await;
+            }
+            Ok(action)
+        }
+        // Deleted while we worked on it: nothing is left to do.
+        Err(finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e)) if is_not_found(&e) => {
+            debug!(cluster = %ObjectRef::from_obj(cluster.as_ref()), "cluster is already gone");
+            Ok(Action::await_change())
+        }
+        Err(err) => Err(Error::Finalizer(Box::new(err))),
+    }
+}
+
+/// Requeues a failed cluster with exponential backoff (per object) and counts the error.
+#[allow(clippy::needless_pass_by_value)] // the signature the applier calls
+pub fn error_policy(cluster: Arc<DatabaseCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let kind = error.kind();
+    ctx.metrics.count_error(kind.as_str());
+    let obj = ObjectRef::from_obj(cluster.as_ref());
+    let failures = ctx.record_failure(&obj);
+    let delay = backoff(failures, kind);
+    warn!(cluster = %obj, error = %error, kind = kind.as_str(), failures, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The cluster exists and carries our finalizer.
+async fn apply(cluster: &DatabaseCluster, ctx: &Context) -> Result<Action, Error> {
+    let view = ClusterView::new(cluster)?;
+    let resync = Action::requeue(ctx.settings.resync);
+    let live_sts = cached(&ctx.stores.stateful_sets, &view, ChildKind::StatefulSet);
+
+    // Guard: the webhook may be bypassed or absent. Judge as it would, touch nothing.
+    let verdict = validate_create(cluster);
+    if !verdict.is_allowed() {
+        let written = write_status(cluster, ctx, live_sts.as_deref(), Outcome::Invalid(&verdict)).await?;
+        // Once per change of the verdict (and so once per generation), not on every resync.
+        if written == StatusWrite::Written {
+            publish(ctx, cluster, EventType::Warning, "InvalidSpec", "Validate", invalid_note(&verdict)).await;
+        }
+        return Ok(if written == StatusWrite::Gone { Action::await_change() } else { resync });
+    }
+
+    if view.spec.is_paused() {
+        let written = write_status(cluster, ctx, live_sts.as_deref(), Outcome::Reconciled).await?;
+        return Ok(if written == StatusWrite::Gone { Action::await_change() } else { resync });
+    }
+
+    match apply_children(cluster, &view, ctx, live_sts).await {
+        Ok(sts) => {
+            let written = write_status(cluster, ctx, sts.as_deref(), Outcome::Reconciled).await?;
+            Ok(if written == StatusWrite::Gone { Action::await_change() } else { resync })
+        }
+        Err(err) => {
+            let message = err.to_string();
+            let sts = cached(&ctx.stores.stateful_sets, &view, ChildKind::StatefulSet);
+            match write_status(cluster, ctx, sts.as_deref(), Outcome::Failed(&message)).await {
+                Ok(StatusWrite::Written) => {
+                    publish(ctx, cluster, EventType::Warning, "ReconcileFailed", "Reconcile", message).await;
+                }
+                Ok(_) => {}
+                Err(status_err) => warn!(error = %status_err, "could not record the failure in the status"),
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Brings every child to the desired state; returns the StatefulSet as it now is.
+async fn apply_children(
+    cluster: &DatabaseCluster,
+    view: &ClusterView,
+    ctx: &Context,
+    live_sts: Option<Arc<StatefulSet>>,
+) -> Result<Option<Arc<StatefulSet>>, Error> {
+    let stores = &ctx.stores;
+    for kind in [ChildKind::HeadlessService, ChildKind::ClientService] {
+        let desired = match kind {
+            ChildKind::HeadlessService => children::headless_service(view),
+            _ => children::client_service(view),
+        };
+        ensure::<Service>(cluster, ctx, view, kind, desired, cached(&stores.services, view, kind)).await?;
+    }
+
+    let desired = children::stateful_set(view, live_sts.as_deref())?;
+    let sts = ensure::<StatefulSet>(cluster, ctx, view, ChildKind::StatefulSet, desired, live_sts).await?;
+
+    let live_pdb = cached(&stores.pdbs, view, ChildKind::PodDisruptionBudget);
+    if children::wants_pdb(view) {
+        let desired = children::pod_disruption_budget(view);
+        ensure::<PodDisruptionBudget>(cluster, ctx, view, ChildKind::PodDisruptionBudget, desired, live_pdb).await?;
+    } else if let Some(pdb) = live_pdb {
+        remove_pdb(cluster, ctx, view, &pdb).await?;
+    }
+
+    expand_volumes(cluster, ctx, view).await?;
+    Ok(Some(sts))
+}
+
+/// Applies `desired` unless `live` already contains all of it.
+async fn ensure<K>(
+    cluster: &DatabaseCluster,
+    ctx: &Context,
+    view: &ClusterView,
+    child: ChildKind,
+    desired: Value,
+    live: Option<Arc<K>>,
+) -> Result<Arc<K>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let name = child.name(&view.name);
+    if let Some(live) = &live {
+        check_controller(live.meta(), view, child)?;
+        let live_json =
+            serde_json::to_value(live.as_ref()).map_err(|source| Error::Serialize { what: "live child", source })?;
+        if is_subset(&desired, &live_json) {
+            return Ok(live.clone());
+        }
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &view.namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = api
+        .patch(&name, &params, &Patch::Apply(&desired))
+        .await
+        .map_err(|e| Error::kube(format!("apply {} {}/{name}", child.kind(), view.namespace), e))?;
+    ctx.metrics.count_apply(child.kind());
+    let (reason, note) = match live {
+        None => ("Created", format!("created {} {name}", child.kind())),
+        Some(_) => ("Updated", format!("updated {} {name} to match the DatabaseCluster", child.kind())),
+    };
+    info!(cluster = %view.name, namespace = %view.namespace, child = %name, kind = child.kind(), reason, "applied child");
+    publish_about(ctx, cluster, EventType::Normal, reason, "Apply", note, Some(applied.object_ref(&()))).await;
+    Ok(Arc::new(applied))
+}
+
+/// A cached child must be controlled by this cluster; we never take over someone else's object.
+fn check_controller(meta: &kube::api::ObjectMeta, view: &ClusterView, child: ChildKind) -> Result<(), Error> {
+    let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    match controller {
+        Some(owner) if owner.uid == view.uid => Ok(()),
+        other => Err(Error::ChildConflict {
+            kind: child.kind(),
+            namespace: view.namespace.clone(),
+            name: child.name(&view.name),
+            owner: other.map_or_else(
+                || "it has no controller".to_owned(),
+                |o| format!("controlled by {} {} uid {}", o.kind, o.name, o.uid),
+            ),
+        }),
+    }
+}
+
+async fn remove_pdb(
+    cluster: &DatabaseCluster,
+    ctx: &Context,
+    view: &ClusterView,
+    pdb: &PodDisruptionBudget,
+) -> Result<(), Error> {
+    check_controller(&pdb.metadata, view, ChildKind::PodDisruptionBudget)?;
+    let name = ChildKind::PodDisruptionBudget.name(&view.name);
+    let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &view.namespace);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: pdb.metadata.uid.clone(), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => {}
+        Err(e) if is_not_found(&e) => return Ok(()),
+        Err(e) => return Err(Error::kube(format!("delete PodDisruptionBudget {}/{name}", view.namespace), e)),
+    }
+    ctx.metrics.count_apply("PodDisruptionBudget");
+    let note = format!("deleted PodDisruptionBudget {name}: a single replica needs none");
+    publish(ctx, cluster, EventType::Normal, "Deleted", "Delete", note).await;
+    Ok(())
+}
+
+/// Grows the claims the StatefulSet's immutable template cannot.
+async fn expand_volumes(cluster: &DatabaseCluster, ctx: &Context, view: &ClusterView) -> Result<(), Error> {
+    let claims = ctx.stores.claims.state();
+    let in_namespace = claims.iter().filter(|c| c.metadata.namespace.as_deref() == Some(view.namespace.as_str()));
+    let todo = expansions(view, in_namespace.map(AsRef::as_ref));
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &view.namespace);
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+    for expansion in todo {
+        api.patch(&expansion.claim, &params, &Patch::Merge(expansion_patch(&expansion))).await.map_err(|e| {
+            Error::kube(format!("expand PersistentVolumeClaim {}/{}", view.namespace, expansion.claim), e)
+        })?;
+        ctx.metrics.count_apply("PersistentVolumeClaim");
+        let note =
+            format!("expanding PersistentVolumeClaim {} from {} to {}", expansion.claim, expansion.from, expansion.to);
+        let claim = ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("PersistentVolumeClaim".to_owned()),
+            name: Some(expansion.claim.clone()),
+            namespace: Some(view.namespace.clone()),
+            ..ObjectReference::default()
+        };
+        publish_about(ctx, cluster, EventType::Normal, "ExpandingVolume", "Expand", note, Some(claim)).await;
+    }
+    Ok(())
+}
+
+/// The cluster is being deleted. Children go with it through their
+/// ownerReferences (honouring the propagation policy the user chose); the
+/// volumes stay, and the user is told which.
+async fn cleanup(cluster: &DatabaseCluster, ctx: &Context) -> Result<Action, Error> {
+    let name = cluster.name_any();
+    let namespace = cluster.namespace().unwrap_or_default();
+    publish(
+        ctx,
+        cluster,
+        EventType::Normal,
+        "Deleting",
+        "Delete",
+        format!(
+            "deleting DatabaseCluster {name}: the garbage collector removes its StatefulSet, Services and \
+             PodDisruptionBudget"
+        ),
+    )
+    .await;
+    let selector = stead_crds::names::selector_labels(&name);
+    let mut retained: Vec<String> = ctx
+        .stores
+        .claims
+        .state()
+        .iter()
+        .filter(|c| c.metadata.namespace.as_deref() == Some(namespace.as_str()))
+        .filter(|c| selector.iter().all(|(k, v)| c.labels().get(k) == Some(v)))
+        .map(|c| c.name_any())
+        .collect();
+    retained.sort();
+    if !retained.is_empty() {
+        let note = format!(
+            "kept {} PersistentVolumeClaim(s) with the data: {}; delete them to release the storage",
+            retained.len(),
+            retained.join(", ")
+        );
+        publish(ctx, cluster, EventType::Normal, "VolumesRetained", "Delete", note).await;
+    }
+    Ok(Action::await_change())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatusWrite {
+    Unchanged,
+    Written,
+    /// The cluster disappeared (404): nothing left to report on.
+    Gone,
+}
+
+/// Computes the status and writes it through `/status` only when it differs from the stored one.
+async fn write_status(
+    cluster: &DatabaseCluster,
+    ctx: &Context,
+    sts: Option<&StatefulSet>,
+    outcome: Outcome<'_>,
+) -> Result<StatusWrite, Error> {
+    let status = compute_status(cluster, sts, outcome, (ctx.now)());
+    if !needs_write(cluster.status.as_ref(), &status) {
+        return Ok(StatusWrite::Unchanged);
+    }
+    let name = cluster.name_any();
+    let namespace = cluster.namespace().unwrap_or_default();
+    let api: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+    match api.patch_status(&name, &params, &Patch::Merge(json!({ "status": status }))).await {
+        Ok(_) => {
+            ctx.metrics.status_writes.inc();
+            debug!(cluster = %name, namespace = %namespace, "status written");
+            Ok(StatusWrite::Written)
+        }
+        Err(e) if is_not_found(&e) => Ok(StatusWrite::Gone),
+        Err(e) => Err(Error::kube(format!("write status of DatabaseCluster {namespace}/{name}"), e)),
+    }
+}
+
+fn cached<K>(store: &Store<K>, view: &ClusterView, child: ChildKind) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.get(&ObjectRef::new(&child.name(&view.name)).within(&view.namespace))
+}
+
+fn invalid_note(verdict: &Verdict) -> String {
+    let messages: Vec<String> = verdict.errors.iter().map(ToString::to_string).collect();
+    format!("spec is invalid; no child was changed: {}", messages.join("; "))
+}
+
+async fn publish(ctx: &Context, cluster: &DatabaseCluster, type_: EventType, reason: &str, action: &str, note: String) {
+    publish_about(ctx, cluster, type_, reason, action, note, None).await;
+}
+
+/// Publishes an event about the cluster; a failure to publish is logged, never fatal.
+async fn publish_about(
+    ctx: &Context,
+    cluster: &DatabaseCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    secondary: Option<ObjectReference>,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(cut(note, MAX_NOTE)),
+        action: action.to_owned(),
+        secondary,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+        warn!(cluster = %cluster.name_any(), reason, error = %e, "could not publish event");
+    }
+}
+
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}

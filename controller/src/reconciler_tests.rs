@@ -1,0 +1,448 @@
+//! Reconciler tests against the mock API server: every call is asserted.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::{Value, json};
+use stead_crds::names::FINALIZER;
+use stead_crds::{DatabaseCluster, DatabaseClusterSpec, StorageSpec};
+
+use crate::children::{self, ClusterView};
+use crate::error::ErrorKind;
+use crate::fixtures::*;
+use crate::metrics::render;
+use crate::reconciler::{error_policy, reconcile};
+
+/// The condition of `type_` in a written status: (status, reason, message).
+fn condition(status: &Value, type_: &str) -> (String, String, String) {
+    let c = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap();
+    let s = |k: &str| c[k].as_str().unwrap().to_owned();
+    (s("status"), s("reason"), s("message"))
+}
+
+fn triple(s: &str, r: &str, m: &str) -> (String, String, String) {
+    (s.to_owned(), r.to_owned(), m.to_owned())
+}
+
+fn metric(ctx: &crate::Context, line_start: &str) -> Option<String> {
+    render(&ctx.registry).unwrap().lines().find(|l| l.starts_with(line_start)).map(str::to_owned)
+}
+
+fn resync() -> Action {
+    Action::requeue(crate::cli::RESYNC)
+}
+
+#[tokio::test]
+async fn first_reconcile_adds_the_finalizer_only() {
+    let c = cluster(spec());
+    let (ctx, server) = context();
+    let server = server.expect(vec![add_finalizer(&c)]);
+    let action = reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::await_change(), "the finalizer patch itself triggers the next reconcile");
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn first_apply_creates_every_child_then_writes_status() {
+    let c = finalized(cluster(spec()));
+    let view = ClusterView::new(&c).unwrap();
+    let (ctx, server) = context();
+    let created = |kind: &'static str, name: &'static str| {
+        event("Created", "Normal", move |note| assert_eq!(note, format!("created {kind} {name}")))
+    };
+    let status_check = |status: &Value| {
+        assert_eq!(status["observedGeneration"], 1);
+        assert_eq!(status["replicas"], 0, "the StatefulSet reports no pods yet");
+        assert_eq!(status["readyReplicas"], 0);
+        assert_eq!(status["selector"], "app.kubernetes.io/instance=orders,app.kubernetes.io/name=databasecluster");
+        assert_eq!(condition(status, "Available"), triple("False", "ReplicasNotReady", "0/3 replicas are ready"));
+        assert_eq!(condition(status, "Progressing").0, "True");
+        assert_eq!(condition(status, "Degraded"), triple("False", "AsExpected", "no problems found"));
+        assert_eq!(status["conditions"][0]["lastTransitionTime"], "2023-11-14T22:13:20Z");
+    };
+    let server = server.expect(vec![
+        apply(service_uri("orders-headless"), children::headless_service(&view)),
+        created("Service", "orders-headless"),
+        apply(service_uri("orders"), children::client_service(&view)),
+        created("Service", "orders"),
+        apply(sts_uri(), children::stateful_set(&view, None).unwrap()),
+        created("StatefulSet", "orders"),
+        apply(
+            format!("{}?&force=true&fieldManager=stead-controller", pdb_path()),
+            children::pod_disruption_budget(&view),
+        ),
+        created("PodDisruptionBudget", "orders"),
+        status_patch(&c, status_check),
+    ]);
+    let action = reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    assert_eq!(action, resync());
+    assert_eq!(
+        metric(&ctx, "stead_controller_child_applies_total{kind=\"StatefulSet\"}").unwrap(),
+        "stead_controller_child_applies_total{kind=\"StatefulSet\"} 1"
+    );
+    assert!(metric(&ctx, "stead_controller_status_writes_total").unwrap().ends_with(" 1"));
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn steady_state_is_radio_silence() {
+    let base = finalized(cluster(spec()));
+    let sts = live_sts(&base, 3);
+    let c = settled(base.clone(), Some(&sts));
+    let (ctx, server) = context_with(|w| {
+        w.seed(
+            [sts.clone()],
+            live_services(&base),
+            [live_pdb(&base)],
+            [live_claim(0, "10Gi"), live_claim(1, "10Gi"), live_claim(2, "10Gi")],
+        );
+    });
+    let server = server.expect(vec![]);
+    let cluster = Arc::new(c);
+    for _ in 0..3 {
+        assert_eq!(reconcile(cluster.clone(), ctx.clone()).await.unwrap(), resync());
+    }
+    assert_eq!(metric(&ctx, "stead_controller_reconciles_total").unwrap(), "stead_controller_reconciles_total 3");
+    assert_eq!(metric(&ctx, "stead_controller_status_writes_total").unwrap(), "stead_controller_status_writes_total 0");
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn readiness_change_updates_only_the_status() {
+    let base = finalized(cluster(spec()));
+    // Stored status describes 1/3 ready; the StatefulSet now reports 3/3.
+    let c = settled(base.clone(), Some(&live_sts(&base, 1)));
+    let (ctx, server) = context_with(|w| {
+        w.seed([live_sts(&base, 3)], live_services(&base), [live_pdb(&base)], []);
+    });
+    let server = server.expect(vec![status_patch(&c, |status| {
+        assert_eq!(status["readyReplicas"], 3);
+        assert_eq!(condition(status, "Available"), triple("True", "AllReplicasReady", "3/3 replicas are ready"));
+        assert_eq!(
+            condition(status, "Progressing"),
+            triple("False", "Reconciled", "StatefulSet orders is up to date with 3 ready replicas")
+        );
+        assert_eq!(condition(status, "Degraded").0, "False");
+    })]);
+    assert_eq!(reconcile(Arc::new(c), ctx.clone()).await.unwrap(), resync());
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn transition_time_is_kept_when_status_does_not_flip() {
+    let base = finalized(cluster(spec()));
+    let mut c = settled(base.clone(), Some(&live_sts(&base, 1)));
+    // Pretend the stored conditions are an hour old.
+    let earlier = Time(k8s_openapi::jiff::Timestamp::from_second(1_699_996_400).unwrap());
+    for cond in &mut c.status.as_mut().unwrap().conditions {
+        cond.last_transition_time = earlier.clone();
+    }
+    let (ctx, server) = context_with(|w| w.seed([live_sts(&base, 2)], live_services(&base), [live_pdb(&base)], []));
+    let server = server.expect(vec![status_patch(&c, |status| {
+        assert_eq!(condition(status, "Available"), triple("False", "ReplicasNotReady", "2/3 replicas are ready"));
+        for cond in status["conditions"].as_array().unwrap() {
+            assert_eq!(cond["lastTransitionTime"], "2023-11-14T21:13:20Z", "{cond}");
+        }
+    })]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn paused_leaves_children_alone() {
+    let base = finalized(cluster(spec()));
+    let live = live_sts(&base, 3);
+    // The user scaled to 5 and paused: the StatefulSet must keep 3 replicas.
+    let mut c = finalized(cluster(DatabaseClusterSpec { replicas: Some(5), paused: Some(true), ..spec() }));
+    c.metadata.generation = Some(2);
+    let c = DatabaseCluster { status: settled(base.clone(), Some(&live)).status, ..c };
+    let (ctx, server) = context_with(|w| w.seed([live.clone()], live_services(&base), [live_pdb(&base)], []));
+    let server = server.expect(vec![status_patch(&c, |status| {
+        assert_eq!(status["observedGeneration"], 2);
+        assert_eq!(
+            condition(status, "Progressing"),
+            triple("False", "Paused", "reconciliation is paused (spec.paused=true); children are left as they are")
+        );
+        assert_eq!(condition(status, "Available"), triple("True", "AllReplicasReady", "3/3 replicas are ready"));
+    })]);
+    let cluster = Arc::new(c);
+    reconcile(cluster.clone(), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn invalid_spec_touches_no_child_and_reports_once() {
+    let bad = DatabaseClusterSpec {
+        replicas: Some(12),
+        storage: StorageSpec { size: "10GB".into(), storage_class_name: None },
+        ..spec()
+    };
+    let c = finalized(cluster(bad));
+    let (ctx, server) = context();
+    let want_message = "spec.replicas: Invalid value: 12: must be between 1 and 9, inclusive; \
+                        spec.storage.size: Invalid value: \"10GB\": must be a Kubernetes quantity such as 10Gi";
+    let written = Arc::new(std::sync::Mutex::new(Value::Null));
+    let keep = written.clone();
+    let server = server.expect(vec![
+        status_patch(&c, move |status| {
+            let (s, reason, message) = condition(status, "Degraded");
+            assert_eq!((s.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+            assert!(message.starts_with(want_message), "{message}");
+            assert_eq!(condition(status, "Available").1, "InvalidSpec");
+            assert_eq!(condition(status, "Progressing").1, "InvalidSpec");
+            *keep.lock().unwrap() = status.clone();
+        }),
+        event("InvalidSpec", "Warning", |note| {
+            assert!(
+                note.starts_with("spec is invalid; no child was changed: spec.replicas: Invalid value: 12"),
+                "{note}"
+            );
+        }),
+    ]);
+    assert_eq!(reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap(), resync());
+    drop(ctx);
+    verify(server).await;
+
+    // The next resync finds the same verdict already stored: no write, no event storm.
+    let mut again = c;
+    again.status = Some(serde_json::from_value(written.lock().unwrap().clone()).unwrap());
+    let (ctx, server) = context();
+    let server = server.expect(vec![]);
+    reconcile(Arc::new(again), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn deletion_reports_retained_volumes_and_removes_the_finalizer() {
+    let mut c = finalized(cluster(spec()));
+    c.metadata.deletion_timestamp = Some(Time(now()));
+    let (ctx, server) = context_with(|w| {
+        let mut other = live_claim(0, "10Gi");
+        other.metadata.name = Some("data-payments-0".into());
+        other.metadata.labels = Some(stead_crds::names::child_labels("payments"));
+        w.seed([], [], [], [live_claim(1, "10Gi"), live_claim(0, "10Gi"), other]);
+    });
+    let mut gone = c.clone();
+    gone.metadata.finalizers = None;
+    let server = server.expect(vec![
+        event("Deleting", "Normal", |note| assert!(note.starts_with("deleting DatabaseCluster orders"), "{note}")),
+        event("VolumesRetained", "Normal", |note| {
+            assert_eq!(
+                note,
+                "kept 2 PersistentVolumeClaim(s) with the data: data-orders-0, data-orders-1; delete them to release \
+                 the storage"
+            );
+        }),
+        remove_finalizer(Reply::Json(serde_json::to_value(&gone).unwrap())),
+        event("FinalizerRemoved", "Normal", |note| assert!(note.contains(FINALIZER), "{note}")),
+    ]);
+    assert_eq!(reconcile(Arc::new(c), ctx.clone()).await.unwrap(), Action::await_change());
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_cluster_already_gone_is_not_an_error() {
+    let mut c = finalized(cluster(spec()));
+    c.metadata.deletion_timestamp = Some(Time(now()));
+    let (ctx, server) = context();
+    let server =
+        server.expect(vec![event("Deleting", "Normal", |_| {}), remove_finalizer(Reply::Status(404, "NotFound"))]);
+    assert_eq!(reconcile(Arc::new(c), ctx.clone()).await.unwrap(), Action::await_change());
+    drop(ctx);
+    verify(server).await;
+
+    // Same when it vanishes before the status write.
+    let c = finalized(cluster(spec()));
+    let base = c.clone();
+    let (ctx, server) = context_with(|w| w.seed([live_sts(&base, 3)], live_services(&base), [live_pdb(&base)], []));
+    let mut call = status_patch(&c, |_| {});
+    call.reply = Reply::Status(404, "NotFound");
+    let server = server.expect(vec![call]);
+    assert_eq!(reconcile(Arc::new(c), ctx.clone()).await.unwrap(), Action::await_change());
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn api_error_is_surfaced_recorded_and_retried_with_backoff() {
+    let c = finalized(cluster(spec()));
+    let view = ClusterView::new(&c).unwrap();
+    let (ctx, server) = context();
+    let mut failing = apply(service_uri("orders-headless"), children::headless_service(&view));
+    failing.reply = Reply::Status(503, "ServiceUnavailable");
+    let server = server.expect(vec![
+        failing,
+        status_patch(&c, |status| {
+            let (s, reason, message) = condition(status, "Degraded");
+            assert_eq!((s.as_str(), reason.as_str()), ("True", "ReconcileFailed"));
+            assert!(message.starts_with("apply Service shop/orders-headless failed: "), "{message}");
+            assert!(message.contains("mock ServiceUnavailable"), "{message}");
+        }),
+        event("ReconcileFailed", "Warning", |note| assert!(note.contains("orders-headless"), "{note}")),
+    ]);
+    let cluster = Arc::new(c);
+    let err = reconcile(cluster.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transient);
+    // The applier hands the error to error_policy: exponential backoff per object.
+    assert_eq!(error_policy(cluster.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(1)));
+    assert_eq!(error_policy(cluster.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(2)));
+    assert_eq!(error_policy(cluster.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(4)));
+    assert_eq!(
+        metric(&ctx, "stead_controller_reconcile_errors_total{kind=\"transient\"}").unwrap(),
+        "stead_controller_reconcile_errors_total{kind=\"transient\"} 3"
+    );
+    assert_eq!(ctx.failures(&ObjectRef::from_obj(cluster.as_ref())), 3);
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_finalizer_is_retried_not_fatal() {
+    let c = cluster(spec());
+    let (ctx, server) = context();
+    let mut call = add_finalizer(&c);
+    call.reply = Reply::Status(409, "Conflict");
+    let server = server.expect(vec![call]);
+    let cluster = Arc::new(c);
+    let err = reconcile(cluster.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert_eq!(error_policy(cluster, &err, ctx.clone()), Action::requeue(Duration::from_secs(1)));
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn success_resets_the_backoff() {
+    let base = finalized(cluster(spec()));
+    let sts = live_sts(&base, 3);
+    let c = Arc::new(settled(base.clone(), Some(&sts)));
+    let (ctx, server) = context_with(|w| w.seed([sts.clone()], live_services(&base), [live_pdb(&base)], []));
+    let obj = ObjectRef::from_obj(c.as_ref());
+    ctx.record_failure(&obj);
+    ctx.record_failure(&obj);
+    let server = server.expect(vec![]);
+    reconcile(c, ctx.clone()).await.unwrap();
+    assert_eq!(ctx.failures(&obj), 0);
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn drift_is_repaired_with_one_apply() {
+    let base = finalized(cluster(spec()));
+    let view = ClusterView::new(&base).unwrap();
+    let mut sts = live_sts(&base, 3);
+    // Someone ran `kubectl set image`.
+    sts.spec.template.spec.as_mut().unwrap().containers[0].image = Some("postgres:9".into());
+    let c = settled(base.clone(), Some(&sts));
+    let (ctx, server) = context_with(|w| w.seed([sts.clone()], live_services(&base), [live_pdb(&base)], []));
+    let mut repaired = apply(sts_uri(), children::stateful_set(&view, Some(&sts)).unwrap());
+    repaired.reply = Reply::Json(serde_json::to_value(live_sts(&base, 3)).unwrap());
+    let server = server.expect(vec![
+        repaired,
+        event("Updated", "Normal", |note| assert_eq!(note, "updated StatefulSet orders to match the DatabaseCluster")),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn scaling_to_one_removes_the_pdb() {
+    let three = finalized(cluster(spec()));
+    let sts = live_sts(&three, 3);
+    let mut c = finalized(cluster(DatabaseClusterSpec { replicas: Some(1), ..spec() }));
+    c.metadata.generation = Some(2);
+    let view = ClusterView::new(&c).unwrap();
+    let pdb = live_pdb(&three);
+    let (ctx, server) = context_with(|w| w.seed([sts.clone()], live_services(&three), [pdb], []));
+    let server = server.expect(vec![
+        apply(sts_uri(), children::stateful_set(&view, Some(&sts)).unwrap()),
+        event("Updated", "Normal", |_| {}),
+        Call::new(
+            Method::DELETE,
+            format!("{}?", pdb_path()),
+            |body| assert_eq!(body["preconditions"], json!({"uid": "uid-pdb"})),
+            Reply::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}})),
+        ),
+        event("Deleted", "Normal", |note| assert!(note.starts_with("deleted PodDisruptionBudget orders"), "{note}")),
+        status_patch(&c, |status| assert_eq!(status["observedGeneration"], 2)),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn grown_storage_patches_claims_and_keeps_the_template() {
+    let base = finalized(cluster(spec()));
+    let sts = live_sts(&base, 3);
+    let mut c = finalized(cluster(DatabaseClusterSpec {
+        storage: StorageSpec { size: "20Gi".into(), storage_class_name: None },
+        ..spec()
+    }));
+    c.metadata.generation = Some(2);
+    c.status = settled(base.clone(), Some(&sts)).status;
+    let claims = [live_claim(0, "20Gi"), live_claim(1, "10Gi"), live_claim(2, "10Gi")];
+    let (ctx, server) = context_with(|w| w.seed([sts.clone()], live_services(&base), [live_pdb(&base)], claims));
+    let grow = |ordinal: i32| {
+        Call::new(
+            Method::PATCH,
+            claim_uri(&format!("data-orders-{ordinal}")),
+            |body| assert_eq!(body, &json!({"spec": {"resources": {"requests": {"storage": "20Gi"}}}})),
+            Reply::Json(serde_json::to_value(live_claim(ordinal, "20Gi")).unwrap()),
+        )
+    };
+    let server = server.expect(vec![
+        // No StatefulSet apply: its volumeClaimTemplates stay as stored (immutable).
+        grow(1),
+        event("ExpandingVolume", "Normal", |note| {
+            assert_eq!(note, "expanding PersistentVolumeClaim data-orders-1 from 10Gi to 20Gi");
+        }),
+        grow(2),
+        event("ExpandingVolume", "Normal", |_| {}),
+        status_patch(&c, |status| assert_eq!(status["observedGeneration"], 2)),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_foreign_child_is_never_taken_over() {
+    let base = finalized(cluster(spec()));
+    let mut services = live_services(&base);
+    services[0].metadata.owner_references.as_mut().unwrap()[0].uid = "someone-else".into();
+    let c = settled(base.clone(), None);
+    let (ctx, server) = context_with(|w| w.seed([], services, [], []));
+    let server = server.expect(vec![
+        status_patch(&c, |status| {
+            let (_, reason, message) = condition(status, "Degraded");
+            assert_eq!(reason, "ReconcileFailed");
+            assert!(
+                message.contains(
+                    "Service shop/orders-headless already exists and is not controlled by this DatabaseCluster"
+                ),
+                "{message}"
+            );
+        }),
+        event("ReconcileFailed", "Warning", |_| {}),
+    ]);
+    let err = reconcile(Arc::new(c), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflicting);
+    drop(ctx);
+    verify(server).await;
+}
