@@ -347,7 +347,12 @@ struct Server {
 }
 
 impl Server {
-    fn spawn(bin: &std::path::Path, cert_dir: &std::path::Path, listen: SocketAddr, metrics: SocketAddr) -> Result<Self> {
+    fn spawn(
+        bin: &std::path::Path,
+        cert_dir: &std::path::Path,
+        listen: SocketAddr,
+        metrics: SocketAddr,
+    ) -> Result<Self> {
         let child = Command::new(bin)
             .args(["serve", "--listen", &listen.to_string(), "--metrics-listen", &metrics.to_string()])
             .arg("--cert-dir")

@@ -34,7 +34,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on --listen {} (STEAD_LISTEN)", args.listen))?;
     let metrics = std::net::TcpListener::bind(args.metrics_listen)
         .with_context(|| format!("cannot listen on --metrics-listen {} (STEAD_METRICS_LISTEN)", args.metrics_listen))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async {
         let (stop, shutdown) = watch::channel(false);
         tokio::spawn(async move {

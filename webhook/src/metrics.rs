@@ -12,7 +12,8 @@ use crate::review::{Outcome, Route};
 
 /// Latency buckets in seconds: admission takes tens of microseconds, so the
 /// interesting range starts well below a millisecond.
-const LATENCY_BUCKETS: [f64; 12] = [0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+const LATENCY_BUCKETS: [f64; 12] =
+    [0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -113,7 +114,10 @@ mod tests {
         assert!(text.contains(r#"stead_webhook_requests_total{route="mutate",verdict="patched"} 1"#), "{text}");
         assert!(text.contains(r#"stead_webhook_requests_total{route="mutate",verdict="bad_request"} 0"#), "{text}");
         assert!(text.contains(r#"stead_webhook_request_duration_seconds_count{route="validate"} 2"#), "{text}");
-        assert!(text.contains(r#"stead_webhook_request_duration_seconds_bucket{le="0.0001",route="validate"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"stead_webhook_request_duration_seconds_bucket{le="0.0001",route="validate"} 2"#),
+            "{text}"
+        );
         assert!(text.contains("stead_webhook_certificate_reloads_total 3"), "{text}");
     }
 }

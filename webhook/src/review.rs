@@ -221,7 +221,7 @@ fn decide(route: Route, request: &RequestIn) -> Decision {
             None => missing(route, request, "object"),
         },
         (Route::Validate, Operation::Create) => match request.object.as_ref() {
-            Some(object) => judge(request, object, |cluster| validate_create(cluster)),
+            Some(object) => judge(request, object, validate_create),
             None => missing(route, request, "object"),
         },
         (Route::Validate, Operation::Update) => match (request.old_object.as_ref(), request.object.as_ref()) {

@@ -293,11 +293,8 @@ impl IntoResponse for Rejection {
 async fn read_review_body(state: &AppState, request: Request) -> Result<Bytes, Rejection> {
     check_content_type(request.headers())?;
     let limit = state.max_body_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large(limit));
     }

@@ -1,7 +1,7 @@
 //! `stead-webhook check` as a pipeline runs it: the real binary, exit codes
 //! and output.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,7 +60,11 @@ fn an_invalid_file_is_refused_like_kubectl_with_every_reason() {
         file.display().to_string()
     );
     assert!(run.stderr.starts_with(&prefix), "{}", run.stderr);
-    for field in ["spec.replicas: Invalid value: 12", "spec.storage.size: Invalid value: \"10GB\"", "spec.resources.requests[memory]"] {
+    for field in [
+        "spec.replicas: Invalid value: 12",
+        "spec.storage.size: Invalid value: \"10GB\"",
+        "spec.resources.requests[memory]",
+    ] {
         assert!(run.stderr.contains(field), "{field} missing from {}", run.stderr);
     }
     assert!(run.stdout.ends_with("checked 1 file(s): 0 admitted, 1 refused, 0 skipped\n"), "{}", run.stdout);
@@ -72,11 +76,7 @@ fn yaml_errors_name_file_and_document_and_refuse() {
     let run = check(&[&file]);
     assert_eq!(run.code, 1);
     assert!(run.stdout.contains("databasecluster.stead.dev/inventory defaulted"), "{}", run.stdout);
-    assert!(
-        run.stderr.contains(&format!("error: {} (document 2): not valid YAML:", file.display())),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains(&format!("error: {} (document 2): not valid YAML:", file.display())), "{}", run.stderr);
     assert!(run.stderr.contains("at line 12, column 5"), "line numbers are the file's: {}", run.stderr);
 }
 

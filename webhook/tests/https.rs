@@ -1,7 +1,7 @@
 //! The webhook server over real HTTPS, in-process on 127.0.0.1, with a
 //! rustls client trusting the CA from stead-certs.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Alpn, Conn, TestServer, causes, fixture, fixture_json, patched_object, raw_tls, read_status, response_of};
+use support::{
+    Alpn, Conn, TestServer, causes, fixture, fixture_json, patched_object, raw_tls, read_status, response_of,
+};
 use tokio::io::AsyncWriteExt;
 
 async fn assert_healthy(server: &TestServer) {
@@ -113,6 +115,9 @@ async fn update_and_delete_rules() {
     server.shutdown().await;
 }
 
+/// One bad request: name, method, path, content type, body, expected status, text the answer contains.
+struct BadInput(&'static str, Method, &'static str, Option<&'static str>, Vec<u8>, StatusCode, &'static str);
+
 #[tokio::test]
 async fn bad_input_gets_a_4xx_and_the_server_stays_healthy() {
     let server = TestServer::start().await;
@@ -125,21 +130,101 @@ async fn bad_input_gets_a_4xx_and_the_server_stays_healthy() {
     })
     .unwrap();
     let oversized = vec![b' '; stead_webhook::server::MAX_BODY_BYTES + 1];
-    let cases: Vec<(&str, Method, &str, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
-        ("malformed", Method::POST, "/validate", Some("application/json"), b"{\"apiVersion\":".to_vec(), StatusCode::BAD_REQUEST, "not valid JSON"),
-        ("truncated", Method::POST, "/mutate", Some("application/json"), truncated, StatusCode::BAD_REQUEST, "not valid JSON"),
-        ("empty", Method::POST, "/validate", Some("application/json"), Vec::new(), StatusCode::BAD_REQUEST, "not valid JSON"),
-        ("not a review", Method::POST, "/validate", Some("application/json"), b"[1,2,3]".to_vec(), StatusCode::BAD_REQUEST, "not an admission.k8s.io/v1 AdmissionReview"),
-        ("v1beta1", Method::POST, "/validate", Some("application/json"), wrong_version, StatusCode::BAD_REQUEST, "admissionReviewVersions"),
-        ("text/plain", Method::POST, "/validate", Some("text/plain"), valid.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json"),
-        ("yaml", Method::POST, "/mutate", Some("application/yaml"), valid.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json"),
-        ("no content type", Method::POST, "/validate", None, valid.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "(none)"),
-        ("oversized", Method::POST, "/validate", Some("application/json"), oversized, StatusCode::PAYLOAD_TOO_LARGE, "larger than"),
-        ("unknown route", Method::POST, "/convert", Some("application/json"), valid.clone(), StatusCode::NOT_FOUND, "POST /mutate"),
-        ("wrong method", Method::GET, "/validate", None, Vec::new(), StatusCode::METHOD_NOT_ALLOWED, ""),
+    let cases = [
+        BadInput(
+            "malformed",
+            Method::POST,
+            "/validate",
+            Some("application/json"),
+            b"{\"apiVersion\":".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
+        BadInput(
+            "truncated",
+            Method::POST,
+            "/mutate",
+            Some("application/json"),
+            truncated,
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
+        BadInput(
+            "empty",
+            Method::POST,
+            "/validate",
+            Some("application/json"),
+            Vec::new(),
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
+        BadInput(
+            "not a review",
+            Method::POST,
+            "/validate",
+            Some("application/json"),
+            b"[1,2,3]".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not an admission.k8s.io/v1 AdmissionReview",
+        ),
+        BadInput(
+            "v1beta1",
+            Method::POST,
+            "/validate",
+            Some("application/json"),
+            wrong_version,
+            StatusCode::BAD_REQUEST,
+            "admissionReviewVersions",
+        ),
+        BadInput(
+            "text/plain",
+            Method::POST,
+            "/validate",
+            Some("text/plain"),
+            valid.clone(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
+        BadInput(
+            "yaml",
+            Method::POST,
+            "/mutate",
+            Some("application/yaml"),
+            valid.clone(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/json",
+        ),
+        BadInput(
+            "no content type",
+            Method::POST,
+            "/validate",
+            None,
+            valid.clone(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "(none)",
+        ),
+        BadInput(
+            "oversized",
+            Method::POST,
+            "/validate",
+            Some("application/json"),
+            oversized,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than",
+        ),
+        BadInput(
+            "unknown route",
+            Method::POST,
+            "/convert",
+            Some("application/json"),
+            valid.clone(),
+            StatusCode::NOT_FOUND,
+            "POST /mutate",
+        ),
+        BadInput("wrong method", Method::GET, "/validate", None, Vec::new(), StatusCode::METHOD_NOT_ALLOWED, ""),
     ];
     for alpn in [Alpn::Http1, Alpn::H2] {
-        for (case, method, path, content_type, body, status, says) in &cases {
+        for BadInput(case, method, path, content_type, body, status, says) in &cases {
             let mut conn = server.connect(alpn).await;
             let reply = conn.send(method.clone(), path, *content_type, body.clone()).await;
             assert_eq!(reply.status, *status, "{case} over {alpn:?}: {}", reply.text());
@@ -227,7 +312,10 @@ async fn a_rotated_certificate_reaches_new_connections_while_old_ones_keep_worki
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut fresh = fresh.expect("a new connection sees the rotated certificate");
-    assert_eq!(response_of(&fresh.post_json("/validate", &fixture("create-admitted")).await.body).uid, "1c7b9d2f-52e6-4b68-8d20-6b1d904f3e22");
+    assert_eq!(
+        response_of(&fresh.post_json("/validate", &fixture("create-admitted")).await.body).uid,
+        "1c7b9d2f-52e6-4b68-8d20-6b1d904f3e22"
+    );
 
     // The connections opened before the rotation were not dropped.
     for conn in [&mut old_h1, &mut old_h2] {

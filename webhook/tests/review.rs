@@ -2,7 +2,7 @@
 //! network: wire form, every rule the webhook applies, and robustness
 //! against arbitrary bodies.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
@@ -211,7 +211,8 @@ fn a_request_without_its_object_is_a_bad_request() {
 
 #[test]
 fn bodies_that_are_not_admission_reviews_are_errors() {
-    let cases: [(&[u8], fn(&BadReview) -> bool); 6] = [
+    type Expected = fn(&BadReview) -> bool;
+    let cases: [(&[u8], Expected); 6] = [
         (b"{not json", |e| matches!(e, BadReview::Malformed(_))),
         (b"", |e| matches!(e, BadReview::Malformed(_))),
         (br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":null}"#, |e| {

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: fixtures, answers, and an
 //! in-process HTTPS server with a hyper client that trusts its CA.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -115,10 +115,7 @@ impl TestServer {
 
     /// Writes a fresh serving certificate for 127.0.0.1 / localhost; returns its PEM.
     pub fn issue_certificate(&self) -> String {
-        let serving = self
-            .ca
-            .issue_serving(&["localhost".to_owned()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], 1)
-            .unwrap();
+        let serving = self.ca.issue_serving(&["localhost".to_owned()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], 1).unwrap();
         stead_certs::write_bundle(self.cert_dir.path(), &self.ca, &serving).unwrap();
         serving.cert_pem
     }
