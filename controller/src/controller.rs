@@ -273,7 +273,7 @@ async fn reconcile_loop(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::api::ObjectMeta;
@@ -327,6 +327,102 @@ mod tests {
         let foreign = claim(&[("app.kubernetes.io/instance", "orders"), ("app.kubernetes.io/name", "other")]);
         assert_eq!(cluster_of_claim(&foreign), None);
         assert_eq!(cluster_of_claim(&claim(&[])), None);
+    }
+
+    /// Waits (bounded) until `condition` holds; the bound only catches hangs.
+    async fn eventually(what: &str, condition: impl Fn() -> bool) {
+        let wait = async {
+            while !condition() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(10), wait).await.is_err() {
+            panic!("timed out waiting until {what}");
+        }
+    }
+
+    /// An API server for the informers: lists answer at once (one cluster), watches never
+    /// answer, and every other call is reported on the returned channel.
+    fn serve_informers(
+        mut handle: tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<(http::Method, String)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut parked = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let uri = request.uri().to_string();
+                if uri.contains("watch=true") {
+                    parked.push(send);
+                    continue;
+                }
+                let body = if request.method() == http::Method::GET {
+                    let items = if request.uri().path().ends_with("/databaseclusters") {
+                        vec![serde_json::to_value(crate::fixtures::cluster(crate::fixtures::spec())).unwrap()]
+                    } else {
+                        vec![]
+                    };
+                    serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
+                } else {
+                    let _ = tx.send((request.method().clone(), uri));
+                    serde_json::to_value(crate::fixtures::finalized(crate::fixtures::cluster(crate::fixtures::spec())))
+                        .unwrap()
+                };
+                send.send_response(http::Response::new(kube::client::Body::from(serde_json::to_vec(&body).unwrap())));
+            }
+        });
+        rx
+    }
+
+    #[tokio::test]
+    async fn only_the_lease_holder_reconciles() {
+        let (service, handle) = tower_test::mock::pair();
+        let client = Client::new(service, "default");
+        let (stores, writers) = crate::context::stores();
+        let ctx = Arc::new(Context::new(client.clone(), crate::cli::Settings::default(), stores, None));
+        let informers = Informers::new(&client, None, writers);
+        let mut writes = serve_informers(handle);
+        let (lease, leading) = watch::channel(false);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(run(ctx.clone(), informers, leading, shutdown.clone().cancelled_owned()));
+
+        // Standing by with synced caches is ready, and makes no write.
+        eventually("caches are synced", || ctx.health.is_ready()).await;
+        assert_eq!(ctx.metrics.leader.get(), 0);
+        assert!(writes.try_recv().is_err(), "a standby must not write");
+
+        // Leading: the known cluster is reconciled (its finalizer is added).
+        lease.send(true).unwrap();
+        let (method, uri) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), writes.recv()).await.unwrap().unwrap();
+        assert_eq!(
+            (method, uri.as_str()),
+            (http::Method::PATCH, "/apis/stead.dev/v1alpha1/namespaces/shop/databaseclusters/orders?")
+        );
+        assert_eq!(ctx.metrics.leader.get(), 1);
+
+        // Losing the lease stops reconciling; the caches stay warm and ready.
+        lease.send(false).unwrap();
+        eventually("leadership is given up", || ctx.metrics.leader.get() == 0).await;
+        assert!(ctx.health.is_ready());
+
+        shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(10), task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_crd_fails_fast_with_the_fix() {
+        let (ctx, server) = crate::fixtures::context();
+        let server = server.expect(vec![crate::fixtures::Call::new(
+            http::Method::GET,
+            "/apis/stead.dev/v1alpha1/databaseclusters?&limit=1",
+            |_| {},
+            crate::fixtures::Reply::Status(404, "NotFound"),
+        )]);
+        let err = check_crd(&ctx.client, None).await.unwrap_err();
+        assert!(matches!(err, StartupError::CrdMissing));
+        assert!(err.to_string().contains("kubectl apply -k manifests/crds"), "{err}");
+        drop(ctx);
+        crate::fixtures::verify(server).await;
     }
 
     #[test]
