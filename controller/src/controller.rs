@@ -184,6 +184,13 @@ async fn pump(mut streams: SelectAll<RequestStream>, sink: Sink) {
     }
 }
 
+/// Why the controller stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("leader election stopped reporting (the lease manager ended); exiting so that the pod restarts")]
+    LeadershipGone,
+}
+
 /// Runs until `shutdown` resolves: caches always, reconciles while `leadership` is `true`
 /// (see [`crate::leader::Leadership::subscribe`]).
 pub async fn run(
@@ -191,7 +198,7 @@ pub async fn run(
     informers: Informers,
     mut leadership: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) -> Result<(), RunError> {
     let sink: Sink = Arc::default();
     let clusters = informers.clusters();
     let pump_task = tokio::spawn(pump(informers.streams, sink.clone()));
@@ -211,18 +218,20 @@ pub async fn run(
         },
         () = shutdown.clone() => {
             pump_task.abort();
-            return;
+            return Ok(());
         }
     }
 
-    loop {
+    let result = loop {
         // Stand by until we lead.
         let became_leader = tokio::select! {
-            r = leadership.wait_for(|leader| *leader) => r.is_ok(),
-            () = shutdown.clone() => false,
+            r = leadership.wait_for(|leader| *leader) => r.map(|_| true).map_err(|_| RunError::LeadershipGone),
+            () = shutdown.clone() => Ok(false),
         };
-        if !became_leader {
-            break;
+        match became_leader {
+            Ok(true) => {}
+            Ok(false) => break Ok(()),
+            Err(e) => break Err(e),
         }
         ctx.metrics.leader.set(1);
         info!("leading: reconciling");
@@ -233,19 +242,21 @@ pub async fn run(
         let queue = stream::iter(initial).chain(rx).map(Ok::<_, Infallible>).take_until(shutdown.clone());
         let reconciling = reconcile_loop(ctx.clone(), clusters.clone(), queue);
         let lost = leadership.wait_for(|leader| !*leader);
-        let stopped_by_shutdown = tokio::select! {
-            () = reconciling => true,
-            _ = lost => false,
+        // Losing the lease drops the applier at once, cancelling in-flight reconciles.
+        let ended = tokio::select! {
+            () = reconciling => Some(Ok(())),
+            r = lost => r.is_err().then_some(Err(RunError::LeadershipGone)),
         };
         *sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         ctx.metrics.leader.set(0);
-        if stopped_by_shutdown {
-            break;
+        if let Some(result) = ended {
+            break result;
         }
         warn!("lost the lease: stopped reconciling, standing by");
-    }
+    };
     pump_task.abort();
     info!("controller stopped");
+    result
 }
 
 /// The applier over a queue of requests; ends when the queue ends and in-flight reconciles finish.
@@ -406,7 +417,7 @@ mod tests {
         assert!(ctx.health.is_ready());
 
         shutdown.cancel();
-        tokio::time::timeout(std::time::Duration::from_secs(10), task).await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -61,12 +61,14 @@ async fn main() -> anyhow::Result<()> {
     info!(namespace = cli.namespace.as_deref().unwrap_or("<all>"), leader_elect = cli.leader_elect, "starting");
 
     let controller = run(ctx, informers, leadership.subscribe(), shutdown.clone().cancelled_owned());
-    tokio::select! {
-        () = controller => {}
+    let outcome = tokio::select! {
+        r = controller => r,
         () = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => {
             warn!(after = ?DRAIN, "reconciles did not finish in time; stopping anyway");
+            Ok(())
         }
-    }
+    };
+    shutdown.cancel();
     leadership.release().await;
     for server in [health, metrics] {
         if let Ok(Err(e)) = server.await {
@@ -74,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     info!("stopped");
-    Ok(())
+    outcome.map_err(Into::into)
 }
 
 /// Cancels `token` on SIGTERM (Kubernetes) or Ctrl-C (a terminal).
