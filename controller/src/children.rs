@@ -32,6 +32,14 @@ pub const DATA_MOUNT_PATH: &str = "/var/lib/postgresql";
 pub const RUN_AS: i64 = 999;
 /// Pod management policy; immutable after creation, see [`stateful_set`].
 pub const POD_MANAGEMENT_POLICY: &str = "OrderedReady";
+/// Annotation holding a hash of the apply body that produced the child.
+///
+/// The subset test (`diff::is_subset`) sees fields that drifted, but not a
+/// field we *stopped* applying (say `spec.resources` was removed from the
+/// cluster): the live object still has it, so desired ⊆ live holds. Since the
+/// annotation is part of the body, any change of the body, removals
+/// included, makes the live annotation differ and the child is applied.
+pub const APPLIED_HASH: &str = "stead.dev/applied-hash";
 
 /// The cluster as the builders see it: identity plus the spec with every
 /// webhook default applied in memory (for clusters that bypassed the webhook).
@@ -125,10 +133,22 @@ fn service_ports(view: &ClusterView) -> Value {
     json!([{ "name": PORT_NAME, "port": view.port(), "targetPort": PORT_NAME, "protocol": "TCP" }])
 }
 
+/// Stamps `body` with [`APPLIED_HASH`] over everything else in it.
+fn with_applied_hash(mut body: Value) -> Value {
+    let hash = format!("{:016x}", fnv1a(body.to_string().as_bytes()));
+    body["metadata"]["annotations"] = json!({ APPLIED_HASH: hash });
+    body
+}
+
+/// FNV-1a (64 bit): stable across Rust versions and processes, unlike `DefaultHasher`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
 /// `<name>-headless`: stable per-pod DNS names, published before pods are
 /// ready so that peers can find each other while they bootstrap.
 pub fn headless_service(view: &ClusterView) -> Value {
-    json!({
+    with_applied_hash(json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": view.metadata(&ChildKind::HeadlessService.name(&view.name)),
@@ -138,12 +158,12 @@ pub fn headless_service(view: &ClusterView) -> Value {
             "selector": selector_labels(&view.name),
             "ports": service_ports(view),
         },
-    })
+    }))
 }
 
 /// `<name>`: the address clients connect to; only ready pods receive traffic.
 pub fn client_service(view: &ClusterView) -> Value {
-    json!({
+    with_applied_hash(json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": view.metadata(&ChildKind::ClientService.name(&view.name)),
@@ -152,13 +172,13 @@ pub fn client_service(view: &ClusterView) -> Value {
             "selector": selector_labels(&view.name),
             "ports": service_ports(view),
         },
-    })
+    }))
 }
 
 /// `<name>`: keeps at most one pod voluntarily down (drains, upgrades) at a time.
 /// Only built when replicas > 1: with one replica it would block every drain.
 pub fn pod_disruption_budget(view: &ClusterView) -> Value {
-    json!({
+    with_applied_hash(json!({
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": view.metadata(&ChildKind::PodDisruptionBudget.name(&view.name)),
@@ -166,7 +186,7 @@ pub fn pod_disruption_budget(view: &ClusterView) -> Value {
             "maxUnavailable": 1,
             "selector": { "matchLabels": selector_labels(&view.name) },
         },
-    })
+    }))
 }
 
 /// Whether the cluster needs a PodDisruptionBudget.
@@ -263,7 +283,7 @@ pub fn stateful_set(view: &ClusterView, live: Option<&StatefulSet>) -> Result<Va
         }
         None => desired_templates,
     };
-    Ok(json!({
+    Ok(with_applied_hash(json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": view.metadata(&ChildKind::StatefulSet.name(&view.name)),
@@ -300,7 +320,7 @@ pub fn stateful_set(view: &ClusterView, live: Option<&StatefulSet>) -> Result<Va
             },
             "volumeClaimTemplates": templates,
         },
-    }))
+    })))
 }
 
 #[cfg(test)]
@@ -365,7 +385,8 @@ mod tests {
         out
     }
 
-    const META: [&str; 12] = [
+    const META: [&str; 13] = [
+        "metadata.annotations.stead.dev/applied-hash",
         "metadata.labels.app.kubernetes.io/component",
         "metadata.labels.app.kubernetes.io/instance",
         "metadata.labels.app.kubernetes.io/managed-by",
@@ -607,6 +628,32 @@ mod tests {
         bare.spec.volume_claim_templates = None;
         let sts = stateful_set(&grown, Some(&bare)).unwrap();
         assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "20Gi");
+    }
+
+    #[test]
+    fn applied_hash_follows_the_body() {
+        let hash = |v: &Value| v["metadata"]["annotations"][APPLIED_HASH].as_str().unwrap().to_owned();
+        let base = stateful_set(&view(spec()), None).unwrap();
+        assert_eq!(hash(&base).len(), 16);
+        // Same input, same hash: across calls (and processes, FNV has no random seed).
+        assert_eq!(hash(&stateful_set(&view(spec()), None).unwrap()), hash(&base));
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c, "FNV-1a reference value");
+        // Any change of the body, including a removed field, changes the hash.
+        let with_resources = DatabaseClusterSpec {
+            resources: Some(ResourceRequirements {
+                limits: Some(
+                    [("cpu".to_owned(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".into()))].into(),
+                ),
+                ..Default::default()
+            }),
+            ..spec()
+        };
+        assert_ne!(hash(&stateful_set(&view(with_resources), None).unwrap()), hash(&base));
+        assert_ne!(
+            hash(&stateful_set(&view(DatabaseClusterSpec { image: "postgres:17.3".into(), ..spec() }), None).unwrap()),
+            hash(&base)
+        );
+        assert_ne!(hash(&headless_service(&view(spec()))), hash(&client_service(&view(spec()))));
     }
 
     #[test]

@@ -5,9 +5,14 @@
 //! (desired ⊆ live). Server-side apply only ever changes the fields we name,
 //! so when they all match, the apply would be a no-op and we skip the call.
 //!
-//! Why a subset test and not a hash annotation: a hash says what we *sent*,
-//! not what is *there*. A `kubectl edit` that changes a field we own would be
-//! invisible to a hash and never be repaired, while the subset test sees it.
+//! Why a subset test and not only a hash annotation: a hash says what we
+//! *sent*, not what is *there*. A `kubectl edit` that changes a field we own
+//! would be invisible to a hash and never be repaired, while the subset test
+//! sees it. The subset test alone misses one thing, a field we *stopped*
+//! sending; the desired body therefore carries a hash of itself as an
+//! annotation (`children::APPLIED_HASH`), which makes any change of the body
+//! a difference the subset test sees.
+//!
 //! Fields the API server defaults (protocol, terminationMessagePath, …) are
 //! not in the desired object, so they never count as drift. Values the API
 //! server normalises are compared by meaning: quantities under `requests`

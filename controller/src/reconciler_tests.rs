@@ -361,6 +361,37 @@ async fn drift_is_repaired_with_one_apply() {
 }
 
 #[tokio::test]
+async fn a_field_removed_from_the_spec_is_removed_from_the_child() {
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let limited = finalized(cluster(DatabaseClusterSpec {
+        resources: Some(ResourceRequirements {
+            limits: Some([("memory".to_owned(), Quantity("1Gi".into()))].into()),
+            ..Default::default()
+        }),
+        ..spec()
+    }));
+    let sts = live_sts(&limited, 3);
+    // The user dropped spec.resources: the live StatefulSet still has a superset of
+    // what we now want, but the applied body changed, so we apply and SSA removes the field.
+    let mut c = finalized(cluster(spec()));
+    c.metadata.generation = Some(2);
+    let view = ClusterView::new(&c).unwrap();
+    let mut call = apply(sts_uri(), children::stateful_set(&view, Some(&sts)).unwrap());
+    call.reply = Reply::Json(serde_json::to_value(live_sts(&c, 3)).unwrap());
+    let c = DatabaseCluster { status: settled(limited.clone(), Some(&sts)).status, ..c };
+    let (ctx, server) = context_with(|w| w.seed([sts.clone()], live_services(&limited), [live_pdb(&limited)], []));
+    let server = server.expect(vec![
+        call,
+        event("Updated", "Normal", |_| {}),
+        status_patch(&c, |status| assert_eq!(status["observedGeneration"], 2)),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
 async fn scaling_to_one_removes_the_pdb() {
     let three = finalized(cluster(spec()));
     let sts = live_sts(&three, 3);
