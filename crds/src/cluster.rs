@@ -5,7 +5,6 @@
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::core::{ListMerge, Rule};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +22,9 @@ pub const PLURAL: &str = "databaseclusters";
 /// `replicas` and `port` are optional in the schema on purpose: the mutating
 /// webhook fills them in, and the controller applies the same defaults in
 /// memory when the webhook was bypassed.
+// Several printer columns share `type_ = "integer"`; clippy reads the derive
+// arguments as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "stead.dev",

@@ -208,16 +208,15 @@ fn validate_storage_size(size: &str, verdict: &mut Verdict) {
         format_bytes(i128::from(MIN_STORAGE_BYTES)),
         format_bytes(i128::from(MAX_STORAGE_BYTES))
     );
-    match quantity.whole_units() {
-        None => verdict.errors.push(FieldError::invalid(
+    let (min, max) = (Quantity::from_units(MIN_STORAGE_BYTES), Quantity::from_units(MAX_STORAGE_BYTES));
+    if !quantity.is_whole() {
+        verdict.errors.push(FieldError::invalid(
             FIELD,
             size,
             format!("must be a whole number of bytes {bounds}, such as 10Gi"),
-        )),
-        Some(bytes) if bytes < i128::from(MIN_STORAGE_BYTES) || bytes > i128::from(MAX_STORAGE_BYTES) => {
-            verdict.errors.push(FieldError::invalid(FIELD, size, format!("must be {bounds}")));
-        }
-        Some(_) => {}
+        ));
+    } else if quantity < min || quantity > max {
+        verdict.errors.push(FieldError::invalid(FIELD, size, format!("must be {bounds}")));
     }
 }
 

@@ -1,0 +1,134 @@
+//! The committed CRD must be exactly what the Rust types render, and must
+//! carry the API surface DESIGN promises (names, subresources, columns, CEL).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+
+use kube::CustomResourceExt;
+use serde_json::Value;
+use stead_crds::DatabaseCluster;
+use stead_crds::crd::{CRD_PATH, crd_yaml};
+
+fn committed_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(CRD_PATH)
+}
+
+#[test]
+fn committed_crd_is_not_stale() {
+    let path = committed_path();
+    let committed = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{} is missing ({e}); run `make crds` and commit it", path.display()));
+    assert!(
+        committed == crd_yaml().unwrap(),
+        "{} is stale: the Rust types changed; run `make crds` and commit the result",
+        path.display()
+    );
+}
+
+#[test]
+fn committed_yaml_parses_back_to_the_same_crd() {
+    let committed: Value = serde_saphyr::from_str(&std::fs::read_to_string(committed_path()).unwrap()).unwrap();
+    assert_eq!(committed, serde_json::to_value(DatabaseCluster::crd()).unwrap());
+}
+
+fn crd() -> Value {
+    serde_json::to_value(DatabaseCluster::crd()).unwrap()
+}
+
+fn schema() -> Value {
+    crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+#[test]
+fn names_scope_and_categories() {
+    let crd = crd();
+    assert_eq!(crd["apiVersion"], "apiextensions.k8s.io/v1");
+    assert_eq!(crd["metadata"]["name"], "databaseclusters.stead.dev");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    let names = &crd["spec"]["names"];
+    assert_eq!(names["plural"], "databaseclusters");
+    assert_eq!(names["singular"], "databasecluster");
+    assert_eq!(names["kind"], "DatabaseCluster");
+    assert_eq!(names["shortNames"], serde_json::json!(["dbc"]));
+    assert_eq!(names["categories"], serde_json::json!(["stead"]));
+}
+
+#[test]
+fn status_and_scale_subresources() {
+    let version = &crd()["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert_eq!(version["served"], true);
+    assert_eq!(version["storage"], true);
+    assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+    assert_eq!(
+        version["subresources"]["scale"],
+        serde_json::json!({
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector"
+        })
+    );
+}
+
+#[test]
+fn printer_columns() {
+    let columns = crd()["spec"]["versions"][0]["additionalPrinterColumns"].clone();
+    let names: Vec<&str> = columns.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Replicas", "Ready", "Status", "Age"]);
+    assert_eq!(columns[2]["jsonPath"], ".status.conditions[?(@.type==\"Available\")].reason");
+    assert_eq!(columns[3]["type"], "date");
+}
+
+#[test]
+fn static_bounds_and_required_fields() {
+    let spec = &schema()["properties"]["spec"];
+    let mut required: Vec<&str> = spec["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    required.sort_unstable();
+    assert_eq!(required, ["image", "storage"]);
+    let props = &spec["properties"];
+    assert_eq!((props["replicas"]["minimum"].as_f64(), props["replicas"]["maximum"].as_f64()), (Some(1.0), Some(9.0)));
+    assert_eq!((props["port"]["minimum"].as_f64(), props["port"]["maximum"].as_f64()), (Some(1.0), Some(65535.0)));
+    assert_eq!(props["storage"]["required"], serde_json::json!(["size"]));
+    assert_eq!(props["image"]["minLength"], 1);
+}
+
+#[test]
+fn storage_class_is_immutable_through_cel() {
+    let storage = &schema()["properties"]["spec"]["properties"]["storage"];
+    let rules = storage["x-kubernetes-validations"].as_array().expect("storage carries CEL rules");
+    assert!(rules.iter().any(|r| {
+        let rule = r["rule"].as_str().unwrap_or_default();
+        rule.contains("oldSelf.storageClassName") && r["message"].as_str().unwrap_or_default().contains("immutable")
+    }));
+}
+
+#[test]
+fn conditions_are_a_list_map_keyed_by_type() {
+    let conditions = &schema()["properties"]["status"]["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+}
+
+#[test]
+fn schema_is_structural() {
+    // Structural schemas forbid `nullable` without `type`, and `anyOf` etc. must not carry types at the top.
+    fn walk(v: &Value, path: &str) {
+        if let Some(obj) = v.as_object() {
+            if obj.contains_key("properties") {
+                assert_eq!(
+                    obj.get("type").and_then(Value::as_str),
+                    Some("object"),
+                    "{path} has properties but no type"
+                );
+            }
+            for (k, child) in obj {
+                walk(child, &format!("{path}.{k}"));
+            }
+        } else if let Some(items) = v.as_array() {
+            for (i, child) in items.iter().enumerate() {
+                walk(child, &format!("{path}[{i}]"));
+            }
+        }
+    }
+    walk(&schema(), "openAPIV3Schema");
+}
