@@ -1,0 +1,426 @@
+//! stead's side of the suite: the CRD, the webhook server and its two
+//! configurations, and the controller, each as a real process.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use super::control_plane::ControlPlane;
+use super::credentials;
+use super::http::Endpoint;
+use super::kubectl::Kubectl;
+use super::metrics;
+use super::ports::free_ports;
+use super::process::ManagedProcess;
+use super::wait::{self, Poll};
+
+/// The webhook binary's name.
+pub const WEBHOOK_BINARY: &str = "stead-webhook";
+/// The controller binary's name.
+pub const CONTROLLER_BINARY: &str = "stead-controller";
+/// Name of the CRD.
+pub const CRD_NAME: &str = "databaseclusters.stead.dev";
+/// Names of the webhook configurations the suite registers.
+pub const MUTATING_CONFIGURATION: &str = "stead-e2e-mutating";
+pub const VALIDATING_CONFIGURATION: &str = "stead-e2e-validating";
+/// Webhook names; kubectl shows them in `admission webhook "<name>" denied the request`.
+pub const MUTATING_WEBHOOK: &str = "mutate.stead.dev";
+pub const VALIDATING_WEBHOOK: &str = "validate.stead.dev";
+/// Counter names the controller exposes.
+pub const RECONCILES_TOTAL: &str = "stead_controller_reconciles_total";
+pub const STATUS_WRITES_TOTAL: &str = "stead_controller_status_writes_total";
+pub const CHILD_APPLIES_TOTAL: &str = "stead_controller_child_applies_total";
+
+/// Text only the validating webhook produces for `spec.storage.size: 10GB`
+/// (the CRD schema accepts any short string there).
+pub const WEBHOOK_QUANTITY_MESSAGE: &str = r#"spec.storage.size: Invalid value: "10GB": must be a Kubernetes quantity"#;
+
+const CRD_TIMEOUT: Duration = Duration::from_secs(60);
+const WEBHOOK_START_TIMEOUT: Duration = Duration::from_secs(60);
+const CONTROLLER_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Webhook configurations reach the API server's admission chain asynchronously.
+const WEBHOOK_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+/// Installs the CRD rendered from the Rust types and waits until kubectl can use it.
+pub fn install_crd(kubectl: &Kubectl) -> anyhow::Result<()> {
+    let yaml = stead_crds::crd::crd_yaml().context("rendering the DatabaseCluster CRD")?;
+    kubectl
+        .run_with_input(&["apply", "--server-side", "--field-manager=stead-e2e", "-f", "-"], Some(&yaml))?
+        .ok()
+        .context("installing the DatabaseCluster CRD")?;
+    let crd = format!("crd/{CRD_NAME}");
+    kubectl
+        .ok(&["wait", "--for=condition=Established", "--timeout=60s", &crd])
+        .context("waiting for the CRD to be Established")?;
+    wait::until("kubectl to discover databaseclusters", CRD_TIMEOUT, || {
+        let output = kubectl.run(&["get", "databaseclusters.stead.dev", "-A", "-o", "name"])?;
+        Ok(if output.success() { Poll::Ready(()) } else { Poll::Pending(output.stderr.trim().to_owned()) })
+    })
+}
+
+/// stead-webhook's command line.
+pub fn webhook_args(port: u16, metrics_port: u16, cert_dir: &Path) -> Vec<String> {
+    vec![
+        "serve".to_owned(),
+        "--listen".to_owned(),
+        loopback(port).to_string(),
+        "--cert-dir".to_owned(),
+        cert_dir.display().to_string(),
+        "--metrics-listen".to_owned(),
+        loopback(metrics_port).to_string(),
+    ]
+}
+
+/// The two webhook configurations (a v1 List), calling the server at
+/// `base_url` (`https://127.0.0.1:<port>`) and trusting `ca_pem`. Rules match
+/// `manifests/webhook/*`: DatabaseCluster CREATE/UPDATE for defaulting, plus
+/// DELETE for validation; the scale subresource is not sent to the webhook.
+pub fn webhook_configurations(base_url: &str, ca_pem: &str) -> Value {
+    let ca_bundle = credentials::base64(ca_pem.as_bytes());
+    let webhook = |name: &str, path: &str, operations: &[&str]| {
+        json!({
+            "name": name,
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "matchPolicy": "Equivalent",
+            "timeoutSeconds": 10,
+            "clientConfig": {"url": format!("{base_url}{path}"), "caBundle": ca_bundle},
+            "rules": [{
+                "apiGroups": [stead_crds::cluster::GROUP],
+                "apiVersions": [stead_crds::cluster::VERSION],
+                "resources": [stead_crds::cluster::PLURAL],
+                "operations": operations,
+                "scope": "Namespaced"
+            }]
+        })
+    };
+    let mut mutating = webhook(MUTATING_WEBHOOK, "/mutate", &["CREATE", "UPDATE"]);
+    mutating["reinvocationPolicy"] = json!("IfNeeded");
+    let validating = webhook(VALIDATING_WEBHOOK, "/validate", &["CREATE", "UPDATE", "DELETE"]);
+    json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": MUTATING_CONFIGURATION},
+                "webhooks": [mutating]
+            },
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingWebhookConfiguration",
+                "metadata": {"name": VALIDATING_CONFIGURATION},
+                "webhooks": [validating]
+            }
+        ]
+    })
+}
+
+/// A running stead-webhook with a serving certificate from the e2e CA.
+#[derive(Debug)]
+pub struct Webhook {
+    process: ManagedProcess,
+    base_url: String,
+    ca_pem: String,
+}
+
+impl Webhook {
+    /// Writes `tls.crt`/`tls.key` for 127.0.0.1, starts the server and waits
+    /// for its `/readyz` over HTTPS.
+    pub fn start(binary: &Path, control_plane: &ControlPlane) -> anyhow::Result<Self> {
+        let [port, metrics_port] = free_ports().context("finding free loopback ports for stead-webhook")?;
+        let layout = control_plane.layout();
+        let ca = control_plane.ca();
+        let serving = ca
+            .issue_serving(&["localhost".to_owned()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], 2)
+            .context("issuing the webhook's serving certificate")?;
+        stead_certs::write_bundle(&layout.webhook_certs(), ca, &serving)
+            .context("writing the webhook's certificate directory")?;
+        let mut process = ManagedProcess::spawn(
+            WEBHOOK_BINARY,
+            binary,
+            &webhook_args(port, metrics_port, &layout.webhook_certs()),
+            std::iter::empty::<(&str, &str)>(),
+            &layout.logs(),
+        )?;
+        let endpoint = Endpoint::https(loopback(port), &ca.cert_pem())?;
+        wait_for_ok(&mut process, &endpoint, "/readyz", WEBHOOK_START_TIMEOUT)?;
+        Ok(Self { process, base_url: format!("https://{}", loopback(port)), ca_pem: ca.cert_pem() })
+    }
+
+    /// Registers both configurations and waits until the API server calls
+    /// the webhook: a server-side dry run of an invalid cluster is refused
+    /// with the webhook's message, and one without replicas is defaulted.
+    pub fn register(&mut self, kubectl: &Kubectl) -> anyhow::Result<()> {
+        kubectl
+            .apply(&webhook_configurations(&self.base_url, &self.ca_pem), &[])?
+            .ok()
+            .context("creating the webhook configurations")?;
+        let invalid = probe_cluster(Some("10GB"));
+        self.process.wait_ready(
+            "the validating webhook configuration to take effect",
+            WEBHOOK_PROPAGATION_TIMEOUT,
+            || {
+                let output = kubectl.create(&invalid, &["--dry-run=server"])?;
+                Ok(if output.stderr.contains(WEBHOOK_QUANTITY_MESSAGE) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(output.describe())
+                })
+            },
+        )?;
+        let valid = probe_cluster(None);
+        self.process.wait_ready(
+            "the mutating webhook configuration to take effect",
+            WEBHOOK_PROPAGATION_TIMEOUT,
+            || {
+                let output = kubectl.create(&valid, &["--dry-run=server", "-o", "jsonpath={.spec.replicas}"])?;
+                Ok(if output.success() && output.stdout.trim() == "1" {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(output.describe())
+                })
+            },
+        )
+    }
+
+    /// The server process (logs).
+    pub fn process(&self) -> &ManagedProcess {
+        &self.process
+    }
+}
+
+/// A cluster in namespace `default` for dry-run probes; `size` overrides the
+/// valid `1Gi`, and replicas are left out for the mutating webhook to fill.
+fn probe_cluster(size: Option<&str>) -> Value {
+    json!({
+        "apiVersion": "stead.dev/v1alpha1",
+        "kind": "DatabaseCluster",
+        "metadata": {"name": "e2e-webhook-probe", "namespace": "default"},
+        "spec": {"image": "postgres:17.2", "storage": {"size": size.unwrap_or("1Gi")}}
+    })
+}
+
+/// How to run the controller.
+#[derive(Debug, Clone, Default)]
+pub struct ControllerOptions {
+    /// `--namespace`: watch only this one.
+    pub namespace: Option<String>,
+    /// `--concurrency`.
+    pub concurrency: Option<u32>,
+}
+
+/// stead-controller's command line.
+pub fn controller_args(health_port: u16, metrics_port: u16, options: &ControllerOptions) -> Vec<String> {
+    let mut args = vec![
+        "--health-listen".to_owned(),
+        loopback(health_port).to_string(),
+        "--metrics-listen".to_owned(),
+        loopback(metrics_port).to_string(),
+    ];
+    if let Some(namespace) = &options.namespace {
+        args.extend(["--namespace".to_owned(), namespace.clone()]);
+    }
+    if let Some(concurrency) = options.concurrency {
+        args.extend(["--concurrency".to_owned(), concurrency.to_string()]);
+    }
+    args
+}
+
+/// The controller's counters at one moment; `None` for a counter it does not
+/// expose (yet).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Counters {
+    pub reconciles: Option<f64>,
+    pub status_writes: Option<f64>,
+    pub child_applies: Option<f64>,
+}
+
+impl Counters {
+    /// Reads the three counters out of a `/metrics` page.
+    pub fn parse(exposition: &str) -> Self {
+        Self {
+            reconciles: metrics::sum(exposition, RECONCILES_TOTAL),
+            status_writes: metrics::sum(exposition, STATUS_WRITES_TOTAL),
+            child_applies: metrics::sum(exposition, CHILD_APPLIES_TOTAL),
+        }
+    }
+}
+
+/// A running stead-controller acting as the `stead-controller` user.
+#[derive(Debug)]
+pub struct Controller {
+    process: ManagedProcess,
+    health: Endpoint,
+    metrics: Endpoint,
+}
+
+impl Controller {
+    /// Starts the controller with `kubeconfig`; does not wait (see [`Self::wait_ready`]).
+    pub fn spawn(
+        binary: &Path,
+        kubeconfig: &Path,
+        log_dir: &Path,
+        options: &ControllerOptions,
+    ) -> anyhow::Result<Self> {
+        let [health_port, metrics_port] = free_ports().context("finding free loopback ports for stead-controller")?;
+        let process = ManagedProcess::spawn(
+            CONTROLLER_BINARY,
+            binary,
+            &controller_args(health_port, metrics_port, options),
+            [("KUBECONFIG", kubeconfig.as_os_str())],
+            log_dir,
+        )?;
+        Ok(Self {
+            process,
+            health: Endpoint::plain(loopback(health_port)),
+            metrics: Endpoint::plain(loopback(metrics_port)),
+        })
+    }
+
+    /// Waits for `/readyz` on the health port.
+    pub fn wait_ready(&mut self) -> anyhow::Result<()> {
+        wait_for_ok(&mut self.process, &self.health, "/readyz", CONTROLLER_START_TIMEOUT)
+    }
+
+    /// The current counters.
+    pub fn counters(&mut self) -> anyhow::Result<Counters> {
+        self.process.ensure_running()?;
+        let response = self.metrics.get("/metrics", None)?;
+        anyhow::ensure!(
+            response.status == 200,
+            "{} answered {}: {}",
+            self.metrics.url("/metrics"),
+            response.status,
+            response.body
+        );
+        Ok(Counters::parse(&response.body))
+    }
+
+    /// The process (pid, peak RSS, logs).
+    pub fn process(&self) -> &ManagedProcess {
+        &self.process
+    }
+
+    /// Stops the controller (SIGTERM, then SIGKILL).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        self.process.stop().map(|_| ())
+    }
+}
+
+fn wait_for_ok(process: &mut ManagedProcess, endpoint: &Endpoint, path: &str, timeout: Duration) -> anyhow::Result<()> {
+    let what = format!("{} to answer 200 at {}", process.name(), endpoint.url(path));
+    process.wait_ready(&what, timeout, || {
+        Ok(match endpoint.get(path, None) {
+            Ok(response) if response.status == 200 => Poll::Ready(()),
+            Ok(response) => Poll::Pending(format!("{}: {}", response.status, response.body)),
+            Err(err) => Poll::Pending(format!("{err:#}")),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use base64::Engine as _;
+
+    use super::*;
+
+    #[test]
+    fn webhook_is_served_on_loopback_with_the_contracted_flags() {
+        let args = webhook_args(9443, 9090, Path::new("/w/webhook-certs"));
+        assert_eq!(
+            args,
+            [
+                "serve",
+                "--listen",
+                "127.0.0.1:9443",
+                "--cert-dir",
+                "/w/webhook-certs",
+                "--metrics-listen",
+                "127.0.0.1:9090"
+            ]
+        );
+    }
+
+    #[test]
+    fn configurations_call_the_loopback_url_and_trust_the_ca() {
+        let list = webhook_configurations("https://127.0.0.1:9443", "-----CA-----\n");
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2);
+        let (mutating, validating) = (&items[0], &items[1]);
+        assert_eq!(mutating["kind"], "MutatingWebhookConfiguration");
+        assert_eq!(validating["kind"], "ValidatingWebhookConfiguration");
+
+        let m = &mutating["webhooks"][0];
+        assert_eq!(m["name"], MUTATING_WEBHOOK);
+        assert_eq!(m["clientConfig"]["url"], "https://127.0.0.1:9443/mutate");
+        assert_eq!(m["reinvocationPolicy"], "IfNeeded");
+        assert_eq!(m["rules"][0]["operations"], json!(["CREATE", "UPDATE"]));
+
+        let v = &validating["webhooks"][0];
+        assert_eq!(v["name"], VALIDATING_WEBHOOK);
+        assert_eq!(v["clientConfig"]["url"], "https://127.0.0.1:9443/validate");
+        assert_eq!(v["rules"][0]["operations"], json!(["CREATE", "UPDATE", "DELETE"]));
+        assert!(v.get("reinvocationPolicy").is_none());
+
+        for hook in [m, v] {
+            let bundle = hook["clientConfig"]["caBundle"].as_str().unwrap();
+            let decoded = base64::engine::general_purpose::STANDARD.decode(bundle).unwrap();
+            assert_eq!(decoded, b"-----CA-----\n");
+            assert!(hook["clientConfig"].get("service").is_none());
+            assert_eq!(hook["rules"][0]["apiGroups"], json!(["stead.dev"]));
+            assert_eq!(hook["rules"][0]["resources"], json!(["databaseclusters"]));
+            assert_eq!(hook["sideEffects"], "None");
+            assert_eq!(hook["failurePolicy"], "Fail");
+            assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+        }
+    }
+
+    #[test]
+    fn controller_flags_follow_the_options() {
+        let plain = controller_args(8081, 8080, &ControllerOptions::default());
+        assert_eq!(plain, ["--health-listen", "127.0.0.1:8081", "--metrics-listen", "127.0.0.1:8080"]);
+        let scoped =
+            controller_args(1, 2, &ControllerOptions { namespace: Some("bench-100".to_owned()), concurrency: Some(8) });
+        assert!(scoped.ends_with(&[
+            "--namespace".to_owned(),
+            "bench-100".to_owned(),
+            "--concurrency".to_owned(),
+            "8".to_owned()
+        ]));
+    }
+
+    #[test]
+    fn counters_are_read_from_the_exposition() {
+        let text = "stead_controller_reconciles_total{result=\"ok\"} 5\n\
+                    stead_controller_child_applies_total{kind=\"Service\"} 2\n\
+                    stead_controller_child_applies_total{kind=\"StatefulSet\"} 1\n";
+        assert_eq!(
+            Counters::parse(text),
+            Counters { reconciles: Some(5.0), status_writes: None, child_applies: Some(3.0) }
+        );
+    }
+
+    #[test]
+    fn the_probe_message_is_what_the_rules_produce() {
+        // The suite recognises the webhook by this text; keep it in step with stead-crds.
+        let object = probe_cluster(Some("10GB"));
+        let cluster = stead_crds::validation::decode(&object).unwrap();
+        let verdict = stead_crds::validation::validate_create(&cluster);
+        let messages: Vec<String> = verdict.errors.iter().map(ToString::to_string).collect();
+        assert!(messages.iter().any(|m| m.starts_with(WEBHOOK_QUANTITY_MESSAGE)), "{messages:?}");
+        let valid = stead_crds::validation::decode(&probe_cluster(None)).unwrap();
+        assert!(stead_crds::validation::validate_create(&valid).errors.is_empty());
+    }
+}
