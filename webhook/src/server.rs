@@ -30,8 +30,9 @@ use crate::review::{Answer, Outcome, Route, review};
 /// Largest body accepted: the API server caps requests at 3 MiB and a review
 /// carries the old and the new object, plus JSON framing.
 pub const MAX_BODY_BYTES: usize = 6 << 20;
-/// Longest time spent on one admission request; webhook `timeoutSeconds` is 10 by default.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest time spent reading one admission request; well inside the
+/// `timeoutSeconds: 5` of stead's webhook configurations (10 is the default).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(20);
 /// Time a new connection gets to send its first request (after the TLS handshake).
@@ -111,11 +112,15 @@ pub async fn serve(
     let metrics_task = tokio::spawn(serve_metrics(metrics, Arc::clone(&state), shutdown.clone()));
 
     let admission = serve_admission(tls, &settings, Arc::clone(&state), shutdown).await;
-    let metrics_result = match metrics_task.await {
+    if admission.is_err() {
+        // Without admission the process has no purpose; do not linger serving metrics.
+        metrics_task.abort();
+        return admission;
+    }
+    match metrics_task.await {
         Ok(result) => result,
         Err(join) => Err(ServeError::Serve { what: "metrics", source: std::io::Error::other(join) }),
-    };
-    admission.and(metrics_result)
+    }
 }
 
 async fn serve_admission(
