@@ -53,7 +53,15 @@ pub struct Prerequisites {
 /// Looks at the real environment.
 pub fn prerequisites() -> Result<Prerequisites, Unavailable> {
     let control_plane = control_plane_binaries(env::var_os(ASSETS_ENV).as_deref())?;
-    let kubectl = find_kubectl(env::var_os(KUBECTL_ENV).as_deref(), env::var_os("PATH").as_deref())?;
+    let explicit = env::var_os(KUBECTL_ENV);
+    let path_var = env::var_os("PATH");
+    let assets = control_plane.kube_apiserver.parent();
+    let kubectl = find_kubectl(KubectlSearch {
+        explicit: explicit.as_deref(),
+        default: Path::new(DEFAULT_KUBECTL),
+        path_var: path_var.as_deref(),
+        assets,
+    })?;
     Ok(Prerequisites { control_plane, kubectl })
 }
 
@@ -84,9 +92,23 @@ pub fn control_plane_binaries(assets: Option<&OsStr>) -> Result<ControlPlaneBina
     })
 }
 
-/// `$KUBECTL`, else /usr/bin/kubectl, else the first kubectl on `PATH`.
-pub fn find_kubectl(explicit: Option<&OsStr>, path_var: Option<&OsStr>) -> Result<PathBuf, Unavailable> {
-    if let Some(explicit) = explicit.filter(|value| !value.is_empty()) {
+/// Where kubectl may be, in the order they are tried.
+#[derive(Debug, Clone, Copy)]
+pub struct KubectlSearch<'a> {
+    /// `$KUBECTL`: used when set, and an error when not executable.
+    pub explicit: Option<&'a OsStr>,
+    /// `/usr/bin/kubectl`.
+    pub default: &'a Path,
+    /// `$PATH`.
+    pub path_var: Option<&'a OsStr>,
+    /// `$KUBEBUILDER_ASSETS` (setup-envtest puts a kubectl there).
+    pub assets: Option<&'a Path>,
+}
+
+/// `$KUBECTL`, else /usr/bin/kubectl, else the first kubectl on `PATH`, else
+/// the one in `KUBEBUILDER_ASSETS`.
+pub fn find_kubectl(search: KubectlSearch<'_>) -> Result<PathBuf, Unavailable> {
+    if let Some(explicit) = search.explicit.filter(|value| !value.is_empty()) {
         let path = PathBuf::from(explicit);
         return if is_executable(&path) {
             Ok(path)
@@ -94,17 +116,15 @@ pub fn find_kubectl(explicit: Option<&OsStr>, path_var: Option<&OsStr>) -> Resul
             Err(Unavailable(format!("{KUBECTL_ENV}={} is not an executable file", path.display())))
         };
     }
-    let default = PathBuf::from(DEFAULT_KUBECTL);
-    if is_executable(&default) {
-        return Ok(default);
-    }
-    path_var
-        .into_iter()
-        .flat_map(env::split_paths)
-        .map(|dir| dir.join("kubectl"))
+    std::iter::once(search.default.to_path_buf())
+        .chain(search.path_var.into_iter().flat_map(env::split_paths).map(|dir| dir.join("kubectl")))
+        .chain(search.assets.map(|dir| dir.join("kubectl")))
         .find(|candidate| is_executable(candidate))
         .ok_or_else(|| {
-            Unavailable(format!("kubectl is neither at {DEFAULT_KUBECTL} nor on PATH (or set {KUBECTL_ENV})"))
+            Unavailable(format!(
+                "kubectl is not at {}, on PATH or in {ASSETS_ENV} (or set {KUBECTL_ENV})",
+                search.default.display()
+            ))
         })
 }
 
@@ -194,22 +214,37 @@ mod tests {
     }
 
     #[test]
-    fn kubectl_comes_from_the_variable_then_the_default_then_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let mine = touch(dir.path(), "kubectl", 0o755);
-        assert_eq!(find_kubectl(Some(mine.as_os_str()), None).unwrap(), mine);
+    fn kubectl_comes_from_the_variable_then_the_default_then_path_then_assets() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = |name: &str| {
+            let path = root.path().join(name);
+            fs::create_dir(&path).unwrap();
+            path
+        };
+        let (usr_bin, path_dir, assets, empty) = (dir("usr-bin"), dir("path"), dir("assets"), dir("empty"));
+        let default = touch(&usr_bin, "kubectl", 0o755);
+        let on_path = touch(&path_dir, "kubectl", 0o755);
+        let in_assets = touch(&assets, "kubectl", 0o755);
+        let missing_default = empty.join("kubectl");
+        let search = |explicit: Option<&Path>, default: &Path, path_var: Option<&Path>, assets: Option<&Path>| {
+            find_kubectl(KubectlSearch {
+                explicit: explicit.map(Path::as_os_str),
+                default,
+                path_var: path_var.map(Path::as_os_str),
+                assets,
+            })
+        };
 
-        let not_exec = touch(dir.path(), "kubectl-text", 0o644);
-        let reason = find_kubectl(Some(not_exec.as_os_str()), None).unwrap_err().0;
+        assert_eq!(search(Some(&in_assets), &default, Some(&path_dir), None).unwrap(), in_assets);
+        assert_eq!(search(None, &default, Some(&path_dir), Some(&assets)).unwrap(), default);
+        assert_eq!(search(None, &missing_default, Some(&path_dir), Some(&assets)).unwrap(), on_path);
+        assert_eq!(search(None, &missing_default, Some(&empty), Some(&assets)).unwrap(), in_assets);
+        let reason = search(None, &missing_default, Some(&empty), Some(&empty)).unwrap_err().0;
+        assert!(reason.starts_with("kubectl is not at "), "{reason}");
+
+        let not_exec = touch(&empty, "kubectl-text", 0o644);
+        let reason = search(Some(&not_exec), &default, None, None).unwrap_err().0;
         assert!(reason.contains("is not an executable file"), "{reason}");
-
-        let found = find_kubectl(None, Some(dir.path().as_os_str())).unwrap();
-        let default = Path::new(DEFAULT_KUBECTL);
-        if is_executable(default) {
-            assert_eq!(found, default);
-        } else {
-            assert_eq!(found, mine);
-        }
     }
 
     #[test]

@@ -217,6 +217,53 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nbroken\r\n\r\n").is_err());
     }
 
+    /// A one-request HTTPS server with a certificate for 127.0.0.1 from `ca`.
+    fn tls_server(ca: &stead_certs::CertificateAuthority) -> (SocketAddr, thread::JoinHandle<()>) {
+        let leaf = ca.issue_serving(&[], &[std::net::IpAddr::V4(Ipv4Addr::LOCALHOST)], 1).unwrap();
+        let chain = stead_certs::pem::parse_certificates(leaf.cert_pem.as_bytes(), "leaf").unwrap();
+        let key = stead_certs::pem::parse_private_key(leaf.key_pem.as_bytes(), "leaf").unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(stead_certs::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let connection = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            let mut stream = StreamOwned::new(connection, tcp);
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return, // the client gave up (untrusted certificate)
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nready");
+            stream.conn.send_close_notify();
+            let _ = stream.flush();
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn https_get_trusts_exactly_the_given_ca() {
+        let ca = stead_certs::CertificateAuthority::generate("http test CA", 1).unwrap();
+        let (addr, server) = tls_server(&ca);
+        let response = Endpoint::https(addr, &ca.cert_pem()).unwrap().get("/readyz", None).unwrap();
+        assert_eq!(response, Response { status: 200, body: "ready".to_owned() });
+        server.join().unwrap();
+
+        let other = stead_certs::CertificateAuthority::generate("another CA", 1).unwrap();
+        let (addr, server) = tls_server(&ca);
+        let err = Endpoint::https(addr, &other.cert_pem()).unwrap().get("/readyz", None).unwrap_err();
+        assert!(format!("{err:#}").contains("GET https://127.0.0.1:"), "{err:#}");
+        server.join().unwrap();
+    }
+
     #[test]
     fn plain_get_reads_a_real_response() {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
