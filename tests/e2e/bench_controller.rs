@@ -173,7 +173,7 @@ fn measure(
     let seconds =
         wait::until(&format!("{clusters} clusters in {namespace} to be reconciled"), RECONCILE_TIMEOUT, || {
             let elapsed = started.elapsed().as_secs_f64();
-            controller.counters()?; // fails at once if the controller died
+            controller.ensure_running()?;
             let generations = kubectl.ok(&[
                 "get",
                 "databaseclusters",

@@ -92,6 +92,7 @@ fn run_scenarios(
     let mut ran = 0;
     for scenario in SCENARIOS.iter().filter(|s| selected(&only, s.name)) {
         control_plane.ensure_running().context("the control plane died; stopping")?;
+        ctx.controller.ensure_running().context("stead-controller died; stopping")?;
         ran += 1;
         let started = Instant::now();
         match (scenario.run)(&mut ctx) {

@@ -306,6 +306,11 @@ impl Controller {
         Ok(Counters::parse(&response.body))
     }
 
+    /// Fails, with the end of its log, when the controller has exited.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.process.ensure_running()
+    }
+
     /// The process (pid, peak RSS, logs).
     pub fn process(&self) -> &ManagedProcess {
         &self.process
