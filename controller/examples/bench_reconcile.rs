@@ -2,7 +2,7 @@
 //!
 //! For N clusters (100 and 1,000) it measures two passes:
 //! - first: finalized clusters, no children yet (every child applied, status written);
-//! - steady: children in the caches and status stored (nothing to do).
+//! - steady: children and volume claims in the caches, status stored (nothing to do).
 //!
 //! It prints reconciles per second and API requests per reconcile. Figures
 //! only; nothing is asserted. Run: `cargo run --release -p stead-controller --example bench_reconcile`.
@@ -16,7 +16,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use http::{Request, Response};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::client::Body;
@@ -146,8 +146,19 @@ async fn main() {
                 Arc::new(c)
             })
             .collect();
+        let claims: Vec<PersistentVolumeClaim> = views
+            .iter()
+            .flat_map(|v| v.volume_claim_names())
+            .map(|name| {
+                serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": NAMESPACE},
+                    "spec": {"resources": {"requests": {"storage": "10Gi"}}},
+                }))
+                .unwrap()
+            })
+            .collect();
         let (filled, mut writers) = stores();
-        writers.seed(sts, services, pdbs, []);
+        writers.seed(sts, services, pdbs, claims);
         let ctx = Arc::new(Context::new(instant_api(calls.clone()), Settings::default(), filled, None));
         report("steady", n, &pass(&ctx, &settled, &calls, concurrency).await);
     }

@@ -249,9 +249,13 @@ async fn remove_pdb(
 
 /// Grows the claims the StatefulSet's immutable template cannot.
 async fn expand_volumes(cluster: &DatabaseCluster, ctx: &Context, view: &ClusterView) -> Result<(), Error> {
-    let claims = ctx.stores.claims.state();
-    let in_namespace = claims.iter().filter(|c| c.metadata.namespace.as_deref() == Some(view.namespace.as_str()));
-    let todo = expansions(view, in_namespace.map(AsRef::as_ref));
+    // Look the claims up by name: cost per cluster, not per claim in the cluster.
+    let claims: Vec<Arc<PersistentVolumeClaim>> = view
+        .volume_claim_names()
+        .iter()
+        .filter_map(|name| ctx.stores.claims.get(&ObjectRef::new(name).within(&view.namespace)))
+        .collect();
+    let todo = expansions(view, claims.iter().map(AsRef::as_ref));
     if todo.is_empty() {
         return Ok(());
     }
