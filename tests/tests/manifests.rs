@@ -549,16 +549,15 @@ fn check_certificate_chain(objects: &[Value], p: &mut Problems) {
 
 /// The controller's verbs, exactly: the API calls stead-controller makes.
 fn controller_permissions() -> BTreeSet<(String, String, String)> {
-    let grants: [(&str, &str, &[&str]); 9] = [
-        ("stead.dev", "databaseclusters", &["get", "list", "watch", "patch", "update"]),
-        ("stead.dev", "databaseclusters/status", &["get", "patch", "update"]),
+    let grants: [(&str, &str, &[&str]); 8] = [
+        ("stead.dev", "databaseclusters", &["list", "watch", "patch"]),
+        ("stead.dev", "databaseclusters/status", &["patch"]),
         ("stead.dev", "databaseclusters/finalizers", &["update"]),
-        ("apps", "statefulsets", &["get", "list", "watch", "create", "patch", "update", "delete"]),
-        ("", "services", &["get", "list", "watch", "create", "patch", "update", "delete"]),
-        ("policy", "poddisruptionbudgets", &["get", "list", "watch", "create", "patch", "update", "delete"]),
-        ("", "persistentvolumeclaims", &["get", "list"]),
+        ("apps", "statefulsets", &["list", "watch", "create", "patch"]),
+        ("", "services", &["list", "watch", "create", "patch"]),
+        ("policy", "poddisruptionbudgets", &["list", "watch", "create", "patch", "delete"]),
+        ("", "persistentvolumeclaims", &["list", "watch", "patch"]),
         ("events.k8s.io", "events", &["create", "patch"]),
-        ("", "events", &["create", "patch"]),
     ];
     grants
         .iter()
