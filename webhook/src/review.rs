@@ -5,16 +5,18 @@
 //! `stead-webhook check` prints is exactly what the API server would get.
 //!
 //! The request is parsed into a lean struct that keeps `object` and
-//! `oldObject` as raw JSON: defaulting must tell "absent" from "present" and
-//! decoding names the field that does not fit, and both work on raw JSON. The
+//! `oldObject` as raw JSON (minus managed fields, which no rule reads):
+//! defaulting must tell "absent" from "present" and decoding names the field
+//! that does not fit, and both work on raw JSON. The
 //! answer uses kube's `AdmissionReview` types, so its wire form is the one the
 //! rest of the Rust ecosystem speaks.
 
 use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation, SerializePatchError};
 use kube::core::response::{StatusCause, StatusDetails, StatusSummary};
 use kube::core::{DynamicObject, GroupVersionKind, Status};
-use serde::Deserialize;
-use serde_json::Value;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
 use stead_crds::cluster::{GROUP, KIND, VERSION};
 use stead_crds::defaults::default_patch;
 use stead_crds::validation::{decode, validate_create, validate_delete, validate_spec, validate_update};
@@ -144,11 +146,78 @@ struct RequestIn {
     namespace: Option<String>,
     operation: Operation,
     #[serde(default)]
-    object: Option<Value>,
+    object: Option<AdmissionObject>,
     #[serde(default)]
-    old_object: Option<Value>,
+    old_object: Option<AdmissionObject>,
     #[serde(default)]
     dry_run: Option<bool>,
+}
+
+impl RequestIn {
+    fn object(&self) -> Option<&Value> {
+        self.object.as_ref().map(|o| &o.0)
+    }
+
+    fn old_object(&self) -> Option<&Value> {
+        self.old_object.as_ref().map(|o| &o.0)
+    }
+}
+
+/// An object of the request as raw JSON, without `metadata.managedFields`.
+///
+/// No admission rule reads managed fields, yet they are often the bulk of a
+/// stored object; they are skipped while parsing instead of being built and
+/// decoded. The API server always sends an object (a JSON map) with a map as
+/// `metadata`; anything else makes the body unreadable.
+struct AdmissionObject(Value);
+
+impl<'de> Deserialize<'de> for AdmissionObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ObjectVisitor { metadata: false }).map(|map| Self(Value::Object(map)))
+    }
+}
+
+/// Builds a JSON map; at the top level it filters `metadata`, inside
+/// `metadata` it drops `managedFields`.
+#[derive(Clone, Copy)]
+struct ObjectVisitor {
+    metadata: bool,
+}
+
+impl<'de> Visitor<'de> for ObjectVisitor {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.metadata {
+            "object metadata (a JSON object)"
+        } else {
+            "a Kubernetes object (a JSON object)"
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            let value = match (self.metadata, key.as_str()) {
+                (true, "managedFields") => {
+                    access.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                (false, "metadata") => Value::Object(access.next_value_seed(ObjectVisitor { metadata: true })?),
+                _ => access.next_value::<Value>()?,
+            };
+            map.insert(key, value);
+        }
+        Ok(map)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ObjectVisitor {
+    type Value = Map<String, Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
 }
 
 /// Judges one AdmissionReview body sent to `route`.
@@ -213,23 +282,23 @@ fn decide(route: Route, request: &RequestIn) -> Decision {
     }
     match (route, &request.operation) {
         (_, Operation::Connect) | (Route::Mutate, Operation::Delete) => Decision::Allow(Vec::new()),
-        (Route::Mutate, Operation::Create | Operation::Update) => match request.object.as_ref() {
+        (Route::Mutate, Operation::Create | Operation::Update) => match request.object() {
             Some(object) => {
                 let patch = default_patch(object);
                 if patch.0.is_empty() { Decision::Allow(Vec::new()) } else { Decision::Patch(patch) }
             }
             None => missing(route, request, "object"),
         },
-        (Route::Validate, Operation::Create) => match request.object.as_ref() {
+        (Route::Validate, Operation::Create) => match request.object() {
             Some(object) => judge(request, object, validate_create),
             None => missing(route, request, "object"),
         },
-        (Route::Validate, Operation::Update) => match (request.old_object.as_ref(), request.object.as_ref()) {
+        (Route::Validate, Operation::Update) => match (request.old_object(), request.object()) {
             (Some(old), Some(new)) => validate_update_raw(request, old, new),
             (None, _) => missing(route, request, "oldObject"),
             (_, None) => missing(route, request, "object"),
         },
-        (Route::Validate, Operation::Delete) => match request.old_object.as_ref() {
+        (Route::Validate, Operation::Delete) => match request.old_object() {
             Some(old) => validate_delete_raw(request, old),
             // A collection delete may come without the object; nothing to protect is known.
             None => Decision::Allow(Vec::new()),

@@ -210,6 +210,25 @@ fn a_request_without_its_object_is_a_bad_request() {
 }
 
 #[test]
+fn managed_fields_are_never_judged() {
+    let mut request = fixture_json("create-admitted");
+    request["request"]["object"]["metadata"]["managedFields"] = json!("not even a list");
+    let (outcome, _, _) = answer(Route::Validate, &serde_json::to_vec(&request).unwrap());
+    assert_eq!(outcome, Outcome::Allowed);
+}
+
+#[test]
+fn an_object_that_is_not_a_json_object_makes_the_body_unreadable() {
+    for (pointer, value) in [("/request/object", json!("orders")), ("/request/object/metadata", json!([1]))] {
+        let mut request = fixture_json("create-admitted");
+        *request.pointer_mut(pointer).unwrap() = value;
+        let err = review(Route::Validate, &serde_json::to_vec(&request).unwrap()).unwrap_err();
+        assert!(matches!(err, BadReview::Shape(_)), "{pointer}: {err:?}");
+        assert!(err.to_string().contains("(a JSON object)"), "{err}");
+    }
+}
+
+#[test]
 fn bodies_that_are_not_admission_reviews_are_errors() {
     type Expected = fn(&BadReview) -> bool;
     let cases: [(&[u8], Expected); 6] = [
