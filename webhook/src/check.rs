@@ -5,15 +5,84 @@
 //! server runs: `/mutate` first, the patch applied, then `/validate`, as the
 //! API server would call them on `kubectl apply`. The output imitates what
 //! `kubectl` prints for the same objects.
+//!
+//! With `--server`, the same reviews go over HTTPS to a running webhook
+//! instead (`make demo` does this), so one printer shows both.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use json_patch::{Patch, PatchOperation};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionResponse, AdmissionReview};
+use kube::core::response::Status;
 use serde_json::{Value, json};
 use stead_crds::cluster::{GROUP, KIND, PLURAL, VERSION};
 
-use crate::review::{Answer, BadReview, Outcome, Route, review};
+use crate::client::{ClientError, Endpoint, WebhookClient};
+use crate::review::{BadReview, Route, review};
+
+/// Who answers the reviews: the webhook's own code in-process, or a server.
+pub trait Webhook {
+    /// One AdmissionReview round trip on `route`; the response part of the answer.
+    fn call(&mut self, route: Route, review: &[u8]) -> Result<AdmissionResponse, CheckError>;
+}
+
+/// The review function itself, as the server runs it: the offline check.
+#[derive(Debug, Default)]
+pub struct InProcess;
+
+impl Webhook for InProcess {
+    fn call(&mut self, route: Route, body: &[u8]) -> Result<AdmissionResponse, CheckError> {
+        review(route, body)?.review.response.ok_or(CheckError::NoResponse)
+    }
+}
+
+/// A running `stead-webhook serve`, reached over verified HTTPS.
+pub struct Remote {
+    runtime: tokio::runtime::Runtime,
+    client: WebhookClient,
+}
+
+impl Remote {
+    /// Connects to `url` (`https://host:port`), trusting only the CA in `ca_pem`;
+    /// waits up to `patience` for a server that is still starting.
+    pub fn connect(url: &str, ca_pem: &str, patience: Duration) -> Result<Self, CheckError> {
+        let endpoint = Endpoint::parse(url)?;
+        let tls = stead_certs::client_config(ca_pem, &[stead_certs::ALPN_HTTP1])
+            .map_err(|e| CheckError::Trust(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CheckError::Runtime(e.to_string()))?;
+        let client = runtime.block_on(WebhookClient::connect(&endpoint, Arc::new(tls), patience))?;
+        Ok(Self { runtime, client })
+    }
+}
+
+impl Webhook for Remote {
+    fn call(&mut self, route: Route, body: &[u8]) -> Result<AdmissionResponse, CheckError> {
+        let path = match route {
+            Route::Mutate => "/mutate",
+            Route::Validate => "/validate",
+        };
+        let (status, answer) =
+            self.runtime.block_on(self.client.post_json(path, hyper::body::Bytes::copy_from_slice(body)))?;
+        if !status.is_success() {
+            return Err(CheckError::Status {
+                path,
+                status: status.as_u16(),
+                body: one_line(&String::from_utf8_lossy(&answer)),
+            });
+        }
+        let review: AdmissionReview<DynamicObject> =
+            serde_json::from_slice(&answer).map_err(|e| CheckError::Answer { path, cause: e.to_string() })?;
+        review.response.ok_or(CheckError::NoResponse)
+    }
+}
 
 /// Extensions picked up when a directory is walked; files named explicitly are always read.
 const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -42,7 +111,12 @@ impl CheckSummary {
 ///
 /// Results go to `out`; warnings and refusals go to `err`, as with kubectl.
 /// Only a failure to write the report is an `Err`.
-pub fn run(paths: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> io::Result<CheckSummary> {
+pub fn run(
+    paths: &[PathBuf],
+    webhook: &mut dyn Webhook,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> io::Result<CheckSummary> {
     let mut summary = CheckSummary::default();
     let mut files = Vec::new();
     for path in paths {
@@ -54,7 +128,7 @@ pub fn run(paths: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> io::R
     for file in &files {
         summary.files += 1;
         match std::fs::read_to_string(file) {
-            Ok(text) => check_text(&file.display().to_string(), &text, out, err, &mut summary)?,
+            Ok(text) => check_text(&file.display().to_string(), &text, webhook, out, err, &mut summary)?,
             Err(problem) => {
                 writeln!(err, "error: {}: cannot read the file: {problem}", file.display())?;
                 summary.refused += 1;
@@ -92,6 +166,7 @@ fn is_manifest(path: &Path) -> bool {
 pub fn check_text(
     origin: &str,
     text: &str,
+    webhook: &mut dyn Webhook,
     out: &mut dyn Write,
     err: &mut dyn Write,
     summary: &mut CheckSummary,
@@ -104,7 +179,7 @@ pub fn check_text(
             Ok(Value::Null) => {}
             Ok(value) => {
                 for object in list_items(value) {
-                    check_object(origin, &at, &object, out, err, summary)?;
+                    check_object(origin, &at, &object, webhook, out, err, summary)?;
                 }
             }
             Err(problem) => {
@@ -154,6 +229,7 @@ fn check_object(
     origin: &str,
     at: &str,
     object: &Value,
+    webhook: &mut dyn Webhook,
     out: &mut dyn Write,
     err: &mut dyn Write,
     summary: &mut CheckSummary,
@@ -178,7 +254,7 @@ fn check_object(
         summary.refused += 1;
         return Ok(());
     }
-    match admit(object) {
+    match admit(webhook, object) {
         Ok(Admission::Admitted { defaulted, warnings }) => {
             for warning in warnings {
                 writeln!(err, "Warning: {warning}")?;
@@ -191,16 +267,11 @@ fn check_object(
             }
             summary.admitted += 1;
         }
-        Ok(Admission::Refused { route, message, warnings }) => {
+        Ok(Admission::Refused { route, status, warnings }) => {
             for warning in warnings {
                 writeln!(err, "Warning: {warning}")?;
             }
-            writeln!(
-                err,
-                "Error from server (Invalid): error when creating {origin:?}: admission webhook {:?} denied the \
-                 request: {message}",
-                route.webhook_name()
-            )?;
+            write!(err, "{}", kubectl_error(origin, route, &status))?;
             summary.refused += 1;
         }
         Err(problem) => {
@@ -213,45 +284,73 @@ fn check_object(
 
 enum Admission {
     Admitted { defaulted: Vec<String>, warnings: Vec<String> },
-    Refused { route: Route, message: String, warnings: Vec<String> },
+    Refused { route: Route, status: Box<Status>, warnings: Vec<String> },
 }
 
 /// What the API server would do on CREATE: mutate, apply the patch, validate.
-fn admit(object: &Value) -> Result<Admission, CheckError> {
-    let mutated = review(Route::Mutate, &create_review(object)?)?;
+fn admit(webhook: &mut dyn Webhook, object: &Value) -> Result<Admission, CheckError> {
+    let mutated = webhook.call(Route::Mutate, &create_review(object)?)?;
     if let Some(refused) = refusal(Route::Mutate, &mutated) {
         return Ok(refused);
     }
     let patch = response_patch(&mutated)?;
     let mut defaulted_object = object.clone();
     json_patch::patch(&mut defaulted_object, &patch).map_err(|e| CheckError::Patch(e.to_string()))?;
-    let validated = review(Route::Validate, &create_review(&defaulted_object)?)?;
+    let validated = webhook.call(Route::Validate, &create_review(&defaulted_object)?)?;
     if let Some(refused) = refusal(Route::Validate, &validated) {
         return Ok(refused);
     }
-    Ok(Admission::Admitted { defaulted: describe(&patch), warnings: warnings(&validated) })
+    let mut all_warnings = warnings(&mutated);
+    all_warnings.extend(warnings(&validated));
+    Ok(Admission::Admitted { defaulted: describe(&patch), warnings: all_warnings })
 }
 
-fn refusal(route: Route, answer: &Answer) -> Option<Admission> {
-    match answer.outcome {
-        Outcome::Allowed | Outcome::Patched => None,
-        Outcome::Denied | Outcome::BadRequest => Some(Admission::Refused {
-            route,
-            message: answer.review.response.as_ref().map(|r| r.result.message.clone()).unwrap_or_default(),
-            warnings: warnings(answer),
-        }),
-    }
+fn refusal(route: Route, response: &AdmissionResponse) -> Option<Admission> {
+    (!response.allowed).then(|| Admission::Refused {
+        route,
+        status: Box::new(response.result.clone()),
+        warnings: warnings(response),
+    })
 }
 
-fn warnings(answer: &Answer) -> Vec<String> {
-    answer.review.response.as_ref().and_then(|r| r.warnings.clone()).unwrap_or_default()
+fn warnings(response: &AdmissionResponse) -> Vec<String> {
+    response.warnings.clone().unwrap_or_default()
 }
 
-fn response_patch(answer: &Answer) -> Result<Patch, CheckError> {
-    match answer.review.response.as_ref().and_then(|r| r.patch.as_ref()) {
+fn response_patch(response: &AdmissionResponse) -> Result<Patch, CheckError> {
+    match response.patch.as_ref() {
         Some(bytes) => serde_json::from_slice(bytes).map_err(|e| CheckError::Patch(e.to_string())),
         None => Ok(Patch(Vec::new())),
     }
+}
+
+/// What `kubectl apply` prints for a refusal, to the letter.
+///
+/// The API server prefixes the webhook's message with `admission webhook
+/// "<name>" denied the request`, but for an `Invalid` Status with causes
+/// kubectl prints only `The <Kind> "<name>" is invalid: ` and the causes
+/// (one inline, several as a `* ` list), so that is what users see.
+fn kubectl_error(origin: &str, route: Route, status: &Status) -> String {
+    if let Some(details) = status.details.as_ref().filter(|d| status.reason == "Invalid" && !d.causes.is_empty()) {
+        let prefix = format!("The {} {:?} is invalid: ", details.kind, details.name);
+        let mut causes: Vec<String> = Vec::new();
+        for cause in &details.causes {
+            let line = format!("{}: {}", cause.field, cause.message);
+            if !causes.contains(&line) {
+                causes.push(line);
+            }
+        }
+        return match causes.as_slice() {
+            [one] => format!("{prefix}{one}\n"),
+            many => format!("{prefix}\n{}", many.iter().map(|c| format!("* {c}\n")).collect::<String>()),
+        };
+    }
+    let reason = if status.reason.is_empty() { "BadRequest" } else { status.reason.as_str() };
+    format!(
+        "Error from server ({reason}): error when creating {origin:?}: admission webhook {:?} denied the request: {}\n",
+        route.webhook_name(),
+        status.message
+    )
 }
 
 /// `spec.replicas=1` for each added field.
@@ -307,14 +406,27 @@ fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Why one object could not be judged; counted as refused.
 #[derive(Debug, thiserror::Error)]
-enum CheckError {
+pub enum CheckError {
     #[error("could not build the AdmissionReview: {0}")]
     Encode(String),
     #[error("the webhook could not read the review it was given: {0}")]
     Review(#[from] BadReview),
+    #[error("the webhook's answer carries no response")]
+    NoResponse,
     #[error("the defaulting patch does not apply: {0}")]
     Patch(String),
+    #[error("--ca-file does not hold a usable CA certificate: {0}")]
+    Trust(String),
+    #[error("cannot start the client runtime: {0}")]
+    Runtime(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{path} answered HTTP {status}: {body}")]
+    Status { path: &'static str, status: u16, body: String },
+    #[error("{path} answered something that is not an AdmissionReview: {cause}")]
+    Answer { path: &'static str, cause: String },
 }
 
 #[cfg(test)]
@@ -349,8 +461,26 @@ mod tests {
 
     fn check(text: &str) -> (CheckSummary, String, String) {
         let (mut out, mut err, mut summary) = (Vec::new(), Vec::new(), CheckSummary::default());
-        check_text("f.yaml", text, &mut out, &mut err, &mut summary).unwrap();
+        check_text("f.yaml", text, &mut InProcess, &mut out, &mut err, &mut summary).unwrap();
         (summary, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+    }
+
+    #[test]
+    fn refusals_read_like_kubectl() {
+        let text = "apiVersion: stead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {name: a}\nspec: {image: pg:1, storage: {size: 10GB}}\n";
+        let (summary, _, err) = check(text);
+        assert_eq!(summary.refused, 1);
+        assert!(
+            err.starts_with("The DatabaseCluster \"a\" is invalid: spec.storage.size: Invalid value: \"10GB\": "),
+            "{err}"
+        );
+        let two = "apiVersion: stead.dev/v1alpha1\nkind: DatabaseCluster\nmetadata: {name: a}\nspec: {image: pg:1, replicas: 0, storage: {size: 10GB}}\n";
+        let (_, _, err) = check(two);
+        assert!(
+            err.starts_with("The DatabaseCluster \"a\" is invalid: \n* spec.replicas: Invalid value: 0: "),
+            "{err}"
+        );
+        assert!(err.contains("\n* spec.storage.size: Invalid value: \"10GB\": "), "{err}");
     }
 
     #[test]

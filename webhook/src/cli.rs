@@ -43,6 +43,18 @@ pub struct CheckArgs {
     /// Manifest files or directories (*.yaml, *.yml, *.json; multi-document YAML).
     #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
     pub paths: Vec<PathBuf>,
+
+    /// Send the reviews to a running webhook (https://host:port) instead of judging them in-process.
+    #[arg(long, env = "STEAD_CHECK_SERVER", requires = "ca_file")]
+    pub server: Option<String>,
+
+    /// CA certificate (PEM) that signed the server's certificate; required with --server.
+    #[arg(long, env = "STEAD_CHECK_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// How long to wait for --server to accept connections, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub wait_seconds: u64,
 }
 
 #[cfg(test)]

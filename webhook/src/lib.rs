@@ -4,11 +4,13 @@
 //! - [`review`]: AdmissionReview in, AdmissionReview out (pure).
 //! - [`server`]: the HTTPS and metrics servers around it.
 //! - [`check`]: `stead-webhook check`, the offline run over manifests.
+//! - [`client`]: HTTPS client for a running server (`check --server`, the demo).
 //! - [`metrics`]: what `/metrics` exports.
 //! - [`cli`]: flags and subcommands.
 
 pub mod check;
 pub mod cli;
+pub mod client;
 pub mod metrics;
 pub mod review;
 pub mod server;

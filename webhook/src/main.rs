@@ -1,10 +1,11 @@
 //! `stead-webhook`: parses flags and wires the library together.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use stead_webhook::cli::{Cli, Command, ServeArgs};
+use stead_webhook::cli::{CheckArgs, Cli, Command, ServeArgs};
 use stead_webhook::{check, server};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
@@ -13,17 +14,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Check(args) => {
-            let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
-            check::run(&args.paths, &mut stdout.lock(), &mut stderr.lock())
-                .map(|summary| if summary.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-                .context("cannot write the report")
-        }
+        Command::Check(args) => run_check(&args),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");
         ExitCode::from(2)
     })
+}
+
+fn run_check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let mut webhook: Box<dyn check::Webhook> = match (&args.server, &args.ca_file) {
+        (Some(url), Some(ca_file)) => {
+            let ca_pem = std::fs::read_to_string(ca_file)
+                .with_context(|| format!("cannot read --ca-file {}", ca_file.display()))?;
+            Box::new(check::Remote::connect(url, &ca_pem, Duration::from_secs(args.wait_seconds))?)
+        }
+        _ => Box::new(check::InProcess),
+    };
+    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+    let summary = check::run(&args.paths, webhook.as_mut(), &mut stdout.lock(), &mut stderr.lock())
+        .context("cannot write the report")?;
+    Ok(if summary.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
