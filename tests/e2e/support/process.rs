@@ -2,7 +2,7 @@
 //! stopped by pid (SIGTERM, then SIGKILL) when dropped, even while a failed
 //! scenario unwinds.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,9 @@ use super::wait::{self, Poll};
 const GRACE_PERIOD: Duration = Duration::from_secs(10);
 /// Lines of a log shown when a process fails.
 pub const LOG_TAIL_LINES: usize = 40;
+/// Proxy settings removed from every child's environment.
+pub const PROXY_VARIABLES: [&str; 6] =
+    ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
 
 /// A running child that is stopped when this value is dropped.
 #[derive(Debug)]
@@ -29,9 +32,9 @@ pub struct ManagedProcess {
 }
 
 impl ManagedProcess {
-    /// Starts `program` with `env` added and any `STEAD_*` variables removed;
-    /// stdout and stderr go to `<log_dir>/<name>.log`, whose first line is
-    /// the command line.
+    /// Starts `program` with `env` added and any `STEAD_*` and proxy
+    /// variables removed; stdout and stderr go to `<log_dir>/<name>.log`,
+    /// whose first line is the command line.
     pub fn spawn<I, K, V>(name: &str, program: &Path, args: &[String], env: I, log_dir: &Path) -> anyhow::Result<Self>
     where
         I: IntoIterator<Item = (K, V)>,
@@ -49,13 +52,8 @@ impl ManagedProcess {
             .with_context(|| format!("writing to {}", log.display()))?;
         let err = out.try_clone().with_context(|| format!("duplicating the handle of {}", log.display()))?;
         let mut command = Command::new(program);
-        // stead's binaries read STEAD_* settings from the environment; the
-        // suite sets everything it relies on with flags, so a developer's
-        // shell cannot change what is tested.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("STEAD_") {
-                command.env_remove(key);
-            }
+        for key in scrubbed(std::env::vars_os().map(|(key, _)| key)) {
+            command.env_remove(key);
         }
         let child = command
             .args(args)
@@ -178,6 +176,25 @@ impl Drop for ManagedProcess {
     }
 }
 
+/// The inherited variables a child must not see, out of `names`:
+///
+/// - `STEAD_*`: stead's binaries read settings from them; the suite sets
+///   everything it relies on with flags, so a developer's shell cannot
+///   change what is tested.
+/// - proxies: everything the suite starts talks only to 127.0.0.1. Go
+///   programs never proxy loopback, but kube-rs takes `HTTPS_PROXY` as the
+///   proxy of a kubeconfig cluster (and, built without its proxy features,
+///   refuses to start), so a CI runner's proxy must not reach the controller.
+pub fn scrubbed(names: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    names
+        .into_iter()
+        .filter(|name| {
+            let text = name.to_string_lossy();
+            text.starts_with("STEAD_") || PROXY_VARIABLES.contains(&text.as_ref())
+        })
+        .collect()
+}
+
 /// The last `lines` lines of `text`.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
@@ -200,6 +217,13 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[test]
+    fn stead_settings_and_proxies_are_not_inherited() {
+        let names = ["PATH", "STEAD_LISTEN", "HTTPS_PROXY", "no_proxy", "https_proxy", "ALL_PROXY", "RUST_LOG"];
+        let removed = scrubbed(names.map(OsString::from));
+        assert_eq!(removed, ["STEAD_LISTEN", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"].map(OsString::from));
+    }
 
     #[test]
     fn tail_keeps_the_last_lines() {
