@@ -10,6 +10,11 @@ use serde_json::Value;
 
 /// Requests kubectl gives up on (the server is local; anything slower is a hang).
 const REQUEST_TIMEOUT: &str = "30s";
+/// Turns off kubectl's user preferences (`~/.kube/kuberc`, on by default
+/// since 1.34), whose aliases and default flags (`apply --server-side`,
+/// `delete --interactive`) would change what the scenarios see; both
+/// spellings, as kubectl documents them. Older releases ignore them.
+const NO_KUBERC: [(&str, &str); 2] = [("KUBECTL_KUBERC", "false"), ("KUBERC", "off")];
 
 /// kubectl bound to one kubeconfig.
 #[derive(Debug, Clone)]
@@ -76,6 +81,7 @@ impl Kubectl {
         let command = format!("kubectl {}", args.join(" "));
         let mut child = Command::new(&self.binary)
             .args(&full)
+            .envs(NO_KUBERC)
             .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -188,6 +194,16 @@ mod tests {
             "arg:--kubeconfig=/e2e/admin.kubeconfig\narg:--cache-dir=/e2e/cache\n\
              arg:--request-timeout=30s\narg:get\narg:ns\n"
         );
+    }
+
+    #[test]
+    fn user_preferences_are_switched_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubectl");
+        fs::write(&path, "#!/bin/sh\necho \"$KUBECTL_KUBERC $KUBERC\"\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        let kubectl = Kubectl::new(&path, Path::new("k"), Path::new("c"));
+        assert_eq!(kubectl.ok(&["version"]).unwrap(), "false off\n");
     }
 
     #[test]
