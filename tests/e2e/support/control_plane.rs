@@ -251,58 +251,25 @@ impl std::fmt::Debug for ControlPlane {
 impl ControlPlane {
     /// Generates credentials, starts etcd and kube-apiserver (and
     /// kube-controller-manager), and waits until each is ready. On error
-    /// everything started so far is stopped.
+    /// everything started so far is stopped, and the work directory is kept
+    /// (its path is in the error) so the logs can be read.
     pub fn start(prerequisites: &Prerequisites, options: Options) -> anyhow::Result<Self> {
-        let binaries = &prerequisites.control_plane;
-        let work =
+        let mut work =
             tempfile::Builder::new().prefix("stead-e2e-").tempdir().context("creating the e2e work directory")?;
         let layout = Layout::new(work.path());
-        let [etcd_client, etcd_peer, api_port, kcm_port] =
-            free_ports().context("finding free loopback ports for etcd and kube-apiserver")?;
-
-        let ca = CertificateAuthority::generate("stead e2e CA", CERT_DAYS).context("generating the e2e CA")?;
-        let admin = TokenUser::superuser(ADMIN_USER)?;
-        let controller = TokenUser::superuser(CONTROLLER_USER)?;
-        let etcd = EtcdSettings {
-            data_dir: layout.etcd_data(),
-            client_port: etcd_client,
-            peer_port: etcd_peer,
-            unsafe_no_fsync: supports_flag(&binaries.etcd, "unsafe-no-fsync"),
-        };
-        let settings = ApiServerSettings { etcd_url: etcd.client_url(), secure_port: api_port, layout: layout.clone() };
-        write_credentials(&layout, &ca, &settings.url(), &admin, &controller)?;
-
-        // Each process is pushed only once ready; a failed wait drops (stops)
-        // it, and the early return drops the ones before it.
-        let mut processes = vec![start_etcd(binaries, &etcd, &layout)?];
-
-        let api = Endpoint::https(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), api_port), &ca.cert_pem())?;
-        let mut apiserver = ManagedProcess::spawn(
-            "kube-apiserver",
-            &binaries.kube_apiserver,
-            &apiserver_args(&settings),
-            std::iter::empty::<(&str, &str)>(),
-            &layout.logs(),
-        )?;
-        wait_for_readyz(&api, &admin.token, &mut apiserver)?;
-        processes.push(apiserver);
-
-        let kubectl = Kubectl::new(&prerequisites.kubectl, &layout.admin_kubeconfig(), &layout.kubectl_cache());
-        let mut controller_manager = false;
-        if let (true, Some(kcm)) = (options.controller_manager, binaries.kube_controller_manager.as_ref()) {
-            let mut process = ManagedProcess::spawn(
-                "kube-controller-manager",
-                kcm,
-                &controller_manager_args(&layout, kcm_port),
-                std::iter::empty::<(&str, &str)>(),
-                &layout.logs(),
-            )?;
-            wait_for_controller_manager(&kubectl, &mut process)?;
-            processes.push(process);
-            controller_manager = true;
+        match start_processes(prerequisites, options, &layout) {
+            Ok(Started { processes, ca, api_url, kubectl, controller_manager }) => {
+                Ok(Self { processes, layout, ca, api_url, kubectl, controller_manager, work })
+            }
+            // The processes were stopped when `start_processes` returned.
+            Err(err) => {
+                work.disable_cleanup(true);
+                Err(err.context(format!(
+                    "the control plane did not start; kept {} (logs/) for investigation",
+                    work.path().display()
+                )))
+            }
         }
-
-        Ok(Self { processes, layout, ca, api_url: settings.url(), kubectl, controller_manager, work })
     }
 
     /// kubectl as the admin user.
@@ -369,6 +336,64 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What [`start_processes`] hands to [`ControlPlane`].
+struct Started {
+    processes: Vec<ManagedProcess>,
+    ca: CertificateAuthority,
+    api_url: String,
+    kubectl: Kubectl,
+    controller_manager: bool,
+}
+
+fn start_processes(prerequisites: &Prerequisites, options: Options, layout: &Layout) -> anyhow::Result<Started> {
+    let binaries = &prerequisites.control_plane;
+    let [etcd_client, etcd_peer, api_port, kcm_port] =
+        free_ports().context("finding free loopback ports for etcd and kube-apiserver")?;
+
+    let ca = CertificateAuthority::generate("stead e2e CA", CERT_DAYS).context("generating the e2e CA")?;
+    let admin = TokenUser::superuser(ADMIN_USER)?;
+    let controller = TokenUser::superuser(CONTROLLER_USER)?;
+    let etcd = EtcdSettings {
+        data_dir: layout.etcd_data(),
+        client_port: etcd_client,
+        peer_port: etcd_peer,
+        unsafe_no_fsync: supports_flag(&binaries.etcd, "unsafe-no-fsync"),
+    };
+    let settings = ApiServerSettings { etcd_url: etcd.client_url(), secure_port: api_port, layout: layout.clone() };
+    write_credentials(layout, &ca, &settings.url(), &admin, &controller)?;
+
+    // Each process is pushed only once ready; a failed wait drops (stops)
+    // it, and the early return drops the ones before it.
+    let mut processes = vec![start_etcd(binaries, &etcd, layout)?];
+
+    let api = Endpoint::https(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), api_port), &ca.cert_pem())?;
+    let mut apiserver = ManagedProcess::spawn(
+        "kube-apiserver",
+        &binaries.kube_apiserver,
+        &apiserver_args(&settings),
+        std::iter::empty::<(&str, &str)>(),
+        &layout.logs(),
+    )?;
+    wait_for_readyz(&api, &admin.token, &mut apiserver)?;
+    processes.push(apiserver);
+
+    let kubectl = Kubectl::new(&prerequisites.kubectl, &layout.admin_kubeconfig(), &layout.kubectl_cache());
+    let mut controller_manager = false;
+    if let (true, Some(kcm)) = (options.controller_manager, binaries.kube_controller_manager.as_ref()) {
+        let mut process = ManagedProcess::spawn(
+            "kube-controller-manager",
+            kcm,
+            &controller_manager_args(layout, kcm_port),
+            std::iter::empty::<(&str, &str)>(),
+            &layout.logs(),
+        )?;
+        wait_for_controller_manager(&kubectl, &mut process)?;
+        processes.push(process);
+        controller_manager = true;
+    }
+    Ok(Started { processes, ca, api_url: settings.url(), kubectl, controller_manager })
 }
 
 fn write_credentials(
@@ -551,8 +576,8 @@ mod tests {
 
     #[test]
     fn a_real_etcd_becomes_healthy_with_these_flags_and_stops_by_pid() {
+        // Silent without etcd: the suite's one skip line is the only output then.
         let Some(etcd) = installed_etcd() else {
-            crate::support::say("control_plane test: no etcd installed; the real-etcd check is skipped");
             return;
         };
         let dir = tempfile::tempdir().unwrap();
