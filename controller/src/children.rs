@@ -30,7 +30,8 @@ pub const VOLUME: &str = "data";
 pub const DATA_MOUNT_PATH: &str = "/var/lib/postgresql";
 /// UID/GID the database runs as (`postgres` in the official images); fsGroup makes the volume writable.
 pub const RUN_AS: i64 = 999;
-/// Pod management policy; immutable after creation, see [`stateful_set`].
+/// Pod management policy of a new StatefulSet; immutable after creation, so
+/// an existing StatefulSet keeps the one it has (see [`stateful_set`]).
 pub const POD_MANAGEMENT_POLICY: &str = "OrderedReady";
 /// Annotation holding a hash of the apply body that produced the child.
 ///
@@ -133,9 +134,21 @@ fn service_ports(view: &ClusterView) -> Value {
     json!([{ "name": PORT_NAME, "port": view.port(), "targetPort": PORT_NAME, "protocol": "TCP" }])
 }
 
-/// Stamps `body` with [`APPLIED_HASH`] over everything else in it.
+/// Stamps `body` with [`APPLIED_HASH`] over everything else in it, except
+/// `spec.volumeClaimTemplates`.
+///
+/// The templates are immutable and, once the StatefulSet exists, applied as
+/// the API server stored them (see [`stateful_set`]), which is not always
+/// what we sent: a size such as `10240Mi` comes back canonical (`10Gi`).
+/// Hashing them would turn that canonicalisation into a difference and cost
+/// one needless write after every creation; leaving them out loses nothing,
+/// since they can never change anyway.
 fn with_applied_hash(mut body: Value) -> Value {
+    let templates = body.get_mut("spec").and_then(Value::as_object_mut).and_then(|s| s.remove("volumeClaimTemplates"));
     let hash = format!("{:016x}", fnv1a(body.to_string().as_bytes()));
+    if let Some(templates) = templates {
+        body["spec"]["volumeClaimTemplates"] = templates;
+    }
     body["metadata"]["annotations"] = json!({ APPLIED_HASH: hash });
     body
 }
@@ -272,8 +285,16 @@ fn database_container(view: &ClusterView) -> Value {
 ///   (`live`), we apply exactly the stored template fields we own, so the
 ///   apply keeps our ownership without asking for a change; a grown
 ///   `spec.storage.size` reaches the PVCs by patching them (see `storage`).
+///   `podManagementPolicy` is immutable too and follows the same rule: an
+///   existing StatefulSet is applied with the policy it was created with, so
+///   a controller upgrade that changes [`POD_MANAGEMENT_POLICY`] never asks
+///   the API server for a forbidden change.
 pub fn stateful_set(view: &ClusterView, live: Option<&StatefulSet>) -> Result<Value, Error> {
     let selector = selector_labels(&view.name);
+    let pod_management_policy = live
+        .and_then(|sts| sts.spec.pod_management_policy.as_deref())
+        .filter(|policy| !policy.is_empty())
+        .unwrap_or(POD_MANAGEMENT_POLICY);
     let desired_templates = json!([volume_claim_template(view)]);
     let templates = match live.and_then(|sts| sts.spec.volume_claim_templates.as_ref()) {
         Some(live_templates) => {
@@ -290,7 +311,7 @@ pub fn stateful_set(view: &ClusterView, live: Option<&StatefulSet>) -> Result<Va
         "spec": {
             "replicas": view.replicas(),
             "serviceName": headless_service_name(&view.name),
-            "podManagementPolicy": POD_MANAGEMENT_POLICY,
+            "podManagementPolicy": pod_management_policy,
             "selector": { "matchLabels": selector },
             "persistentVolumeClaimRetentionPolicy": { "whenDeleted": "Retain", "whenScaled": "Retain" },
             "template": {
@@ -654,6 +675,68 @@ mod tests {
             hash(&base)
         );
         assert_ne!(hash(&headless_service(&view(spec()))), hash(&client_service(&view(spec()))));
+    }
+
+    #[test]
+    fn canonicalised_claim_template_costs_no_write_after_creation() {
+        // The user wrote a size the API server stores in another form.
+        let v = view(DatabaseClusterSpec {
+            storage: StorageSpec { size: "10240Mi".into(), storage_class_name: Some("fast-ssd".into()) },
+            ..spec()
+        });
+        let created = stateful_set(&v, None).unwrap();
+        assert_eq!(created["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "10240Mi");
+        // What a real API server returns: canonical quantity, defaulted volumeMode and phase.
+        let mut stored = created.clone();
+        let template = &mut stored["spec"]["volumeClaimTemplates"][0];
+        template["spec"]["resources"]["requests"]["storage"] = json!("10Gi");
+        template["spec"]["volumeMode"] = json!("Filesystem");
+        template["status"] = json!({"phase": "Pending"});
+        let live: StatefulSet = serde_json::from_value(stored).unwrap();
+        let next = stateful_set(&v, Some(&live)).unwrap();
+        // The next body applies the stored template, and its hash is the one already stored.
+        assert_eq!(next["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "10Gi");
+        assert_eq!(next["metadata"]["annotations"], created["metadata"]["annotations"]);
+        assert!(is_subset(&next, &serde_json::to_value(&live).unwrap()), "steady state must not apply");
+    }
+
+    #[test]
+    fn an_existing_stateful_set_keeps_its_pod_management_policy() {
+        let v = view(spec());
+        assert_eq!(stateful_set(&v, None).unwrap()["spec"]["podManagementPolicy"], POD_MANAGEMENT_POLICY);
+        // Created by an older controller with another policy: the immutable field is applied unchanged.
+        let mut live: StatefulSet = serde_json::from_value(stateful_set(&v, None).unwrap()).unwrap();
+        live.spec.pod_management_policy = Some("Parallel".into());
+        let next = stateful_set(&v, Some(&live)).unwrap();
+        assert_eq!(next["spec"]["podManagementPolicy"], "Parallel");
+        // A StatefulSet read without the field (never stored so) gets ours.
+        live.spec.pod_management_policy = None;
+        assert_eq!(stateful_set(&v, Some(&live)).unwrap()["spec"]["podManagementPolicy"], POD_MANAGEMENT_POLICY);
+    }
+
+    #[test]
+    fn every_child_and_claim_template_matches_the_watch_selector() {
+        // The informers watch children (and the PVCs the StatefulSet creates from its
+        // template) with this selector; an object without it is invisible to the controller.
+        let selector = crate::controller::managed_selector();
+        let (key, value) = selector.split_once('=').unwrap();
+        let v = view(spec());
+        let sts = stateful_set(&v, None).unwrap();
+        let labelled = [
+            ("headless Service", headless_service(&v)["metadata"]["labels"].clone()),
+            ("client Service", client_service(&v)["metadata"]["labels"].clone()),
+            ("PodDisruptionBudget", pod_disruption_budget(&v)["metadata"]["labels"].clone()),
+            ("StatefulSet", sts["metadata"]["labels"].clone()),
+            ("pod template", sts["spec"]["template"]["metadata"]["labels"].clone()),
+            ("volume claim template", sts["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"].clone()),
+        ];
+        for (what, labels) in labelled {
+            assert_eq!(labels[key], value, "{what} must carry {selector}");
+        }
+        // The StatefulSet selector matches its pod template (the API server refuses it otherwise).
+        for (k, v) in sts["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+            assert_eq!(&sts["spec"]["template"]["metadata"]["labels"][k], v, "{k}");
+        }
     }
 
     #[test]
