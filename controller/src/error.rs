@@ -28,6 +28,22 @@ pub enum Error {
     )]
     ChildConflict { kind: &'static str, namespace: String, name: String, owner: String },
 
+    /// The API server refused to grow a claim: 403 from the
+    /// PersistentVolumeClaimResize admission plugin when the StorageClass does
+    /// not allow expansion, 422 when the claim cannot be resized in its state.
+    #[error(
+        "PersistentVolumeClaim {namespace}/{claim} cannot grow from {from} to {to} (spec.storage.size): {source}; \
+         growing a volume needs a bound claim whose StorageClass sets allowVolumeExpansion: true"
+    )]
+    ExpansionRefused {
+        namespace: String,
+        claim: String,
+        from: String,
+        to: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+
     /// A desired object could not be turned into JSON (a bug, never input).
     #[error("could not serialize {what}: {source}")]
     Serialize {
@@ -89,6 +105,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Kube { source, .. } => kube_error_kind(source),
+            Self::ExpansionRefused { source, .. } => kube_error_kind(source),
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
                     e.kind()
@@ -106,6 +123,11 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         self.kind() == ErrorKind::NotFound
     }
+}
+
+/// Whether a kube error is an API answer with one of `codes`.
+pub fn has_code(err: &kube::Error, codes: &[u16]) -> bool {
+    matches!(err, kube::Error::Api(status) if codes.contains(&status.code))
 }
 
 /// Whether a kube error is a 404 from the API server.
@@ -165,6 +187,17 @@ mod tests {
         let wrapped =
             Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(Error::kube("apply", api(503)))));
         assert_eq!(wrapped.kind(), ErrorKind::Transient);
+        let refused = |code| Error::ExpansionRefused {
+            namespace: "shop".into(),
+            claim: "data-orders-0".into(),
+            from: "10Gi".into(),
+            to: "20Gi".into(),
+            source: Box::new(api(code)),
+        };
+        assert_eq!(refused(403).kind(), ErrorKind::Forbidden);
+        assert_eq!(refused(422).kind(), ErrorKind::Rejected);
+        assert!(has_code(&api(403), &[403, 422]));
+        assert!(!has_code(&api(500), &[403, 422]));
     }
 
     #[test]

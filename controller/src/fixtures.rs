@@ -325,7 +325,7 @@ pub fn live_pdb(c: &DatabaseCluster) -> PodDisruptionBudget {
     stored(children::pod_disruption_budget(&view), "uid-pdb")
 }
 
-/// A claim the StatefulSet created from the template.
+/// A bound claim the StatefulSet created from the template.
 pub fn live_claim(ordinal: i32, size: &str) -> PersistentVolumeClaim {
     serde_json::from_value(json!({
         "metadata": {
@@ -335,6 +335,7 @@ pub fn live_claim(ordinal: i32, size: &str) -> PersistentVolumeClaim {
             "labels": stead_crds::names::child_labels(NAME),
         },
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+        "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": size}},
     }))
     .unwrap()
 }

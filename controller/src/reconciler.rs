@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 use crate::children::{self, ChildKind, ClusterView};
 use crate::context::Context;
 use crate::diff::is_subset;
-use crate::error::{Error, backoff, is_not_found};
+use crate::error::{Error, backoff, has_code, is_not_found};
 use crate::status::{Outcome, compute_status, needs_write};
 use crate::storage::{expansion_patch, expansions};
 
@@ -262,8 +262,21 @@ async fn expand_volumes(cluster: &DatabaseCluster, ctx: &Context, view: &Cluster
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &view.namespace);
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
     for expansion in todo {
+        // 403 (the StorageClass does not allow expansion) and 422 are answers
+        // about this claim, not outages: they surface in the status with what
+        // to fix, and are retried with the backoff of refused requests.
         api.patch(&expansion.claim, &params, &Patch::Merge(expansion_patch(&expansion))).await.map_err(|e| {
-            Error::kube(format!("expand PersistentVolumeClaim {}/{}", view.namespace, expansion.claim), e)
+            if has_code(&e, &[400, 403, 422]) {
+                Error::ExpansionRefused {
+                    namespace: view.namespace.clone(),
+                    claim: expansion.claim.clone(),
+                    from: expansion.from.clone(),
+                    to: expansion.to.clone(),
+                    source: Box::new(e),
+                }
+            } else {
+                Error::kube(format!("expand PersistentVolumeClaim {}/{}", view.namespace, expansion.claim), e)
+            }
         })?;
         ctx.metrics.count_apply("PersistentVolumeClaim");
         let note =

@@ -477,3 +477,100 @@ async fn a_foreign_child_is_never_taken_over() {
     drop(ctx);
     verify(server).await;
 }
+
+#[tokio::test]
+async fn an_unbound_claim_is_not_resized_until_it_binds() {
+    let base = finalized(cluster(spec()));
+    let sts = live_sts(&base, 3);
+    let mut c = finalized(cluster(DatabaseClusterSpec {
+        storage: StorageSpec { size: "20Gi".into(), storage_class_name: None },
+        ..spec()
+    }));
+    c.metadata.generation = Some(2);
+    // The status already describes generation 2: only the claims are left to do.
+    let c = settled(c, Some(&sts));
+    let mut pending = live_claim(2, "10Gi");
+    pending.status = Some(k8s_openapi::api::core::v1::PersistentVolumeClaimStatus {
+        phase: Some("Pending".into()),
+        ..Default::default()
+    });
+    let claims = [live_claim(0, "20Gi"), live_claim(1, "20Gi"), pending];
+    let (ctx, server) = context_with(|w| w.seed([sts.clone()], live_services(&base), [live_pdb(&base)], claims));
+    // A real API server would refuse a resize of the Pending claim with 422; we make no call at all.
+    let server = server.expect(vec![]);
+    assert_eq!(reconcile(Arc::new(c), ctx.clone()).await.unwrap(), resync());
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_refused_expansion_is_reported_once_and_retried_slowly() {
+    let base = finalized(cluster(spec()));
+    let sts = live_sts(&base, 3);
+    let mut c = finalized(cluster(DatabaseClusterSpec {
+        storage: StorageSpec { size: "20Gi".into(), storage_class_name: None },
+        ..spec()
+    }));
+    c.metadata.generation = Some(2);
+    let c = DatabaseCluster { status: settled(base.clone(), Some(&sts)).status, ..c };
+    let claims = [live_claim(0, "10Gi"), live_claim(1, "10Gi"), live_claim(2, "10Gi")];
+    let seed = move |w: &mut crate::context::StoreWriters| {
+        w.seed([sts.clone()], live_services(&base), [live_pdb(&base)], claims.clone());
+    };
+    // What the PersistentVolumeClaimResize admission plugin answers for a class without
+    // allowVolumeExpansion.
+    let refused = || {
+        Call::new(
+            Method::PATCH,
+            claim_uri("data-orders-0"),
+            |body| assert_eq!(body, &json!({"spec": {"resources": {"requests": {"storage": "20Gi"}}}})),
+            Reply::Status(403, "Forbidden"),
+        )
+    };
+    let written = Arc::new(std::sync::Mutex::new(Value::Null));
+    let keep = written.clone();
+    let (ctx, server) = context_with(seed.clone());
+    let server = server.expect(vec![
+        refused(),
+        status_patch(&c, move |status| {
+            let (s, reason, message) = condition(status, "Degraded");
+            assert_eq!((s.as_str(), reason.as_str()), ("True", "ReconcileFailed"));
+            assert!(
+                message.starts_with(
+                    "PersistentVolumeClaim shop/data-orders-0 cannot grow from 10Gi to 20Gi (spec.storage.size): "
+                ),
+                "{message}"
+            );
+            assert!(
+                message.ends_with(
+                    "growing a volume needs a bound claim whose StorageClass sets allowVolumeExpansion: true"
+                ),
+                "{message}"
+            );
+            assert_eq!(status["observedGeneration"], 2);
+            *keep.lock().unwrap() = status.clone();
+        }),
+        event("ReconcileFailed", "Warning", |note| assert!(note.contains("data-orders-0 cannot grow"), "{note}")),
+    ]);
+    let cluster = Arc::new(c.clone());
+    let err = reconcile(cluster.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Forbidden);
+    // Refusals back off up to five minutes, not the half minute of outages.
+    for _ in 0..12 {
+        error_policy(cluster.clone(), &err, ctx.clone());
+    }
+    assert_eq!(error_policy(cluster.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(300)));
+    drop(ctx);
+    verify(server).await;
+
+    // The retry finds the refusal already in the status: the refused patch again, but no
+    // status write and no event.
+    let mut again = c;
+    again.status = Some(serde_json::from_value(written.lock().unwrap().clone()).unwrap());
+    let (ctx, server) = context_with(seed);
+    let server = server.expect(vec![refused()]);
+    let err = reconcile(Arc::new(again), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Forbidden);
+    drop(ctx);
+    verify(server).await;
+}

@@ -4,6 +4,13 @@
 //! `spec.storage.size` reaches the volumes by patching each existing claim
 //! `data-<name>-<ordinal>`. Claims only ever grow: a claim already at or above
 //! the size (grown by hand, or the spec shrank past the webhook) is left alone.
+//!
+//! Only a `Bound` claim can be resized: the API server refuses any change of
+//! an unbound claim's spec (422, "spec is immutable after creation except
+//! resources.requests and volumeAttributesClassName for bound claims"). A
+//! claim still `Pending` (say, a `WaitForFirstConsumer` class whose pod is not
+//! scheduled yet) is skipped; its binding is a PVC watch event, which brings
+//! the cluster back here to grow it then.
 
 use std::cmp::Ordering;
 
@@ -24,7 +31,7 @@ pub struct Expansion {
 /// The claims of ordinals `0..replicas` whose requested storage is below the spec's size.
 ///
 /// `claims` are the claims of the cluster's namespace; missing claims (pods
-/// not created yet) and claims being deleted are skipped.
+/// not created yet), claims not bound yet and claims being deleted are skipped.
 pub fn expansions<'a>(
     view: &ClusterView,
     claims: impl IntoIterator<Item = &'a PersistentVolumeClaim>,
@@ -37,7 +44,7 @@ pub fn expansions<'a>(
         .into_iter()
         .filter_map(|name| {
             let claim = claims.iter().find(|c| c.metadata.name.as_deref() == Some(name.as_str()))?;
-            if claim.metadata.deletion_timestamp.is_some() {
+            if claim.metadata.deletion_timestamp.is_some() || !is_bound(claim) {
                 return None;
             }
             let current = requested_storage(claim)?;
@@ -45,6 +52,11 @@ pub fn expansions<'a>(
             smaller.then(|| Expansion { claim: name, from: current, to: view.spec.storage.size.clone() })
         })
         .collect()
+}
+
+/// Whether the claim is bound to a volume, the only state in which it can be resized.
+fn is_bound(claim: &PersistentVolumeClaim) -> bool {
+    claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
 }
 
 fn requested_storage(claim: &PersistentVolumeClaim) -> Option<String> {
@@ -60,7 +72,9 @@ pub fn expansion_patch(expansion: &Expansion) -> Value {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use k8s_openapi::api::core::v1::{PersistentVolumeClaimSpec, VolumeResourceRequirements};
+    use k8s_openapi::api::core::v1::{
+        PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, VolumeResourceRequirements,
+    };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity as Q;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use stead_crds::{DatabaseCluster, DatabaseClusterSpec, StorageSpec};
@@ -92,8 +106,13 @@ mod tests {
                 }),
                 ..Default::default()
             }),
-            ..Default::default()
+            status: Some(PersistentVolumeClaimStatus { phase: Some("Bound".into()), ..Default::default() }),
         }
+    }
+
+    fn in_phase(mut claim: PersistentVolumeClaim, phase: Option<&str>) -> PersistentVolumeClaim {
+        claim.status = phase.map(|p| PersistentVolumeClaimStatus { phase: Some(p.into()), ..Default::default() });
+        claim
     }
 
     #[test]
@@ -131,6 +150,24 @@ mod tests {
             ("other clusters' claims untouched", "20Gi", 1, vec![claim("data-orders2-0", "10Gi")], vec![]),
             ("being deleted", "20Gi", 2, vec![claim("data-orders-0", "20Gi"), deleting], vec![]),
             ("unparsable spec", "lots", 1, vec![claim("data-orders-0", "10Gi")], vec![]),
+            (
+                "pending claims cannot be resized yet",
+                "20Gi",
+                3,
+                vec![
+                    in_phase(claim("data-orders-0", "10Gi"), Some("Pending")),
+                    in_phase(claim("data-orders-1", "10Gi"), None),
+                    claim("data-orders-2", "10Gi"),
+                ],
+                vec!["data-orders-2"],
+            ),
+            (
+                "lost claims are left alone",
+                "20Gi",
+                1,
+                vec![in_phase(claim("data-orders-0", "10Gi"), Some("Lost"))],
+                vec![],
+            ),
         ];
         for (case, size, replicas, claims, want) in rows {
             let got: Vec<String> = expansions(&view(size, replicas), &claims).into_iter().map(|e| e.claim).collect();
