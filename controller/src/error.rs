@@ -28,6 +28,23 @@ pub enum Error {
     )]
     ChildConflict { kind: &'static str, namespace: String, name: String, owner: String },
 
+    /// A child with our name exists outside our caches (it lacks our
+    /// managed-by label), and a non-forced apply found fields another
+    /// manager set: we never take such an object over.
+    #[error(
+        "{kind} {namespace}/{name} already exists but was not created by stead-controller (it lacks the label \
+         app.kubernetes.io/managed-by={managed_by}), and applying would overwrite fields another manager set: \
+         {source}; rename or delete it so that stead can manage it",
+        managed_by = stead_crds::names::MANAGED_BY
+    )]
+    ForeignChild {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+
     /// The API server refused to grow a claim: 403 from the
     /// PersistentVolumeClaimResize admission plugin when the StorageClass does
     /// not allow expansion, 422 when the claim cannot be resized in its state.
@@ -106,6 +123,7 @@ impl Error {
         match self {
             Self::Kube { source, .. } => kube_error_kind(source),
             Self::ExpansionRefused { source, .. } => kube_error_kind(source),
+            Self::ForeignChild { .. } => ErrorKind::Conflicting,
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
                     e.kind()
@@ -187,6 +205,13 @@ mod tests {
         let wrapped =
             Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(Error::kube("apply", api(503)))));
         assert_eq!(wrapped.kind(), ErrorKind::Transient);
+        let foreign = Error::ForeignChild {
+            kind: "Service",
+            namespace: "shop".into(),
+            name: "orders".into(),
+            source: Box::new(api(409)),
+        };
+        assert_eq!(foreign.kind(), ErrorKind::Conflicting);
         let refused = |code| Error::ExpansionRefused {
             namespace: "shop".into(),
             claim: "data-orders-0".into(),

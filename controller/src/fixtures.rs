@@ -141,16 +141,32 @@ fn apply_query() -> String {
     format!("?&force=true&fieldManager={FIELD_MANAGER}")
 }
 
+/// The apply of a child that is not in the cache: not forced.
+fn create_query() -> String {
+    format!("?&fieldManager={FIELD_MANAGER}")
+}
+
 pub fn cluster_uri() -> String {
     format!("/apis/stead.dev/v1alpha1/namespaces/{NS}/databaseclusters/{NAME}")
 }
 
-pub fn service_uri(name: &str) -> String {
-    format!("/api/v1/namespaces/{NS}/services/{name}{}", apply_query())
-}
-
 pub fn sts_uri() -> String {
     format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}{}", apply_query())
+}
+
+/// The unforced apply that creates a Service.
+pub fn service_create_uri(name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/services/{name}{}", create_query())
+}
+
+/// The unforced apply that creates the StatefulSet.
+pub fn sts_create_uri() -> String {
+    format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}{}", create_query())
+}
+
+/// The unforced apply that creates the PodDisruptionBudget.
+pub fn pdb_create_uri() -> String {
+    format!("{}{}", pdb_path(), create_query())
 }
 
 pub fn pdb_path() -> String {

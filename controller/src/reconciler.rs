@@ -190,12 +190,29 @@ where
             return Ok(live.clone());
         }
     }
+    // Force only over a child we know is ours (cached, controlled by this
+    // cluster): it takes back fields someone edited. A child missing from the
+    // cache is normally absent, and the apply creates it; but the caches only
+    // hold objects with our managed-by label, so an unlabelled object of the
+    // same name (the user's own Service `orders`, say) may exist. A forced
+    // apply would silently rewrite it and make it ours, and the garbage
+    // collector would delete it with the cluster. Unforced, the API server
+    // answers 409 instead when another manager set any field we would change.
+    let ours = live.is_some();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &view.namespace);
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let applied = api
-        .patch(&name, &params, &Patch::Apply(&desired))
-        .await
-        .map_err(|e| Error::kube(format!("apply {} {}/{name}", child.kind(), view.namespace), e))?;
+    let params = if ours { PatchParams::apply(FIELD_MANAGER).force() } else { PatchParams::apply(FIELD_MANAGER) };
+    let applied = api.patch(&name, &params, &Patch::Apply(&desired)).await.map_err(|e| {
+        if !ours && has_code(&e, &[409]) {
+            Error::ForeignChild {
+                kind: child.kind(),
+                namespace: view.namespace.clone(),
+                name: name.clone(),
+                source: Box::new(e),
+            }
+        } else {
+            Error::kube(format!("apply {} {}/{name}", child.kind(), view.namespace), e)
+        }
+    })?;
     ctx.metrics.count_apply(child.kind());
     let (reason, note) = match live {
         None => ("Created", format!("created {} {name}", child.kind())),

@@ -67,16 +67,14 @@ async fn first_apply_creates_every_child_then_writes_status() {
         assert_eq!(status["conditions"][0]["lastTransitionTime"], "2023-11-14T22:13:20Z");
     };
     let server = server.expect(vec![
-        apply(service_uri("orders-headless"), children::headless_service(&view)),
+        // Nothing is cached yet: every apply is unforced, so it never takes over a foreign object.
+        apply(service_create_uri("orders-headless"), children::headless_service(&view)),
         created("Service", "orders-headless"),
-        apply(service_uri("orders"), children::client_service(&view)),
+        apply(service_create_uri("orders"), children::client_service(&view)),
         created("Service", "orders"),
-        apply(sts_uri(), children::stateful_set(&view, None).unwrap()),
+        apply(sts_create_uri(), children::stateful_set(&view, None).unwrap()),
         created("StatefulSet", "orders"),
-        apply(
-            format!("{}?&force=true&fieldManager=stead-controller", pdb_path()),
-            children::pod_disruption_budget(&view),
-        ),
+        apply(pdb_create_uri(), children::pod_disruption_budget(&view)),
         created("PodDisruptionBudget", "orders"),
         status_patch(&c, status_check),
     ]);
@@ -281,7 +279,7 @@ async fn api_error_is_surfaced_recorded_and_retried_with_backoff() {
     let c = finalized(cluster(spec()));
     let view = ClusterView::new(&c).unwrap();
     let (ctx, server) = context();
-    let mut failing = apply(service_uri("orders-headless"), children::headless_service(&view));
+    let mut failing = apply(service_create_uri("orders-headless"), children::headless_service(&view));
     failing.reply = Reply::Status(503, "ServiceUnavailable");
     let server = server.expect(vec![
         failing,
@@ -471,6 +469,39 @@ async fn a_foreign_child_is_never_taken_over() {
             );
         }),
         event("ReconcileFailed", "Warning", |_| {}),
+    ]);
+    let err = reconcile(Arc::new(c), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflicting);
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn an_unlabelled_object_with_a_child_name_is_not_taken_over() {
+    // The user's own Service `orders` exists without our label, so the caches never see it.
+    // The unforced apply meets its fields; the API server answers 409 and we stop there.
+    let c = finalized(cluster(spec()));
+    let view = ClusterView::new(&c).unwrap();
+    let (ctx, server) = context_with(|w| w.seed([], [], [], []));
+    let mut client = apply(service_create_uri("orders"), children::client_service(&view));
+    client.reply = Reply::Status(409, "Conflict");
+    let server = server.expect(vec![
+        apply(service_create_uri("orders-headless"), children::headless_service(&view)),
+        event("Created", "Normal", |_| {}),
+        client,
+        status_patch(&c, |status| {
+            let (s, reason, message) = condition(status, "Degraded");
+            assert_eq!((s.as_str(), reason.as_str()), ("True", "ReconcileFailed"));
+            assert!(
+                message.starts_with(
+                    "Service shop/orders already exists but was not created by stead-controller (it lacks the label \
+                     app.kubernetes.io/managed-by=stead-controller)"
+                ),
+                "{message}"
+            );
+            assert!(message.ends_with("rename or delete it so that stead can manage it"), "{message}");
+        }),
+        event("ReconcileFailed", "Warning", |note| assert!(note.contains("Service shop/orders"), "{note}")),
     ]);
     let err = reconcile(Arc::new(c), ctx.clone()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflicting);
