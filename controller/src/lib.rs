@@ -22,6 +22,8 @@ pub mod storage;
 mod fixtures;
 #[cfg(test)]
 mod reconciler_tests;
+#[cfg(test)]
+mod steady_state_tests;
 
 pub use context::Context;
 pub use error::Error;
