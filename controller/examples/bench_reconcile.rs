@@ -153,6 +153,8 @@ async fn main() {
                 serde_json::from_value(json!({
                     "metadata": {"name": name, "namespace": NAMESPACE},
                     "spec": {"resources": {"requests": {"storage": "10Gi"}}},
+                    // Bound, as real claims are: the size comparison is part of the steady cost.
+                    "status": {"phase": "Bound"},
                 }))
                 .unwrap()
             })
