@@ -29,16 +29,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
 use serde_json::{Value, json};
 use stead_certs::{ALPN_HTTP1, CertificateAuthority};
+use stead_webhook::client::WebhookClient;
 use tokio::sync::{Mutex, mpsc};
-use tokio_rustls::TlsConnector;
 
 /// Connections serving the fixed-rate phase; enough that the pacing, not
 /// the pool, decides when a request leaves.
@@ -313,24 +311,12 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-async fn connect(address: SocketAddr, tls: &Arc<ClientConfig>) -> Result<SendRequest<Full<Bytes>>> {
-    let tcp = tokio::net::TcpStream::connect(address).await?;
-    tcp.set_nodelay(true)?;
-    let stream = TlsConnector::from(Arc::clone(tls)).connect(ServerName::try_from("localhost")?, tcp).await?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    Ok(sender)
+async fn connect(address: SocketAddr, tls: &Arc<ClientConfig>) -> Result<WebhookClient> {
+    Ok(WebhookClient::connect_to(address, "localhost", Arc::clone(tls)).await?)
 }
 
-async fn send(conn: &mut SendRequest<Full<Bytes>>, path: &str, body: &Bytes) -> Result<Bytes> {
-    conn.ready().await?;
-    let request = Request::post(path)
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(body.clone()))?;
-    let response = conn.send_request(request).await?;
-    let status = response.status();
-    let bytes = response.into_body().collect().await?.to_bytes();
+async fn send(conn: &mut WebhookClient, path: &str, body: &Bytes) -> Result<Bytes> {
+    let (status, bytes) = conn.post_json(path, body.clone()).await?;
     if !status.is_success() {
         bail!("{path} answered {status}");
     }

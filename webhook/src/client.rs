@@ -64,26 +64,45 @@ pub struct WebhookClient {
 impl WebhookClient {
     /// Dials `endpoint`, retrying refused connections for up to `patience`
     /// (a server that is still starting), and verifies its certificate.
+    /// Every address the host resolves to is tried (`localhost` may be `::1` first).
     pub async fn connect(endpoint: &Endpoint, tls: Arc<ClientConfig>, patience: Duration) -> Result<Self, ClientError> {
         let target = format!("{}:{}", endpoint.host, endpoint.port);
-        let address = tokio::net::lookup_host(&target)
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host(&target)
             .await
             .map_err(|e| ClientError::Resolve { host: target.clone(), cause: e.to_string() })?
-            .next()
-            .ok_or_else(|| ClientError::Resolve { host: target.clone(), cause: "no address".to_owned() })?;
+            .collect();
+        if addresses.is_empty() {
+            return Err(ClientError::Resolve { host: target, cause: "no address".to_owned() });
+        }
         let deadline = tokio::time::Instant::now() + patience;
-        let tcp = loop {
-            match tokio::net::TcpStream::connect(address).await {
-                Ok(tcp) => break tcp,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(%address, error = %e, "webhook not accepting yet");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+        loop {
+            let mut last = None;
+            for address in &addresses {
+                match Self::connect_to(*address, &endpoint.host, Arc::clone(&tls)).await {
+                    Ok(client) => return Ok(client),
+                    Err(e @ ClientError::Connect { .. }) => last = Some(e),
+                    Err(other) => return Err(other),
                 }
-                Err(e) => return Err(ClientError::Connect { address: address.to_string(), cause: e.to_string() }),
             }
-        };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last.unwrap_or(ClientError::Resolve { host: target, cause: "no address".to_owned() }));
+            }
+            tracing::debug!(%target, "webhook not accepting yet");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Dials one address, verifying the certificate against `server_name`.
+    pub async fn connect_to(
+        address: SocketAddr,
+        server_name: &str,
+        tls: Arc<ClientConfig>,
+    ) -> Result<Self, ClientError> {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| ClientError::Connect { address: address.to_string(), cause: e.to_string() })?;
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(endpoint.host.clone())
+        let name = ServerName::try_from(server_name.to_owned())
             .map_err(|e| ClientError::Tls { address: address.to_string(), cause: e.to_string() })?;
         let stream = TlsConnector::from(tls)
             .connect(name, tcp)
@@ -97,7 +116,7 @@ impl WebhookClient {
                 tracing::debug!(%error, "webhook connection closed");
             }
         });
-        Ok(Self { sender, address, host: endpoint.host.clone() })
+        Ok(Self { sender, address, host: server_name.to_owned() })
     }
 
     /// POSTs a JSON body to `path` and returns the status and body of the answer.
