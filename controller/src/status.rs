@@ -51,7 +51,11 @@ pub fn compute_status(
         [available(name, &observed, outcome), progressing(cluster, name, &observed, outcome), degraded(outcome)];
     let stored = cluster.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
-    let conditions = proposed.into_iter().map(|p| merge(p, stored, generation, &now)).collect();
+    let ours: Vec<&str> = proposed.iter().map(|p| p.type_).collect();
+    let mut conditions: Vec<Condition> = proposed.into_iter().map(|p| merge(p, stored, generation, &now)).collect();
+    // The status is written as a merge patch, which replaces the whole list:
+    // conditions other tools set (e.g. a backup operator) are carried over.
+    conditions.extend(stored.iter().filter(|c| !ours.contains(&c.type_.as_str())).cloned());
     DatabaseClusterStatus {
         observed_generation: generation,
         replicas: Some(observed.replicas),
@@ -196,22 +200,25 @@ fn merge(p: Proposed, stored: &[Condition], generation: Option<i64>, now: &Time)
         type_: p.type_.to_owned(),
         status: status.to_owned(),
         reason: p.reason.to_owned(),
-        message: truncate(p.message),
+        message: truncate(p.message, MAX_MESSAGE),
         observed_generation: generation,
         last_transition_time,
     }
 }
 
-fn truncate(mut message: String) -> String {
-    if message.len() > MAX_MESSAGE {
-        let mut cut = MAX_MESSAGE - 3;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
+/// Shortens `text` to at most `max` bytes, on a character boundary, marking
+/// the cut with `...`; the API server refuses longer condition messages and
+/// event notes.
+pub(crate) fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub(3);
+        while !text.is_char_boundary(end) {
+            end -= 1;
         }
-        message.truncate(cut);
-        message.push_str("...");
+        text.truncate(end);
+        text.push_str("...");
     }
-    message
+    text
 }
 
 #[cfg(test)]
@@ -493,5 +500,25 @@ mod tests {
         let message = &condition(&status, DEGRADED).message;
         assert_eq!(message.len(), MAX_MESSAGE);
         assert!(message.ends_with("..."));
+    }
+
+    #[test]
+    fn conditions_of_other_tools_are_kept() {
+        let mut with_foreign = cluster(1, 1);
+        let mut stored = compute_status(&with_foreign, None, Outcome::Reconciled, t(0));
+        let backup = Condition {
+            type_: "example.com/BackupReady".into(),
+            status: "True".into(),
+            reason: "Scheduled".into(),
+            message: "nightly".into(),
+            observed_generation: Some(1),
+            last_transition_time: Time(t(0)),
+        };
+        stored.conditions.push(backup.clone());
+        with_foreign.status = Some(stored.clone());
+        let next = compute_status(&with_foreign, None, Outcome::Reconciled, t(60));
+        assert_eq!(next.conditions.len(), 4);
+        assert_eq!(next.conditions[3], backup);
+        assert!(!needs_write(Some(&stored), &next), "carrying a foreign condition over is not a change");
     }
 }
