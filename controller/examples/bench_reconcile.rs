@@ -1,7 +1,8 @@
 //! Micro-benchmark of `reconcile` against an in-process API server that answers instantly.
 //!
 //! For N clusters (100 and 1,000) it measures two passes:
-//! - first: finalized clusters, no children yet (every child applied, status written);
+//! - first: finalized clusters, no children yet (credentials Secret created,
+//!   every child applied, status written);
 //! - steady: children and volume claims in the caches, status stored (nothing to do).
 //!
 //! It prints reconciles per second and API requests per reconcile. Figures
@@ -18,15 +19,15 @@ use http::{Request, Response};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::Client;
 use kube::client::Body;
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use stead_controller::children::{self, ClusterView};
 use stead_controller::cli::Settings;
 use stead_controller::context::{Context, stores};
 use stead_controller::reconciler::reconcile;
 use stead_controller::status::{Outcome, compute_status};
-use stead_crds::names::FINALIZER;
+use stead_crds::names::{FINALIZER, credentials_secret_name};
 use stead_crds::{DatabaseCluster, DatabaseClusterSpec, StorageSpec};
 
 const NAMESPACE: &str = "bench";
@@ -142,7 +143,9 @@ async fn main() {
             .zip(&sts)
             .map(|(c, s)| {
                 let mut c = (**c).clone();
-                c.status = Some(compute_status(&c, Some(s), Outcome::Reconciled, k8s_openapi::jiff::Timestamp::now()));
+                let now = k8s_openapi::jiff::Timestamp::now();
+                let secret = credentials_secret_name(&c.name_any());
+                c.status = Some(compute_status(&c, Some(s), Outcome::Reconciled, now, Some(&secret)));
                 Arc::new(c)
             })
             .collect();

@@ -13,9 +13,10 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::Resource;
 use serde_json::{Value, json};
 use stead_crds::defaults::with_defaults;
-use stead_crds::names::{child_labels, headless_service_name, selector_labels};
+use stead_crds::names::{child_labels, credentials_secret_name, headless_service_name, selector_labels};
 use stead_crds::{DatabaseCluster, DatabaseClusterSpec};
 
+use crate::credentials::{PASSWORD_KEY, USERNAME_KEY};
 use crate::diff::restrict_to_live;
 use crate::error::Error;
 
@@ -241,12 +242,23 @@ fn container_resources(resources: Option<&ResourceRequirements>) -> Option<Value
     (!out.is_empty()).then_some(Value::Object(out))
 }
 
+/// An environment variable read from a key of a Secret.
+fn secret_env(name: &str, secret: &str, key: &str) -> Value {
+    json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } })
+}
+
 fn database_container(view: &ClusterView) -> Value {
     let port = view.port();
+    let secret = credentials_secret_name(&view.name);
     let mut container = json!({
         "name": CONTAINER,
         "image": view.spec.image,
         "ports": [{ "name": PORT_NAME, "containerPort": port, "protocol": "TCP" }],
+        // The image refuses to initialise without a password (see `credentials`).
+        "env": [
+            secret_env("POSTGRES_USER", &secret, USERNAME_KEY),
+            secret_env("POSTGRES_PASSWORD", &secret, PASSWORD_KEY),
+        ],
         // Ready as soon as the port accepts connections.
         "readinessProbe": {
             "tcpSocket": { "port": port },
@@ -539,6 +551,12 @@ mod tests {
             format!("{c}.ports[0].name"),
             format!("{c}.ports[0].containerPort"),
             format!("{c}.ports[0].protocol"),
+            format!("{c}.env[0].name"),
+            format!("{c}.env[0].valueFrom.secretKeyRef.name"),
+            format!("{c}.env[0].valueFrom.secretKeyRef.key"),
+            format!("{c}.env[1].name"),
+            format!("{c}.env[1].valueFrom.secretKeyRef.name"),
+            format!("{c}.env[1].valueFrom.secretKeyRef.key"),
             format!("{c}.readinessProbe.tcpSocket.port"),
             format!("{c}.readinessProbe.periodSeconds"),
             format!("{c}.readinessProbe.failureThreshold"),
@@ -568,6 +586,13 @@ mod tests {
         assert_eq!(sts["spec"]["replicas"], 3);
         assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["image"], "postgres:17.2");
         assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["tcpSocket"]["port"], 5432);
+        assert_eq!(
+            sts["spec"]["template"]["spec"]["containers"][0]["env"],
+            json!([
+                {"name": "POSTGRES_USER", "valueFrom": {"secretKeyRef": {"name": "orders-credentials", "key": "username"}}},
+                {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "orders-credentials", "key": "password"}}},
+            ])
+        );
         assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "10Gi");
         assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"], "fast-ssd");
         let _: StatefulSet = serde_json::from_value(sts).unwrap();

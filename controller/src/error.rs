@@ -61,6 +61,15 @@ pub enum Error {
         source: Box<kube::Error>,
     },
 
+    /// No password could be generated, so the credentials Secret was not created.
+    #[error("create Secret {namespace}/{name} failed: {source}")]
+    Password {
+        namespace: String,
+        name: String,
+        #[source]
+        source: crate::credentials::RandomFailed,
+    },
+
     /// A desired object could not be turned into JSON (a bug, never input).
     #[error("could not serialize {what}: {source}")]
     Serialize {
@@ -133,7 +142,7 @@ impl Error {
                 _ => ErrorKind::Other,
             },
             Self::MissingMetadata { .. } | Self::ChildConflict { .. } => ErrorKind::Conflicting,
-            Self::Serialize { .. } => ErrorKind::Other,
+            Self::Serialize { .. } | Self::Password { .. } => ErrorKind::Other,
         }
     }
 

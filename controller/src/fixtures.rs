@@ -31,6 +31,8 @@ use crate::status::{Outcome, compute_status};
 pub const NS: &str = "shop";
 pub const NAME: &str = "orders";
 pub const UID: &str = "uid-orders";
+/// The credentials Secret of the cluster `orders`.
+pub const SECRET: &str = "orders-credentials";
 
 /// The fixed clock of every test context.
 pub fn now() -> Timestamp {
@@ -177,6 +179,11 @@ pub fn claim_uri(name: &str) -> String {
     format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/{name}?&fieldManager={FIELD_MANAGER}")
 }
 
+/// The create (POST) of a Secret; never an apply, which would need `patch`.
+pub fn secret_create_uri() -> String {
+    format!("/api/v1/namespaces/{NS}/secrets?&fieldManager={FIELD_MANAGER}")
+}
+
 // ---- Calls ------------------------------------------------------------------------------
 
 /// An event with this reason and type about the cluster; `check` sees the note.
@@ -249,6 +256,32 @@ pub fn status_patch(cluster: &DatabaseCluster, check: impl FnOnce(&Value) + Send
     )
 }
 
+/// The create of the credentials Secret, checked field by field; the password is random.
+pub fn create_secret(reply: Reply) -> Call {
+    Call::new(
+        Method::POST,
+        secret_create_uri(),
+        |body| {
+            assert_eq!(body["apiVersion"], "v1");
+            assert_eq!(body["kind"], "Secret");
+            assert_eq!(body["type"], "kubernetes.io/basic-auth");
+            assert_eq!(
+                body["metadata"],
+                json!({"name": SECRET, "namespace": NS, "labels": stead_crds::names::child_labels(NAME)}),
+                "labelled, and no ownerReferences: the Secret outlives the cluster"
+            );
+            let data = body["stringData"].as_object().unwrap();
+            assert_eq!(data.len(), 2, "{body}");
+            assert_eq!(data["username"], "postgres");
+            let password = data["password"].as_str().unwrap();
+            assert_eq!(password.len(), 32, "{password}");
+            assert!(password.bytes().all(|b| b.is_ascii_alphanumeric()), "{password}");
+            assert!(body.get("data").is_none());
+        },
+        reply,
+    )
+}
+
 /// A server-side apply of a child at `uri`; the body must be exactly `want`.
 pub fn apply(uri: String, want: Value) -> Call {
     Call::new(Method::PATCH, uri, move |body| assert_eq!(body, &want), Reply::Echo)
@@ -282,9 +315,10 @@ pub fn finalized(mut c: DatabaseCluster) -> DatabaseCluster {
     c
 }
 
-/// The cluster with the status the controller would have written for `sts`.
+/// The cluster with the status the controller would have written for `sts`,
+/// including the credentials Secret it ensured.
 pub fn settled(mut c: DatabaseCluster, sts: Option<&StatefulSet>) -> DatabaseCluster {
-    c.status = Some(compute_status(&c, sts, Outcome::Reconciled, now()));
+    c.status = Some(compute_status(&c, sts, Outcome::Reconciled, now(), Some(SECRET)));
     c
 }
 

@@ -1,14 +1,15 @@
 //! stead-controller: reconciles every `DatabaseCluster` into a headless
-//! Service, a client Service, a StatefulSet and a PodDisruptionBudget, and
-//! reports what it sees in `.status`.
+//! Service, a client Service, a StatefulSet and a PodDisruptionBudget, creates
+//! its credentials Secret once, and reports what it sees in `.status`.
 //!
-//! Pure parts (`children`, `diff`, `status`, `storage`) are separate from the
+//! Pure parts (`children`, `credentials`, `diff`, `status`, `storage`) are separate from the
 //! parts that talk to the API server (`reconciler`, `controller`, `leader`).
 
 pub mod children;
 pub mod cli;
 pub mod context;
 pub mod controller;
+pub mod credentials;
 pub mod diff;
 pub mod error;
 pub mod http;

@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, Event as Finalizer};
@@ -22,13 +22,14 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use stead_crds::names::{FIELD_MANAGER, FINALIZER};
+use stead_crds::names::{FIELD_MANAGER, FINALIZER, credentials_secret_name};
 use stead_crds::validation::validate_create;
 use stead_crds::{DatabaseCluster, Verdict};
 use tracing::{debug, info, warn};
 
 use crate::children::{self, ChildKind, ClusterView};
 use crate::context::Context;
+use crate::credentials::{credentials_secret, system_password};
 use crate::diff::is_subset;
 use crate::error::{Error, backoff, has_code, is_not_found};
 use crate::status::{Outcome, compute_status, needs_write};
@@ -105,7 +106,7 @@ async fn apply(cluster: &DatabaseCluster, ctx: &Context) -> Result<Action, Error
     // Guard: the webhook may be bypassed or absent. Judge as it would, touch nothing.
     let verdict = validate_create(cluster);
     if !verdict.is_allowed() {
-        let written = write_status(cluster, ctx, live_sts.as_deref(), Outcome::Invalid(&verdict)).await?;
+        let written = write_status(cluster, ctx, live_sts.as_deref(), Outcome::Invalid(&verdict), None).await?;
         // Once per change of the verdict (and so once per generation), not on every resync.
         if written == StatusWrite::Written {
             publish(ctx, cluster, EventType::Warning, "InvalidSpec", "Validate", invalid_note(&verdict)).await;
@@ -114,28 +115,88 @@ async fn apply(cluster: &DatabaseCluster, ctx: &Context) -> Result<Action, Error
     }
 
     if view.spec.is_paused() {
-        let written = write_status(cluster, ctx, live_sts.as_deref(), Outcome::Reconciled).await?;
+        let written = write_status(cluster, ctx, live_sts.as_deref(), Outcome::Reconciled, None).await?;
         return Ok(if written == StatusWrite::Gone { Action::await_change() } else { resync });
     }
 
+    // Before the StatefulSet: its pods read the password from the Secret.
+    let credentials = match ensure_credentials(cluster, ctx, &view).await {
+        Ok(secret) => secret,
+        Err(err) => return failed(cluster, ctx, &view, None, err).await,
+    };
     match apply_children(cluster, &view, ctx, live_sts).await {
         Ok(sts) => {
-            let written = write_status(cluster, ctx, sts.as_deref(), Outcome::Reconciled).await?;
+            let written = write_status(cluster, ctx, sts.as_deref(), Outcome::Reconciled, Some(&credentials)).await?;
             Ok(if written == StatusWrite::Gone { Action::await_change() } else { resync })
         }
-        Err(err) => {
-            let message = err.to_string();
-            let sts = cached(&ctx.stores.stateful_sets, &view, ChildKind::StatefulSet);
-            match write_status(cluster, ctx, sts.as_deref(), Outcome::Failed(&message)).await {
-                Ok(StatusWrite::Written) => {
-                    publish(ctx, cluster, EventType::Warning, "ReconcileFailed", "Reconcile", message).await;
-                }
-                Ok(_) => {}
-                Err(status_err) => warn!(error = %status_err, "could not record the failure in the status"),
-            }
-            Err(err)
-        }
+        Err(err) => failed(cluster, ctx, &view, Some(&credentials), err).await,
     }
+}
+
+/// Records a failed apply in the status (and an event, once per change), then returns the error.
+async fn failed(
+    cluster: &DatabaseCluster,
+    ctx: &Context,
+    view: &ClusterView,
+    credentials: Option<&str>,
+    err: Error,
+) -> Result<Action, Error> {
+    let message = err.to_string();
+    let sts = cached(&ctx.stores.stateful_sets, view, ChildKind::StatefulSet);
+    match write_status(cluster, ctx, sts.as_deref(), Outcome::Failed(&message), credentials).await {
+        Ok(StatusWrite::Written) => {
+            publish(ctx, cluster, EventType::Warning, "ReconcileFailed", "Reconcile", message).await;
+        }
+        Ok(_) => {}
+        Err(status_err) => warn!(error = %status_err, "could not record the failure in the status"),
+    }
+    Err(err)
+}
+
+/// Creates the credentials Secret unless the status says it was ensured;
+/// returns its name.
+///
+/// Create-only by design: the controller may not read Secrets. 409 means the
+/// Secret exists (the user brought their own, or an earlier reconcile made
+/// it before its status write was lost), which is just as good. Once the
+/// status names the Secret, no call is made at all.
+async fn ensure_credentials(cluster: &DatabaseCluster, ctx: &Context, view: &ClusterView) -> Result<String, Error> {
+    let name = credentials_secret_name(&view.name);
+    if cluster.status.as_ref().and_then(|s| s.credentials_secret.as_deref()) == Some(name.as_str()) {
+        return Ok(name);
+    }
+    let password = system_password().map_err(|source| Error::Password {
+        namespace: view.namespace.clone(),
+        name: name.clone(),
+        source,
+    })?;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &view.namespace);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
+    match api.create(&params, &credentials_secret(view, password)).await {
+        Ok(created) => {
+            ctx.metrics.count_apply("Secret");
+            info!(cluster = %view.name, namespace = %view.namespace, secret = %name, "created credentials Secret");
+            let note = format!(
+                "created Secret {name} with user postgres and a generated password; it is kept when the \
+                 DatabaseCluster is deleted"
+            );
+            publish_about(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "CredentialsCreated",
+                "Create",
+                note,
+                Some(created.object_ref(&())),
+            )
+            .await;
+        }
+        Err(e) if has_code(&e, &[409]) => {
+            debug!(cluster = %view.name, namespace = %view.namespace, secret = %name, "credentials Secret exists");
+        }
+        Err(e) => return Err(Error::kube(format!("create Secret {}/{name}", view.namespace), e)),
+    }
+    Ok(name)
 }
 
 /// Brings every child to the desired state; returns the StatefulSet as it now is.
@@ -312,7 +373,7 @@ async fn expand_volumes(cluster: &DatabaseCluster, ctx: &Context, view: &Cluster
 
 /// The cluster is being deleted. Children go with it through their
 /// ownerReferences (honouring the propagation policy the user chose); the
-/// volumes stay, and the user is told which.
+/// volumes and the credentials Secret stay, and the user is told which.
 async fn cleanup(cluster: &DatabaseCluster, ctx: &Context) -> Result<Action, Error> {
     let name = cluster.name_any();
     let namespace = cluster.namespace().unwrap_or_default();
@@ -347,6 +408,14 @@ async fn cleanup(cluster: &DatabaseCluster, ctx: &Context) -> Result<Action, Err
         );
         publish(ctx, cluster, EventType::Normal, "VolumesRetained", "Delete", note).await;
     }
+    // Only a Secret the status names is known to exist: the controller cannot read Secrets.
+    if let Some(secret) = cluster.status.as_ref().and_then(|s| s.credentials_secret.as_deref()) {
+        let note = format!(
+            "kept Secret {secret} with the password of the retained data: a DatabaseCluster recreated with the same \
+             name uses it; delete it together with the volumes"
+        );
+        publish(ctx, cluster, EventType::Normal, "CredentialsRetained", "Delete", note).await;
+    }
     Ok(Action::await_change())
 }
 
@@ -358,14 +427,16 @@ enum StatusWrite {
     Gone,
 }
 
-/// Computes the status and writes it through `/status` only when it differs from the stored one.
+/// Computes the status and writes it through `/status` only when it differs
+/// from the stored one; `credentials` as in [`compute_status`].
 async fn write_status(
     cluster: &DatabaseCluster,
     ctx: &Context,
     sts: Option<&StatefulSet>,
     outcome: Outcome<'_>,
+    credentials: Option<&str>,
 ) -> Result<StatusWrite, Error> {
-    let status = compute_status(cluster, sts, outcome, (ctx.now)());
+    let status = compute_status(cluster, sts, outcome, (ctx.now)(), credentials);
     if !needs_write(cluster.status.as_ref(), &status) {
         return Ok(StatusWrite::Unchanged);
     }
@@ -413,23 +484,11 @@ async fn publish_about(
     let event = Event {
         type_,
         reason: reason.to_owned(),
-        note: Some(cut(note, MAX_NOTE)),
+        note: Some(crate::status::truncate(note, MAX_NOTE)),
         action: action.to_owned(),
         secondary,
     };
     if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
         warn!(cluster = %cluster.name_any(), reason, error = %e, "could not publish event");
     }
-}
-
-fn cut(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max - 3;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str("...");
-    }
-    text
 }

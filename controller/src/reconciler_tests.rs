@@ -65,8 +65,18 @@ async fn first_apply_creates_every_child_then_writes_status() {
         assert_eq!(condition(status, "Progressing").0, "True");
         assert_eq!(condition(status, "Degraded"), triple("False", "AsExpected", "no problems found"));
         assert_eq!(status["conditions"][0]["lastTransitionTime"], "2023-11-14T22:13:20Z");
+        assert_eq!(status["credentialsSecret"], SECRET);
     };
     let server = server.expect(vec![
+        // The password first: the pods read it from the Secret.
+        create_secret(Reply::Echo),
+        event("CredentialsCreated", "Normal", |note| {
+            assert_eq!(
+                note,
+                "created Secret orders-credentials with user postgres and a generated password; it is kept when \
+                 the DatabaseCluster is deleted"
+            );
+        }),
         // Nothing is cached yet: every apply is unforced, so it never takes over a foreign object.
         apply(service_create_uri("orders-headless"), children::headless_service(&view)),
         created("Service", "orders-headless"),
@@ -85,6 +95,45 @@ async fn first_apply_creates_every_child_then_writes_status() {
         "stead_controller_child_applies_total{kind=\"StatefulSet\"} 1"
     );
     assert!(metric(&ctx, "stead_controller_status_writes_total").unwrap().ends_with(" 1"));
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn an_existing_credentials_secret_is_used_as_it_is() {
+    // The user created orders-credentials before the cluster (or an earlier
+    // reconcile did and lost its status write): 409, no event, and on we go.
+    let c = finalized(cluster(spec()));
+    let base = c.clone();
+    let (ctx, server) = context_with(|w| w.seed([live_sts(&base, 3)], live_services(&base), [live_pdb(&base)], []));
+    let server = server.expect(vec![
+        create_secret(Reply::Status(409, "AlreadyExists")),
+        status_patch(&c, |status| {
+            assert_eq!(status["credentialsSecret"], SECRET);
+            assert_eq!(condition(status, "Degraded").0, "False");
+        }),
+    ]);
+    assert_eq!(reconcile(Arc::new(c), ctx.clone()).await.unwrap(), resync());
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_refused_credentials_secret_stops_before_the_statefulset() {
+    let c = finalized(cluster(spec()));
+    let (ctx, server) = context();
+    let server = server.expect(vec![
+        create_secret(Reply::Status(403, "Forbidden")),
+        status_patch(&c, |status| {
+            let (s, reason, message) = condition(status, "Degraded");
+            assert_eq!((s.as_str(), reason.as_str()), ("True", "ReconcileFailed"));
+            assert!(message.starts_with("create Secret shop/orders-credentials failed: "), "{message}");
+            assert!(status.get("credentialsSecret").is_none(), "{status}");
+        }),
+        event("ReconcileFailed", "Warning", |note| assert!(note.contains("orders-credentials"), "{note}")),
+    ]);
+    let err = reconcile(Arc::new(c), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Forbidden);
     drop(ctx);
     verify(server).await;
 }
@@ -224,7 +273,7 @@ async fn invalid_spec_touches_no_child_and_reports_once() {
 
 #[tokio::test]
 async fn deletion_reports_retained_volumes_and_removes_the_finalizer() {
-    let mut c = finalized(cluster(spec()));
+    let mut c = settled(finalized(cluster(spec())), None);
     c.metadata.deletion_timestamp = Some(Time(now()));
     let (ctx, server) = context_with(|w| {
         let mut other = live_claim(0, "10Gi");
@@ -241,6 +290,13 @@ async fn deletion_reports_retained_volumes_and_removes_the_finalizer() {
                 note,
                 "kept 2 PersistentVolumeClaim(s) with the data: data-orders-0, data-orders-1; delete them to release \
                  the storage"
+            );
+        }),
+        event("CredentialsRetained", "Normal", |note| {
+            assert_eq!(
+                note,
+                "kept Secret orders-credentials with the password of the retained data: a DatabaseCluster recreated \
+                 with the same name uses it; delete it together with the volumes"
             );
         }),
         remove_finalizer(Reply::Json(serde_json::to_value(&gone).unwrap())),
@@ -268,7 +324,7 @@ async fn a_cluster_already_gone_is_not_an_error() {
     let (ctx, server) = context_with(|w| w.seed([live_sts(&base, 3)], live_services(&base), [live_pdb(&base)], []));
     let mut call = status_patch(&c, |_| {});
     call.reply = Reply::Status(404, "NotFound");
-    let server = server.expect(vec![call]);
+    let server = server.expect(vec![create_secret(Reply::Status(409, "AlreadyExists")), call]);
     assert_eq!(reconcile(Arc::new(c), ctx.clone()).await.unwrap(), Action::await_change());
     drop(ctx);
     verify(server).await;
@@ -282,8 +338,12 @@ async fn api_error_is_surfaced_recorded_and_retried_with_backoff() {
     let mut failing = apply(service_create_uri("orders-headless"), children::headless_service(&view));
     failing.reply = Reply::Status(503, "ServiceUnavailable");
     let server = server.expect(vec![
+        create_secret(Reply::Echo),
+        event("CredentialsCreated", "Normal", |_| {}),
         failing,
         status_patch(&c, |status| {
+            // The Secret was made: the next attempt does not ask again.
+            assert_eq!(status["credentialsSecret"], SECRET);
             let (s, reason, message) = condition(status, "Degraded");
             assert_eq!((s.as_str(), reason.as_str()), ("True", "ReconcileFailed"));
             assert!(message.starts_with("apply Service shop/orders-headless failed: "), "{message}");
@@ -395,6 +455,7 @@ async fn scaling_to_one_removes_the_pdb() {
     let sts = live_sts(&three, 3);
     let mut c = finalized(cluster(DatabaseClusterSpec { replicas: Some(1), ..spec() }));
     c.metadata.generation = Some(2);
+    c.status = settled(three.clone(), Some(&sts)).status;
     let view = ClusterView::new(&c).unwrap();
     let pdb = live_pdb(&three);
     let (ctx, server) = context_with(|w| w.seed([sts.clone()], live_services(&three), [pdb], []));
@@ -486,6 +547,7 @@ async fn an_unlabelled_object_with_a_child_name_is_not_taken_over() {
     let mut client = apply(service_create_uri("orders"), children::client_service(&view));
     client.reply = Reply::Status(409, "Conflict");
     let server = server.expect(vec![
+        create_secret(Reply::Status(409, "AlreadyExists")),
         apply(service_create_uri("orders-headless"), children::headless_service(&view)),
         event("Created", "Normal", |_| {}),
         client,

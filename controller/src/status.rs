@@ -38,11 +38,14 @@ pub enum Outcome<'a> {
 ///
 /// `now` is truncated to whole seconds, the precision `metav1.Time` is
 /// stored with, so a status read back compares equal to the one written.
+/// `credentials` is the Secret this reconcile ensured; when `None`, the one
+/// the stored status names (if any) is kept: the Secret outlives everything.
 pub fn compute_status(
     cluster: &DatabaseCluster,
     sts: Option<&StatefulSet>,
     outcome: Outcome<'_>,
     now: Timestamp,
+    credentials: Option<&str>,
 ) -> DatabaseClusterStatus {
     let name = cluster.metadata.name.as_deref().unwrap_or_default();
     let generation = cluster.metadata.generation;
@@ -62,6 +65,9 @@ pub fn compute_status(
         ready_replicas: Some(observed.ready),
         selector: Some(selector_string(name)),
         conditions,
+        credentials_secret: credentials
+            .map(str::to_owned)
+            .or_else(|| cluster.status.as_ref().and_then(|s| s.credentials_secret.clone())),
     }
 }
 
@@ -417,7 +423,7 @@ mod tests {
             ),
         ];
         for (case, cluster, sts, outcome, want_a, want_p, want_d) in rows {
-            let status = compute_status(&cluster, sts.as_ref(), outcome, t(0));
+            let status = compute_status(&cluster, sts.as_ref(), outcome, t(0), None);
             assert_eq!(srm(&status, AVAILABLE), want_a, "{case}: Available");
             assert_eq!(srm(&status, PROGRESSING), want_p, "{case}: Progressing");
             assert_eq!(srm(&status, DEGRADED), want_d, "{case}: Degraded");
@@ -432,7 +438,7 @@ mod tests {
 
     #[test]
     fn numbers_and_selector() {
-        let status = compute_status(&cluster(7, 3), Some(&sts(3, 3, 2, 3)), Outcome::Reconciled, t(0));
+        let status = compute_status(&cluster(7, 3), Some(&sts(3, 3, 2, 3)), Outcome::Reconciled, t(0), None);
         assert_eq!(status.observed_generation, Some(7));
         assert_eq!(status.replicas, Some(3));
         assert_eq!(status.ready_replicas, Some(2));
@@ -440,7 +446,7 @@ mod tests {
             status.selector.as_deref(),
             Some("app.kubernetes.io/instance=orders,app.kubernetes.io/name=databasecluster")
         );
-        let none = compute_status(&cluster(1, 3), None, Outcome::Reconciled, t(0));
+        let none = compute_status(&cluster(1, 3), None, Outcome::Reconciled, t(0), None);
         assert_eq!((none.replicas, none.ready_replicas), (Some(0), Some(0)));
     }
 
@@ -448,10 +454,10 @@ mod tests {
     fn transition_time_moves_only_when_status_flips() {
         let mut c = cluster(1, 3);
         // t0: one of three ready.
-        let s0 = compute_status(&c, Some(&sts(3, 3, 1, 3)), Outcome::Reconciled, t(0));
+        let s0 = compute_status(&c, Some(&sts(3, 3, 1, 3)), Outcome::Reconciled, t(0), None);
         c.status = Some(s0.clone());
         // t10: two of three: reason/message change, statuses do not: times stay.
-        let s1 = compute_status(&c, Some(&sts(3, 3, 2, 3)), Outcome::Reconciled, t(10));
+        let s1 = compute_status(&c, Some(&sts(3, 3, 2, 3)), Outcome::Reconciled, t(10), None);
         for type_ in [AVAILABLE, PROGRESSING, DEGRADED] {
             assert_eq!(
                 condition(&s1, type_).last_transition_time,
@@ -462,18 +468,18 @@ mod tests {
         assert_eq!(condition(&s1, AVAILABLE).message, "2/3 replicas are ready");
         c.status = Some(s1);
         // t20: all ready: Available and Progressing flip, Degraded does not.
-        let s2 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(20));
+        let s2 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(20), None);
         assert_eq!(condition(&s2, AVAILABLE).last_transition_time, Time(t(20)));
         assert_eq!(condition(&s2, PROGRESSING).last_transition_time, Time(t(20)));
         assert_eq!(condition(&s2, DEGRADED).last_transition_time, Time(t(0)));
         c.status = Some(s2.clone());
         // t30: nothing changed: the computed status equals the stored one, nothing to write.
-        let s3 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(30));
+        let s3 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(30), None);
         assert_eq!(s3, s2);
         assert!(!needs_write(c.status.as_ref(), &s3));
         // A new generation alone is a change to write.
         c.metadata.generation = Some(2);
-        let s4 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(40));
+        let s4 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(40), None);
         assert!(needs_write(c.status.as_ref(), &s4));
         assert_eq!(condition(&s4, AVAILABLE).last_transition_time, Time(t(20)));
     }
@@ -481,22 +487,39 @@ mod tests {
     #[test]
     fn now_is_truncated_to_seconds() {
         let now = Timestamp::from_millisecond(1_700_000_000_750).unwrap();
-        let status = compute_status(&cluster(1, 1), None, Outcome::Reconciled, now);
+        let status = compute_status(&cluster(1, 1), None, Outcome::Reconciled, now, None);
         let written = serde_json::to_value(&status).unwrap();
         let read_back: DatabaseClusterStatus = serde_json::from_value(written).unwrap();
         assert_eq!(read_back, status);
     }
 
     #[test]
+    fn credentials_secret_is_set_once_then_kept() {
+        let fresh = cluster(1, 1);
+        assert_eq!(compute_status(&fresh, None, Outcome::Reconciled, t(0), None).credentials_secret, None);
+        let ensured = compute_status(&fresh, None, Outcome::Reconciled, t(0), Some("orders-credentials"));
+        assert_eq!(ensured.credentials_secret.as_deref(), Some("orders-credentials"));
+        // Later reconciles that ensure nothing (invalid, paused, failed early) keep what is stored.
+        let mut stored = fresh;
+        stored.status = Some(ensured);
+        let verdict = Verdict::default();
+        for outcome in [Outcome::Reconciled, Outcome::Failed("boom"), Outcome::Invalid(&verdict)] {
+            let next = compute_status(&stored, None, outcome, t(0), None);
+            assert_eq!(next.credentials_secret.as_deref(), Some("orders-credentials"));
+        }
+        assert!(!needs_write(stored.status.as_ref(), &compute_status(&stored, None, Outcome::Reconciled, t(0), None)));
+    }
+
+    #[test]
     fn no_stored_status_needs_a_write() {
-        let status = compute_status(&cluster(1, 1), None, Outcome::Reconciled, t(0));
+        let status = compute_status(&cluster(1, 1), None, Outcome::Reconciled, t(0), None);
         assert!(needs_write(None, &status));
     }
 
     #[test]
     fn long_messages_are_cut() {
         let long = "x".repeat(40_000);
-        let status = compute_status(&cluster(1, 1), None, Outcome::Failed(&long), t(0));
+        let status = compute_status(&cluster(1, 1), None, Outcome::Failed(&long), t(0), None);
         let message = &condition(&status, DEGRADED).message;
         assert_eq!(message.len(), MAX_MESSAGE);
         assert!(message.ends_with("..."));
@@ -505,7 +528,7 @@ mod tests {
     #[test]
     fn conditions_of_other_tools_are_kept() {
         let mut with_foreign = cluster(1, 1);
-        let mut stored = compute_status(&with_foreign, None, Outcome::Reconciled, t(0));
+        let mut stored = compute_status(&with_foreign, None, Outcome::Reconciled, t(0), None);
         let backup = Condition {
             type_: "example.com/BackupReady".into(),
             status: "True".into(),
@@ -516,7 +539,7 @@ mod tests {
         };
         stored.conditions.push(backup.clone());
         with_foreign.status = Some(stored.clone());
-        let next = compute_status(&with_foreign, None, Outcome::Reconciled, t(60));
+        let next = compute_status(&with_foreign, None, Outcome::Reconciled, t(60), None);
         assert_eq!(next.conditions.len(), 4);
         assert_eq!(next.conditions[3], backup);
         assert!(!needs_write(Some(&stored), &next), "carrying a foreign condition over is not a change");

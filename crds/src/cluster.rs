@@ -131,6 +131,11 @@ pub struct DatabaseClusterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+
+    /// The Secret holding the superuser credentials, once ensured. The
+    /// controller creates it at most once and never reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
 }
 
 impl DatabaseClusterSpec {

@@ -32,6 +32,16 @@ pub fn headless_service_name(cluster: &str) -> String {
     format!("{cluster}{HEADLESS_SUFFIX}")
 }
 
+/// Suffix of the Secret holding the database superuser's credentials.
+pub const CREDENTIALS_SUFFIX: &str = "-credentials";
+
+/// Name of the Secret with the superuser credentials of a cluster. It
+/// outlives the cluster, like the volumes, so a recreated cluster finds the
+/// password its retained data was initialised with.
+pub fn credentials_secret_name(cluster: &str) -> String {
+    format!("{cluster}{CREDENTIALS_SUFFIX}")
+}
+
 /// Labels that select the pods of one cluster; also the status selector.
 pub fn selector_labels(cluster: &str) -> std::collections::BTreeMap<String, String> {
     [
@@ -98,8 +108,15 @@ mod tests {
     fn limit_keeps_every_child_name_valid() {
         let name = "a".repeat(MAX_CLUSTER_NAME_LEN);
         assert!(headless_service_name(&name).len() <= 63);
+        // Secret names are DNS subdomains: up to 253 characters.
+        assert!(credentials_secret_name(&name).len() <= 253);
         // controller-revision-hash label value: "<sts>-<hash>" with a 10 char hash.
         assert!(format!("{name}-0123456789").len() <= 63);
+    }
+
+    #[test]
+    fn credentials_secret_is_named_after_the_cluster() {
+        assert_eq!(credentials_secret_name("orders"), "orders-credentials");
     }
 
     #[test]
