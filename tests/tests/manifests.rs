@@ -549,7 +549,7 @@ fn check_certificate_chain(objects: &[Value], p: &mut Problems) {
 
 /// The controller's verbs, exactly: the API calls stead-controller makes.
 fn controller_permissions() -> BTreeSet<(String, String, String)> {
-    let grants: [(&str, &str, &[&str]); 8] = [
+    let grants: [(&str, &str, &[&str]); 9] = [
         ("stead.dev", "databaseclusters", &["list", "watch", "patch"]),
         ("stead.dev", "databaseclusters/status", &["patch"]),
         ("stead.dev", "databaseclusters/finalizers", &["update"]),
@@ -558,6 +558,7 @@ fn controller_permissions() -> BTreeSet<(String, String, String)> {
         ("policy", "poddisruptionbudgets", &["list", "watch", "create", "patch", "delete"]),
         ("", "persistentvolumeclaims", &["list", "watch", "patch"]),
         ("events.k8s.io", "events", &["create", "patch"]),
+        ("", "secrets", &["create"]),
     ];
     grants
         .iter()
@@ -610,7 +611,8 @@ fn roles_of<'a>(objects: &'a [Value], sa_name: &str, sa_ns: &str) -> Vec<(&'a Va
 }
 
 fn check_rbac(objects: &[Value], p: &mut Problems) {
-    // No wildcards, and nobody gets Secrets.
+    // No wildcards, and nobody reads Secrets: create is the one verb on them
+    // (the controller's credentials Secret), so no token can see a password.
     for role in objects.iter().filter(|o| matches!(kind(o), "Role" | "ClusterRole")) {
         for rule in role["rules"].as_array().into_iter().flatten() {
             for field in ["apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"] {
@@ -618,7 +620,11 @@ fn check_rbac(objects: &[Value], p: &mut Problems) {
                     format!("{}: wildcard in {field}: {}", id(role), rule[field])
                 });
             }
-            p.check(!strings(&rule["resources"]).contains(&"secrets"), || format!("{}: grants secrets", id(role)));
+            if strings(&rule["resources"]).contains(&"secrets") {
+                p.check(strings(&rule["verbs"]) == ["create"], || {
+                    format!("{}: grants {} on secrets; only create is allowed", id(role), rule["verbs"])
+                });
+            }
         }
         p.check(role.get("aggregationRule").is_none(), || format!("{}: aggregationRule widens it", id(role)));
     }
