@@ -283,7 +283,8 @@ fn storage_rules(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 }
 
 /// The controller creates both Services, the StatefulSet and (for more than
-/// one replica) the PDB, each owned by the cluster; the PDB goes at 1 replica.
+/// one replica) the PDB, each owned by the cluster, and the credentials
+/// Secret, owned by nobody; the PDB goes at 1 replica.
 fn children_with_owner_references(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let (k, ns) = (&ctx.kubectl, "e2e-children");
     create_namespace(k, ns)?;
@@ -339,6 +340,19 @@ fn children_with_owner_references(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         text(&pdb, "/spec/maxUnavailable") == "1",
         "PDB orders: maxUnavailable {:?}",
         text(&pdb, "/spec/maxUnavailable")
+    );
+    // The credentials the pods read: created once, owned by nobody, so they outlive the cluster.
+    let secret = wait_for_object(k, "secret", ns, "orders-credentials")?;
+    let owners = secret.pointer("/metadata/ownerReferences").cloned().unwrap_or(Value::Null);
+    ensure!(
+        text(&secret, "/type") == "kubernetes.io/basic-auth" && owners.is_null(),
+        "Secret orders-credentials: type {:?} (want kubernetes.io/basic-auth), ownerReferences {owners} (want none)",
+        text(&secret, "/type")
+    );
+    ensure!(
+        secret.pointer("/data/username").is_some() && secret.pointer("/data/password").is_some(),
+        "Secret orders-credentials lacks username or password: keys {:?}",
+        secret.pointer("/data").and_then(Value::as_object).map(|d| d.keys().cloned().collect::<Vec<_>>())
     );
     let finalizers = parent.pointer("/metadata/finalizers").cloned().unwrap_or(Value::Null);
     ensure!(
