@@ -26,8 +26,8 @@ const SECRET_MODE: u32 = 0o600;
 /// Mode of certificate files.
 const PUBLIC_MODE: u32 = 0o644;
 
-/// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`, creating
-/// it; each file is replaced atomically.
+/// Writes `ca.crt` and `tls.crt` (mode 0644) and `tls.key` (mode 0600) into
+/// `dir`, creating it; each file is replaced atomically.
 ///
 /// The key is written before the certificate: a reloader polling the
 /// directory may briefly see the new key with the old certificate, which it

@@ -47,7 +47,8 @@ pub enum Error {
 
     /// The API server refused to grow a claim: 403 from the
     /// PersistentVolumeClaimResize admission plugin when the StorageClass does
-    /// not allow expansion, 422 when the claim cannot be resized in its state.
+    /// not allow expansion, 400 or 422 when the claim cannot be resized in its
+    /// state.
     #[error(
         "PersistentVolumeClaim {namespace}/{claim} cannot grow from {from} to {to} (spec.storage.size): {source}; \
          growing a volume needs a bound claim whose StorageClass sets allowVolumeExpansion: true"

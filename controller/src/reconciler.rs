@@ -340,7 +340,7 @@ async fn expand_volumes(cluster: &DatabaseCluster, ctx: &Context, view: &Cluster
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &view.namespace);
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
     for expansion in todo {
-        // 403 (the StorageClass does not allow expansion) and 422 are answers
+        // 403 (the StorageClass does not allow expansion), 400 and 422 are answers
         // about this claim, not outages: they surface in the status with what
         // to fix, and are retried with the backoff of refused requests.
         api.patch(&expansion.claim, &params, &Patch::Merge(expansion_patch(&expansion))).await.map_err(|e| {

@@ -17,7 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve /mutate and /validate over HTTPS, /metrics over plain HTTP.
     Serve(ServeArgs),
-    /// Run the admission rules offline on manifests, as a GitOps pipeline step.
+    /// Run the admission rules on manifests as a GitOps pipeline step: offline,
+    /// or against a running webhook with --server.
     ///
     /// Exits 1 when any DatabaseCluster is refused or a file cannot be read.
     Check(CheckArgs),
