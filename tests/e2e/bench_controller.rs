@@ -118,6 +118,7 @@ fn run() -> anyhow::Result<ExitCode> {
     let mut control_plane = ControlPlane::start(&prerequisites, Options { controller_manager: false })?;
     let kubectl = control_plane.kubectl().clone();
     stead::install_crd(&kubectl)?;
+    stead::install_controller_rbac(&kubectl)?;
 
     let mut rows = Vec::new();
     for &clusters in &settings.sizes {

@@ -73,6 +73,7 @@ fn run_scenarios(
 ) -> anyhow::Result<()> {
     let kubectl = control_plane.kubectl().clone();
     stead::install_crd(&kubectl)?;
+    stead::install_controller_rbac(&kubectl)?;
     let webhook = stage.webhook.insert(Webhook::start(webhook_binary, control_plane)?);
     webhook.register(&kubectl)?;
     let layout = control_plane.layout().clone();
@@ -83,7 +84,9 @@ fn run_scenarios(
         &ControllerOptions::default(),
     )?);
     controller.wait_ready()?;
-    say("e2e: CRD installed, stead-webhook registered, stead-controller ready");
+    say(
+        "e2e: CRD installed, stead-webhook registered, stead-controller ready (as a user bound only to manifests/rbac)",
+    );
 
     let only = only_filter(env::var(ONLY_ENV).ok().as_deref());
     let garbage_collection = control_plane.has_controller_manager();

@@ -354,7 +354,7 @@ fn start_processes(prerequisites: &Prerequisites, options: Options, layout: &Lay
 
     let ca = CertificateAuthority::generate("stead e2e CA", CERT_DAYS).context("generating the e2e CA")?;
     let admin = TokenUser::superuser(ADMIN_USER)?;
-    let controller = TokenUser::superuser(CONTROLLER_USER)?;
+    let controller = TokenUser::unprivileged(CONTROLLER_USER)?;
     let etcd = EtcdSettings {
         data_dir: layout.etcd_data(),
         client_port: etcd_client,
@@ -607,7 +607,7 @@ mod tests {
         let layout = Layout::new(dir.path());
         let ca = CertificateAuthority::generate("test CA", 1).unwrap();
         let admin = TokenUser::superuser(ADMIN_USER).unwrap();
-        let controller = TokenUser::superuser(CONTROLLER_USER).unwrap();
+        let controller = TokenUser::unprivileged(CONTROLLER_USER).unwrap();
         write_credentials(&layout, &ca, "https://127.0.0.1:1", &admin, &controller).unwrap();
 
         let read = |path: PathBuf| fs::read_to_string(path).unwrap();
@@ -618,7 +618,7 @@ mod tests {
         assert!(read(layout.service_account_public_key()).contains("PUBLIC KEY"));
         let tokens = read(layout.token_file());
         assert!(tokens.contains(&format!("{},admin,admin,\"system:masters\"", admin.token)));
-        assert!(tokens.contains(&format!("{},stead-controller,stead-controller,\"system:masters\"", controller.token)));
+        assert!(tokens.contains(&format!("{},stead-controller,stead-controller\n", controller.token)));
         assert!(read(layout.admin_kubeconfig()).contains(&admin.token));
         assert!(read(layout.controller_kubeconfig()).contains(&controller.token));
         assert!(read(layout.audit_policy()).contains("stead-controller"));

@@ -1,9 +1,11 @@
 //! Who may talk to the test API server, and how: static bearer tokens, the
 //! kubeconfigs that carry them, and the service-account signing key.
 //!
-//! Two users, both in `system:masters` (RBAC's superuser group, as envtest's
-//! admin): `admin` drives kubectl, and `stead-controller` is the controller's
-//! own identity, so the audit log can count exactly its requests.
+//! Two users: `admin`, in `system:masters` (RBAC's superuser group, as
+//! envtest's admin), drives kubectl; `stead-controller` is the controller's
+//! own identity, in no group, bound only to the ClusterRole that
+//! `manifests/rbac` ships, so the suite proves that RBAC is enough and the
+//! audit log can count exactly the controller's requests.
 
 use std::path::Path;
 
@@ -34,6 +36,11 @@ impl TokenUser {
     pub fn superuser(name: &str) -> anyhow::Result<Self> {
         Ok(Self { token: random_token()?, name: name.to_owned(), groups: vec![MASTERS_GROUP.to_owned()] })
     }
+
+    /// A user with a fresh random token and no group: it may do only what RBAC bindings grant it.
+    pub fn unprivileged(name: &str) -> anyhow::Result<Self> {
+        Ok(Self { token: random_token()?, name: name.to_owned(), groups: Vec::new() })
+    }
 }
 
 /// 32 random hex characters.
@@ -44,11 +51,16 @@ pub fn random_token() -> anyhow::Result<String> {
 }
 
 /// The CSV the API server reads with `--token-auth-file`:
-/// `token,user,uid,"group1,group2"` per line (the uid is the user name).
+/// `token,user,uid,"group1,group2"` per line (the uid is the user name). The
+/// groups column is left out for a user without groups: the API server would
+/// read `""` as one group with an empty name.
 pub fn token_file(users: &[TokenUser]) -> String {
     users
         .iter()
-        .map(|user| format!("{},{},{},\"{}\"\n", user.token, user.name, user.name, user.groups.join(",")))
+        .map(|user| match user.groups.as_slice() {
+            [] => format!("{},{},{}\n", user.token, user.name, user.name),
+            groups => format!("{},{},{},\"{}\"\n", user.token, user.name, user.name, groups.join(",")),
+        })
         .collect()
 }
 
@@ -129,6 +141,16 @@ mod tests {
             token_file(&users),
             "t0k3n,admin,admin,\"system:masters\"\n\
              other,stead-controller,stead-controller,\"system:masters,stead\"\n"
+        );
+    }
+
+    #[test]
+    fn a_user_without_groups_has_no_groups_column() {
+        let user = TokenUser::unprivileged(CONTROLLER_USER).unwrap();
+        assert!(user.groups.is_empty());
+        assert_eq!(
+            token_file(std::slice::from_ref(&user)),
+            format!("{},stead-controller,stead-controller\n", user.token)
         );
     }
 

@@ -65,6 +65,45 @@ pub fn install_crd(kubectl: &Kubectl) -> anyhow::Result<()> {
     })
 }
 
+/// The ClusterRole `manifests/rbac` ships for the controller.
+pub fn controller_cluster_role_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/rbac/controller-clusterrole.yaml")
+}
+
+/// Grants the controller's user exactly the ClusterRole stead ships, and
+/// waits until the API server's authorizer says so: the controller then runs
+/// with the least-privilege RBAC of the manifests, not as a superuser.
+pub fn install_controller_rbac(kubectl: &Kubectl) -> anyhow::Result<()> {
+    let role = controller_cluster_role_path();
+    let role = role.to_str().with_context(|| format!("{} is not UTF-8", role.display()))?;
+    kubectl
+        .ok(&["apply", "--server-side", "--field-manager=stead-e2e", "-f", role])
+        .context("installing the controller's ClusterRole")?;
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "stead-controller-e2e"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "stead-controller"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": credentials::CONTROLLER_USER}]
+    });
+    kubectl
+        .apply(&binding, &["--server-side", "--field-manager=stead-e2e"])?
+        .ok()
+        .context("binding the controller's ClusterRole")?;
+    let as_controller = format!("--as={}", credentials::CONTROLLER_USER);
+    wait::until("the controller's RBAC to take effect", CRD_TIMEOUT, || {
+        let output = kubectl.run(&[
+            "auth",
+            "can-i",
+            "watch",
+            "databaseclusters.stead.dev",
+            "--all-namespaces",
+            &as_controller,
+        ])?;
+        Ok(if output.stdout.trim() == "yes" { Poll::Ready(()) } else { Poll::Pending(output.describe()) })
+    })
+}
+
 /// stead-webhook's command line.
 pub fn webhook_args(port: u16, metrics_port: u16, cert_dir: &Path) -> Vec<String> {
     vec![
