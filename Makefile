@@ -69,8 +69,13 @@ deploy:
 	$(KUBECTL) -n stead-system rollout status deployment/stead-webhook --timeout=180s
 	$(KUBECTL) -n stead-system rollout status deployment/stead-controller --timeout=180s
 
-## undeploy: remove stead. This deletes the CRD and with it every DatabaseCluster.
+## undeploy: remove stead. DatabaseClusters are deleted first, while the controller still runs to
+## remove their finalizers; a cluster with deletionProtection: true stops the undeploy (the webhook
+## refuses it), so nothing is deleted by surprise. Volumes and credentials Secrets are kept.
 undeploy:
+	if $(KUBECTL) get crd databaseclusters.stead.dev >/dev/null 2>&1; then \
+	  $(KUBECTL) delete databaseclusters.stead.dev --all --all-namespaces --wait --timeout=300s; \
+	fi
 	$(KUBECTL) delete -k manifests/default --ignore-not-found
 
 ## e2e: envtest-style suite against a real kube-apiserver. Needs KUBEBUILDER_ASSETS (kube-apiserver,
