@@ -243,16 +243,31 @@ pub fn remove_finalizer(reply: Reply) -> Call {
 
 /// A merge patch of `/status`; `check` sees the status written.
 pub fn status_patch(cluster: &DatabaseCluster, check: impl FnOnce(&Value) + Send + 'static) -> Call {
-    let answer = serde_json::to_value(cluster).unwrap();
+    status_patch_answered(cluster, check, Reply::Json(serde_json::to_value(cluster).unwrap()))
+}
+
+/// As [`status_patch`], answered with `reply`.
+pub fn status_patch_answered(
+    cluster: &DatabaseCluster,
+    check: impl FnOnce(&Value) + Send + 'static,
+    reply: Reply,
+) -> Call {
+    let expected_version = cluster.metadata.resource_version.clone().expect("fixture clusters carry a resourceVersion");
     Call::new(
         Method::PATCH,
         format!("{}/status?&fieldManager={FIELD_MANAGER}", cluster_uri()),
         move |body| {
-            let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
-            assert_eq!(keys, ["status"], "a status patch carries only status");
+            let mut keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["metadata", "status"], "a status patch carries status and its precondition only");
+            assert_eq!(
+                body["metadata"],
+                json!({"resourceVersion": expected_version}),
+                "the write is conditional on the version the status was computed from"
+            );
             check(&body["status"]);
         },
-        Reply::Json(answer),
+        reply,
     )
 }
 

@@ -444,7 +444,14 @@ async fn write_status(
     let namespace = cluster.namespace().unwrap_or_default();
     let api: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
-    match api.patch_status(&name, &params, &Patch::Merge(json!({ "status": status }))).await {
+    // The whole conditions list is replaced, so the write is conditional on
+    // the version it was computed from: a condition another tool wrote in the
+    // meantime makes it a 409 (retried soon, from fresh data), never a loss.
+    let mut body = json!({ "status": status });
+    if let Some(version) = cluster.metadata.resource_version.as_deref() {
+        body["metadata"] = json!({ "resourceVersion": version });
+    }
+    match api.patch_status(&name, &params, &Patch::Merge(body)).await {
         Ok(_) => {
             ctx.metrics.status_writes.inc();
             debug!(cluster = %name, namespace = %namespace, "status written");

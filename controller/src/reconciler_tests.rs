@@ -185,6 +185,21 @@ async fn readiness_change_updates_only_the_status() {
 }
 
 #[tokio::test]
+async fn a_status_written_meanwhile_by_someone_else_is_a_conflict_not_a_loss() {
+    let base = finalized(cluster(spec()));
+    let c = settled(base.clone(), Some(&live_sts(&base, 1)));
+    let (ctx, server) = context_with(|w| {
+        w.seed([live_sts(&base, 3)], live_services(&base), [live_pdb(&base)], []);
+    });
+    // The API server refuses the conditional write: the object moved on since our cache saw it.
+    let server = server.expect(vec![status_patch_answered(&c, |_| {}, Reply::Status(409, "Conflict"))]);
+    let err = reconcile(Arc::new(c), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "retried soon from fresh data: {err}");
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
 async fn transition_time_is_kept_when_status_does_not_flip() {
     let base = finalized(cluster(spec()));
     let mut c = settled(base.clone(), Some(&live_sts(&base, 1)));
