@@ -278,7 +278,7 @@ impl Quantity {
                 // (`15 - len(num) - 3·power/10 - 1 >= 0`); outside it, the slow
                 // path fails on a number without digits: `Gi` is zero but `Pi`
                 // and `Ei` are refused.
-                let budget = 13 - len_i32(integer.len().max(1)) - 3 * power / 10;
+                let budget = 13_i32.saturating_sub(len_i32(integer.len().max(1))).saturating_sub(3 * power / 10);
                 if !has_digit && budget < 0 {
                     return Err(QuantityError::Numeric { suffix: suffix.to_owned() });
                 }

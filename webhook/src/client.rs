@@ -10,13 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
+
+/// Largest answer read from a server: an AdmissionReview answer carries a
+/// patch and messages, never the object, so this is generous.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 
 /// Why a call to the webhook failed; each names the address or URL involved.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +135,12 @@ impl WebhookClient {
             .map_err(|e| http_error(&e))?;
         let response = self.sender.send_request(request).await.map_err(|e| http_error(&e))?;
         let status = response.status();
-        let bytes = response.into_body().collect().await.map_err(|e| http_error(&e))?.to_bytes();
+        // The answer to one review is small; a server that streams more is not a webhook.
+        let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| http_error(&format!("reading the answer (at most {MAX_ANSWER_BYTES} bytes): {e}")))?
+            .to_bytes();
         Ok((status, bytes))
     }
 }
