@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -491,15 +492,22 @@ async fn scaling_to_one_removes_the_pdb() {
     verify(server).await;
 }
 
-#[tokio::test]
-async fn grown_storage_patches_claims_and_keeps_the_template() {
+/// A settled 3-replica cluster of 10Gi volumes whose generation 2 asks for 20Gi:
+/// the stored cluster, its StatefulSet, and the grown cluster (status not yet set).
+fn grown_to_20gi() -> (DatabaseCluster, StatefulSet, DatabaseCluster) {
     let base = finalized(cluster(spec()));
     let sts = live_sts(&base, 3);
-    let mut c = finalized(cluster(DatabaseClusterSpec {
+    let mut grown = finalized(cluster(DatabaseClusterSpec {
         storage: StorageSpec { size: "20Gi".into(), storage_class_name: None },
         ..spec()
     }));
-    c.metadata.generation = Some(2);
+    grown.metadata.generation = Some(2);
+    (base, sts, grown)
+}
+
+#[tokio::test]
+async fn grown_storage_patches_claims_and_keeps_the_template() {
+    let (base, sts, mut c) = grown_to_20gi();
     c.status = settled(base.clone(), Some(&sts)).status;
     let claims = [live_claim(0, "20Gi"), live_claim(1, "10Gi"), live_claim(2, "10Gi")];
     let (ctx, server) = context_with(|w| w.seed([sts.clone()], live_services(&base), [live_pdb(&base)], claims));
@@ -588,13 +596,7 @@ async fn an_unlabelled_object_with_a_child_name_is_not_taken_over() {
 
 #[tokio::test]
 async fn an_unbound_claim_is_not_resized_until_it_binds() {
-    let base = finalized(cluster(spec()));
-    let sts = live_sts(&base, 3);
-    let mut c = finalized(cluster(DatabaseClusterSpec {
-        storage: StorageSpec { size: "20Gi".into(), storage_class_name: None },
-        ..spec()
-    }));
-    c.metadata.generation = Some(2);
+    let (base, sts, c) = grown_to_20gi();
     // The status already describes generation 2: only the claims are left to do.
     let c = settled(c, Some(&sts));
     let mut pending = live_claim(2, "10Gi");
@@ -613,13 +615,7 @@ async fn an_unbound_claim_is_not_resized_until_it_binds() {
 
 #[tokio::test]
 async fn a_refused_expansion_is_reported_once_and_retried_slowly() {
-    let base = finalized(cluster(spec()));
-    let sts = live_sts(&base, 3);
-    let mut c = finalized(cluster(DatabaseClusterSpec {
-        storage: StorageSpec { size: "20Gi".into(), storage_class_name: None },
-        ..spec()
-    }));
-    c.metadata.generation = Some(2);
+    let (base, sts, c) = grown_to_20gi();
     let c = DatabaseCluster { status: settled(base.clone(), Some(&sts)).status, ..c };
     let claims = [live_claim(0, "10Gi"), live_claim(1, "10Gi"), live_claim(2, "10Gi")];
     let seed = move |w: &mut crate::context::StoreWriters| {
