@@ -811,10 +811,12 @@ fn check_anti_affinity(workload: &Value, p: &mut Problems) {
     p.check(spreads, || format!("{}: needs pod anti-affinity across nodes on its own labels", id(workload)));
 }
 
-fn check_webhook_workload(objects: &[Value], p: &mut Problems) {
-    let Some(workload) = workload_running(objects, "/usr/local/bin/stead-webhook") else {
-        p.0.push("no workload runs stead-webhook".into());
-        return;
+/// The workload running `binary`, after the checks both stead workloads share:
+/// a Deployment of 2, spread across nodes, with a PDB.
+fn highly_available<'a>(objects: &'a [Value], binary: &str, p: &mut Problems) -> Option<(&'a Value, String)> {
+    let Some(workload) = workload_running(objects, &format!("/usr/local/bin/{binary}")) else {
+        p.0.push(format!("no workload runs {binary}"));
+        return None;
     };
     let at = id(workload);
     p.check(kind(workload) == "Deployment" && workload["spec"]["replicas"] == 2, || {
@@ -822,6 +824,11 @@ fn check_webhook_workload(objects: &[Value], p: &mut Problems) {
     });
     check_anti_affinity(workload, p);
     check_pdb(objects, workload, p);
+    Some((workload, at))
+}
+
+fn check_webhook_workload(objects: &[Value], p: &mut Problems) {
+    let Some((workload, at)) = highly_available(objects, "stead-webhook", p) else { return };
     let pod = &workload["spec"]["template"]["spec"];
     for container in containers(pod) {
         p.check(strings(&container["args"]).first() == Some(&"serve"), || format!("{at}: first arg must be `serve`"));
@@ -840,16 +847,7 @@ fn check_webhook_workload(objects: &[Value], p: &mut Problems) {
 }
 
 fn check_controller_workload(objects: &[Value], p: &mut Problems) {
-    let Some(workload) = workload_running(objects, "/usr/local/bin/stead-controller") else {
-        p.0.push("no workload runs stead-controller".into());
-        return;
-    };
-    let at = id(workload);
-    p.check(kind(workload) == "Deployment" && workload["spec"]["replicas"] == 2, || {
-        format!("{at}: want a Deployment of 2")
-    });
-    check_anti_affinity(workload, p);
-    check_pdb(objects, workload, p);
+    let Some((workload, at)) = highly_available(objects, "stead-controller", p) else { return };
     let pod = &workload["spec"]["template"]["spec"];
     for container in containers(pod) {
         p.check(flag(container, "--leader-elect").is_some(), || format!("{at}: must run with --leader-elect"));
