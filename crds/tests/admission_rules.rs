@@ -327,6 +327,17 @@ fn update_warnings() {
     assert!(grow.warnings.iter().any(|w| w.contains("growing from 10Gi to 20Gi")), "{:?}", grow.warnings);
     let down = validate_update(&cluster(json!({})), &cluster(json!({"spec": {"replicas": 1}})));
     assert!(down.warnings.iter().any(|w| w.contains("ordinals 1, 2 are retained")), "{:?}", down.warnings);
+    let one = validate_update(&cluster(json!({"spec": {"replicas": 2}})), &cluster(json!({"spec": {"replicas": 1}})));
+    assert!(one.warnings.iter().any(|w| w.contains("the volumes of ordinal 1 are retained")), "{:?}", one.warnings);
+    // A stored count far out of range (schema bypassed) costs constant work and says so as a range.
+    let huge =
+        validate_update(&cluster(json!({"spec": {"replicas": i32::MAX}})), &cluster(json!({"spec": {"replicas": 3}})));
+    let want = format!("the volumes of ordinals 3 to {} are retained", i32::MAX - 1);
+    assert!(huge.warnings.iter().any(|w| w.contains(&want)), "{:?}", huge.warnings);
+    // Scaling to an invalid count is an error, not also a warning about volumes.
+    let negative = validate_update(&cluster(json!({})), &cluster(json!({"spec": {"replicas": i32::MIN}})));
+    assert!(!negative.is_allowed());
+    assert!(negative.warnings.iter().all(|w| !w.contains("retained")), "{:?}", negative.warnings);
     let even_unchanged = validate_update(
         &cluster(json!({"spec": {"replicas": 2}})),
         &cluster(json!({"spec": {"replicas": 2, "port": 6000}})),
