@@ -16,19 +16,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use json_patch::{Patch, PatchOperation};
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use kube::core::response::Status;
 use serde_json::{Value, json};
 use stead_crds::cluster::{GROUP, KIND, PLURAL, VERSION};
 
 use crate::client::{ClientError, Endpoint, WebhookClient};
 use crate::review::{BadReview, Route, review};
+use crate::wire::{AnswerResponse, AnswerReview};
 
 /// Who answers the reviews: the webhook's own code in-process, or a server.
 pub trait Webhook {
     /// One AdmissionReview round trip on `route`; the response part of the answer.
-    fn call(&mut self, route: Route, review: &[u8]) -> Result<AdmissionResponse, CheckError>;
+    fn call(&mut self, route: Route, review: &[u8]) -> Result<AnswerResponse, CheckError>;
 }
 
 /// The review function itself, as the server runs it: the offline check.
@@ -36,7 +35,7 @@ pub trait Webhook {
 pub struct InProcess;
 
 impl Webhook for InProcess {
-    fn call(&mut self, route: Route, body: &[u8]) -> Result<AdmissionResponse, CheckError> {
+    fn call(&mut self, route: Route, body: &[u8]) -> Result<AnswerResponse, CheckError> {
         review(route, body)?.review.response.ok_or(CheckError::NoResponse)
     }
 }
@@ -64,7 +63,7 @@ impl Remote {
 }
 
 impl Webhook for Remote {
-    fn call(&mut self, route: Route, body: &[u8]) -> Result<AdmissionResponse, CheckError> {
+    fn call(&mut self, route: Route, body: &[u8]) -> Result<AnswerResponse, CheckError> {
         let path = match route {
             Route::Mutate => "/mutate",
             Route::Validate => "/validate",
@@ -78,7 +77,7 @@ impl Webhook for Remote {
                 body: one_line(&String::from_utf8_lossy(&answer)),
             });
         }
-        let review: AdmissionReview<DynamicObject> =
+        let review: AnswerReview =
             serde_json::from_slice(&answer).map_err(|e| CheckError::Answer { path, cause: e.to_string() })?;
         review.response.ok_or(CheckError::NoResponse)
     }
@@ -305,7 +304,7 @@ fn admit(webhook: &mut dyn Webhook, object: &Value) -> Result<Admission, CheckEr
     Ok(Admission::Admitted { defaulted: describe(&patch), warnings: all_warnings })
 }
 
-fn refusal(route: Route, response: &AdmissionResponse) -> Option<Admission> {
+fn refusal(route: Route, response: &AnswerResponse) -> Option<Admission> {
     (!response.allowed).then(|| Admission::Refused {
         route,
         status: Box::new(response.result.clone()),
@@ -313,11 +312,11 @@ fn refusal(route: Route, response: &AdmissionResponse) -> Option<Admission> {
     })
 }
 
-fn warnings(response: &AdmissionResponse) -> Vec<String> {
+fn warnings(response: &AnswerResponse) -> Vec<String> {
     response.warnings.clone().unwrap_or_default()
 }
 
-fn response_patch(response: &AdmissionResponse) -> Result<Patch, CheckError> {
+fn response_patch(response: &AnswerResponse) -> Result<Patch, CheckError> {
     match response.patch.as_ref() {
         Some(bytes) => serde_json::from_slice(bytes).map_err(|e| CheckError::Patch(e.to_string())),
         None => Ok(Patch(Vec::new())),

@@ -5,6 +5,7 @@
 //! - [`server`]: the HTTPS and metrics servers around it.
 //! - [`check`]: `stead-webhook check`, the offline run over manifests.
 //! - [`client`]: HTTPS client for a running server (`check --server`, the demo).
+//! - [`wire`]: the AdmissionReview answer as sent (base64 patch).
 //! - [`metrics`]: what `/metrics` exports.
 //! - [`cli`]: flags and subcommands.
 
@@ -14,3 +15,4 @@ pub mod client;
 pub mod metrics;
 pub mod review;
 pub mod server;
+pub mod wire;

@@ -8,19 +8,22 @@
 //! `oldObject` as raw JSON (minus managed fields, which no rule reads):
 //! defaulting must tell "absent" from "present" and decoding names the field
 //! that does not fit, and both work on raw JSON. The
-//! answer uses kube's `AdmissionReview` types, so its wire form is the one the
-//! rest of the Rust ecosystem speaks.
+//! answer is [`crate::wire`]'s AdmissionReview, whose patch is base64 as the API defines it.
 
-use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation, SerializePatchError};
-use kube::core::response::{StatusCause, StatusDetails, StatusSummary};
-use kube::core::{DynamicObject, GroupVersionKind, Status};
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use std::cell::Cell;
+
+use kube::core::admission::Operation;
+use kube::core::response::{StatusCause, StatusDetails};
+use kube::core::{GroupVersionKind, Status};
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use stead_crds::cluster::{GROUP, KIND, VERSION};
 use stead_crds::defaults::default_patch;
 use stead_crds::validation::{decode, validate_create, validate_delete, validate_spec, validate_update};
 use stead_crds::{DatabaseCluster, DatabaseClusterSpec, FieldError, Verdict};
+
+use crate::wire::{AnswerResponse, AnswerReview};
 
 /// `apiVersion` of the only AdmissionReview version served.
 pub const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
@@ -97,8 +100,8 @@ pub enum BadReview {
     WrongType { api_version: String, kind: String },
     #[error("the AdmissionReview has no request; the webhook answers requests, not responses")]
     MissingRequest,
-    #[error("could not encode the answer: {0}")]
-    Encode(#[from] SerializePatchError),
+    #[error("could not encode the patch: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
 /// Who and what a review was about, for logs.
@@ -117,7 +120,7 @@ pub struct Subject {
 #[derive(Debug)]
 pub struct Answer {
     /// The AdmissionReview to send back.
-    pub review: AdmissionReview<DynamicObject>,
+    pub review: AnswerReview,
     pub outcome: Outcome,
     pub subject: Subject,
     /// Why it was refused (field errors or the bad-request message); empty when admitted.
@@ -163,60 +166,249 @@ impl RequestIn {
     }
 }
 
-/// An object of the request as raw JSON, without `metadata.managedFields`.
+/// An object of the request as raw JSON, holding only what the rules read.
 ///
-/// No admission rule reads managed fields, yet they are often the bulk of a
-/// stored object; they are skipped while parsing instead of being built and
-/// decoded. The API server always sends an object (a JSON map) with a map as
+/// The rules read `metadata` (name, namespace, deletion), and `spec`. The
+/// rest of a stored object (`status`, managed fields, annotations, or junk a
+/// hostile client put there) is skipped while parsing, without building a
+/// value, so a review costs memory for what is judged, not for what was sent.
+/// `spec` is built as JSON (defaulting must tell "absent" from "present"),
+/// but at most [`MAX_SPEC_VALUES`] values deep and wide: a real spec has a few
+/// dozen, and the bound keeps a 6 MiB array of zeros from costing 100 MiB.
+/// The API server always sends an object (a JSON map) with a map as
 /// `metadata`; anything else makes the body unreadable.
 struct AdmissionObject(Value);
 
+/// Most JSON values (objects, arrays and scalars, nested ones included) kept from one `spec`.
+pub const MAX_SPEC_VALUES: usize = 4096;
+/// Deepest nesting kept inside `spec`; the deepest real field (`resources.claims[].name`) is at 4.
+pub const MAX_SPEC_DEPTH: usize = 16;
+
+/// How much of one part of an object is built, and how a refusal explains it.
+struct Limit {
+    values: usize,
+    depth: usize,
+    refusal: &'static str,
+}
+
+/// `spec`: the part the rules judge.
+const SPEC: Limit = Limit {
+    values: MAX_SPEC_VALUES,
+    depth: MAX_SPEC_DEPTH,
+    refusal: "spec holds more than 4096 JSON values or nests deeper than 16 levels; a DatabaseCluster spec has a \
+              few dozen values, 4 levels deep",
+};
+
+/// `apiVersion`, `kind` and the kept metadata fields: one scalar each.
+const SCALAR: Limit = Limit {
+    values: 1,
+    depth: 0,
+    refusal: "apiVersion, kind, metadata.name, metadata.namespace, metadata.uid, metadata.generation and \
+              metadata.deletionTimestamp must be strings or numbers, not objects or lists",
+};
+
+/// Top-level keys of an object that are kept.
+const OBJECT_KEYS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
+/// Keys of `metadata` that are kept; every other one (managedFields, annotations, ...) is skipped.
+const METADATA_KEYS: &[&str] =
+    &["name", "generateName", "namespace", "uid", "resourceVersion", "generation", "deletionTimestamp"];
+
 impl<'de> Deserialize<'de> for AdmissionObject {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(ObjectVisitor { metadata: false }).map(|map| Self(Value::Object(map)))
+        deserializer.deserialize_map(ObjectVisitor).map(|map| Self(Value::Object(map)))
     }
 }
 
-/// Builds a JSON map; at the top level it filters `metadata`, inside
-/// `metadata` it drops `managedFields`.
-#[derive(Clone, Copy)]
-struct ObjectVisitor {
-    metadata: bool,
-}
+/// The top level of an object: keeps [`OBJECT_KEYS`], filters `metadata`, bounds `spec`.
+struct ObjectVisitor;
 
 impl<'de> Visitor<'de> for ObjectVisitor {
     type Value = Map<String, Value>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.metadata {
-            "object metadata (a JSON object)"
-        } else {
-            "a Kubernetes object (a JSON object)"
-        })
+        f.write_str("a Kubernetes object (a JSON object)")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
         let mut map = Map::new();
-        while let Some(key) = access.next_key::<String>()? {
-            let value = match (self.metadata, key.as_str()) {
-                (true, "managedFields") => {
+        while let Some(key) = access.next_key_seed(KeySeed(OBJECT_KEYS))? {
+            let value = match key {
+                None => {
                     access.next_value::<IgnoredAny>()?;
                     continue;
                 }
-                (false, "metadata") => Value::Object(access.next_value_seed(ObjectVisitor { metadata: true })?),
-                _ => access.next_value::<Value>()?,
+                Some("metadata") => Value::Object(access.next_value_seed(MetadataVisitor)?),
+                Some("spec") => access.next_value_seed(Bounded::new(&SPEC, &Cell::new(SPEC.values)))?,
+                Some(_) => access.next_value_seed(Bounded::new(&SCALAR, &Cell::new(SCALAR.values)))?,
             };
-            map.insert(key, value);
+            map.insert(key.unwrap_or_default().to_owned(), value);
         }
         Ok(map)
     }
 }
 
-impl<'de> DeserializeSeed<'de> for ObjectVisitor {
+/// Matches a map key against a list without allocating for keys not in it.
+struct KeyVisitor(&'static [&'static str]);
+
+impl Visitor<'_> for KeyVisitor {
+    type Value = Option<&'static str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().copied().find(|k| *k == key))
+    }
+}
+
+/// `metadata`: keeps [`METADATA_KEYS`], each a small scalar.
+struct MetadataVisitor;
+
+impl<'de> Visitor<'de> for MetadataVisitor {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("object metadata (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key_seed(KeySeed(METADATA_KEYS))? {
+            match key {
+                Some(key) => {
+                    let value = access.next_value_seed(Bounded::new(&SCALAR, &Cell::new(SCALAR.values)))?;
+                    map.insert(key.to_owned(), value);
+                }
+                None => {
+                    access.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(map)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for MetadataVisitor {
     type Value = Map<String, Value>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
+    }
+}
+
+/// A map key checked against a list, as a seed.
+struct KeySeed(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Option<&'static str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(KeyVisitor(self.0))
+    }
+}
+
+/// Builds a JSON value while counting every value against a shared budget
+/// and bounding the depth; exceeding either makes the body unreadable, with
+/// a message that says which bound and why.
+#[derive(Clone, Copy)]
+struct Bounded<'a> {
+    limit: &'static Limit,
+    budget: &'a Cell<usize>,
+    depth: usize,
+}
+
+impl<'a> Bounded<'a> {
+    fn new(limit: &'static Limit, budget: &'a Cell<usize>) -> Self {
+        Self { limit, budget, depth: 0 }
+    }
+
+    fn take<E: serde::de::Error>(self) -> Result<(), E> {
+        let left = self.budget.get().checked_sub(1).ok_or_else(|| E::custom(self.limit.refusal))?;
+        self.budget.set(left);
+        Ok(())
+    }
+
+    fn nested<E: serde::de::Error>(self) -> Result<Self, E> {
+        self.take::<E>()?;
+        if self.depth >= self.limit.depth {
+            return Err(E::custom(self.limit.refusal));
+        }
+        Ok(Self { depth: self.depth + 1, ..self })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Bounded<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Bounded<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        self.take::<E>()?;
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        self.take::<E>()?;
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        self.take::<E>()?;
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        self.take::<E>()?;
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.take::<E>()?;
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        self.take::<E>()?;
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.take::<E>()?;
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let inner = self.nested::<A::Error>()?;
+        let mut items = Vec::new();
+        while let Some(item) = access.next_element_seed(inner)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let inner = self.nested::<A::Error>()?;
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            let value = access.next_value_seed(inner)?;
+            map.insert(key, value);
+        }
+        Ok(Value::Object(map))
     }
 }
 
@@ -236,30 +428,27 @@ pub fn review(route: Route, body: &[u8]) -> Result<Answer, BadReview> {
     let request = parsed.request.ok_or(BadReview::MissingRequest)?;
     let subject = subject(&request);
     let decision = decide(route, &request);
-    let mut response = base_response(&request.uid);
-    let (outcome, reasons) = match decision {
+    let response = AnswerResponse::allow(&request.uid);
+    let (response, outcome, reasons) = match decision {
         Decision::Allow(warnings) => {
-            response.warnings = non_empty(warnings);
-            (Outcome::Allowed, Vec::new())
+            (AnswerResponse { warnings: non_empty(warnings), ..response }, Outcome::Allowed, Vec::new())
         }
         Decision::Patch(patch) => {
-            response = response.with_patch(patch)?;
-            (Outcome::Patched, Vec::new())
+            let bytes = serde_json::to_vec(&patch).map_err(BadReview::Encode)?;
+            (response.with_patch(bytes), Outcome::Patched, Vec::new())
         }
         Decision::Deny { name, verdict } => {
             let reasons = verdict.errors.iter().map(ToString::to_string).collect();
-            response.allowed = false;
-            response.result = invalid_status(&name, &verdict);
-            response.warnings = non_empty(verdict.warnings);
-            (Outcome::Denied, reasons)
+            let status = invalid_status(&name, &verdict);
+            let response = AnswerResponse { warnings: non_empty(verdict.warnings), ..response.deny(status) };
+            (response, Outcome::Denied, reasons)
         }
         Decision::BadRequest(message) => {
-            response.allowed = false;
-            response.result = Status::failure(&message, "BadRequest").with_code(400);
-            (Outcome::BadRequest, vec![message])
+            let status = Status::failure(&message, "BadRequest").with_code(400);
+            (response.deny(status), Outcome::BadRequest, vec![message])
         }
     };
-    Ok(Answer { review: response.into_review(), outcome, subject, reasons })
+    Ok(Answer { review: AnswerReview::new(response), outcome, subject, reasons })
 }
 
 enum Decision {
@@ -375,17 +564,6 @@ fn invalid_status(name: &str, verdict: &Verdict) -> Status {
 
 fn cause(error: &FieldError) -> StatusCause {
     StatusCause { reason: error.reason().to_owned(), message: error.body(), field: error.field.clone() }
-}
-
-/// An allowing response echoing `uid`.
-fn base_response(uid: &str) -> AdmissionResponse {
-    // kube only offers constructors from its own typed request or for an
-    // unreadable one; start from the latter and fill in what we know.
-    let mut response = AdmissionResponse::invalid("");
-    response.uid = uid.to_owned();
-    response.allowed = true;
-    response.result = Status { status: Some(StatusSummary::Success), ..Status::default() };
-    response
 }
 
 fn non_empty(warnings: Vec<String>) -> Option<Vec<String>> {

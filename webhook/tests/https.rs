@@ -45,6 +45,7 @@ async fn admits_defaults_and_refuses_over_http1_and_h2() {
         let reply = conn.post_json("/mutate", &fixture("create-defaulted")).await;
         let wire: Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(wire["response"]["patchType"], "JSONPatch");
+        assert!(wire["response"]["patch"].is_string(), "patch is base64 text on the wire: {wire}");
         let response = response_of(&reply.body);
         assert_eq!(response.uid, request["request"]["uid"].as_str().unwrap());
         let object = patched_object(&request, &response);

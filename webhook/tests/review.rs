@@ -6,11 +6,13 @@
 
 mod support;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use stead_webhook::review::{BadReview, Outcome, Route, review};
 use support::{causes, fixture, fixture_json, patch_of, patched_object};
 
-fn answer(route: Route, body: &[u8]) -> (Outcome, Value, kube::core::admission::AdmissionResponse) {
+fn answer(route: Route, body: &[u8]) -> (Outcome, Value, stead_webhook::wire::AnswerResponse) {
     let answer = review(route, body).unwrap();
     let wire = serde_json::to_vec(&answer.review).unwrap();
     (answer.outcome, serde_json::from_slice(&wire).unwrap(), support::response_of(&wire))
@@ -24,6 +26,13 @@ fn mutate_defaults_absent_fields_with_a_json_patch() {
     assert_eq!(wire["response"]["uid"], request["request"]["uid"]);
     assert_eq!(wire["response"]["allowed"], true);
     assert_eq!(wire["response"]["patchType"], "JSONPatch");
+    // On the wire the patch is base64 of the JSON Patch, as admission.k8s.io/v1 defines it (not an array of numbers).
+    let encoded = wire["response"]["patch"].as_str().expect("patch is a base64 string");
+    let decoded: Value = serde_json::from_slice(&STANDARD.decode(encoded).unwrap()).unwrap();
+    assert_eq!(
+        decoded,
+        json!([{"op": "add", "path": "/spec/replicas", "value": 1}, {"op": "add", "path": "/spec/port", "value": 5432}])
+    );
     let object = patched_object(&request, &response);
     assert_eq!(object["spec"]["replicas"], 1);
     assert_eq!(object["spec"]["port"], 5432);

@@ -13,12 +13,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use json_patch::Patch;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use rustls_pki_types::ServerName;
 use serde_json::Value;
 use stead_certs::{ALPN_H2, ALPN_HTTP1, CertificateAuthority};
 use stead_webhook::server::{ServeError, Settings, serve};
+use stead_webhook::wire::{AnswerResponse, AnswerReview};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
@@ -38,16 +37,16 @@ pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// The `response` of an answered review, as kube reads it.
-pub fn response_of(body: &[u8]) -> AdmissionResponse {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).unwrap();
-    assert_eq!(review.types.api_version, "admission.k8s.io/v1");
-    assert_eq!(review.types.kind, "AdmissionReview");
+/// The `response` of an answered review, read as the API defines it (patch in base64).
+pub fn response_of(body: &[u8]) -> AnswerResponse {
+    let review: AnswerReview = serde_json::from_slice(body).unwrap();
+    assert_eq!(review.api_version, "admission.k8s.io/v1");
+    assert_eq!(review.kind, "AdmissionReview");
     review.response.expect("an answer carries a response")
 }
 
 /// The JSON patch of a response (empty when there is none).
-pub fn patch_of(response: &AdmissionResponse) -> Patch {
+pub fn patch_of(response: &AnswerResponse) -> Patch {
     match &response.patch {
         Some(bytes) => serde_json::from_slice(bytes).unwrap(),
         None => Patch(Vec::new()),
@@ -55,14 +54,14 @@ pub fn patch_of(response: &AdmissionResponse) -> Patch {
 }
 
 /// The object of a review fixture with the response's patch applied.
-pub fn patched_object(review: &Value, response: &AdmissionResponse) -> Value {
+pub fn patched_object(review: &Value, response: &AnswerResponse) -> Value {
     let mut object = review["request"]["object"].clone();
     json_patch::patch(&mut object, &patch_of(response)).unwrap();
     object
 }
 
 /// `(field, reason, message)` of every cause of a denial.
-pub fn causes(response: &AdmissionResponse) -> Vec<(String, String, String)> {
+pub fn causes(response: &AnswerResponse) -> Vec<(String, String, String)> {
     response
         .result
         .details
