@@ -32,6 +32,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     reloads: Counter,
+    panics: Counter,
+    saturated: Counter,
 }
 
 impl Metrics {
@@ -41,6 +43,8 @@ impl Metrics {
         let duration: Family<RouteLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
         let reloads = Counter::default();
+        let panics = Counter::default();
+        let saturated = Counter::default();
         registry.register(
             "stead_webhook_requests",
             "Admission requests by route and verdict (allowed, denied, patched, bad_request)",
@@ -56,6 +60,16 @@ impl Metrics {
             "Serving certificates loaded from the certificate directory after the first",
             reloads.clone(),
         );
+        registry.register(
+            "stead_webhook_handler_panics",
+            "Requests whose handler panicked; each was answered 500 and the server kept running",
+            panics.clone(),
+        );
+        registry.register(
+            "stead_webhook_reviews_refused_busy",
+            "Admission requests answered 503 because the concurrent-review limit stayed full for the request timeout",
+            saturated.clone(),
+        );
         // Pre-create every series so dashboards see zeros instead of gaps.
         for route in [Route::Mutate, Route::Validate] {
             for outcome in [Outcome::Allowed, Outcome::Patched, Outcome::Denied, Outcome::BadRequest] {
@@ -63,13 +77,23 @@ impl Metrics {
             }
             let _ = duration.get_or_create(&RouteLabels { route: route.as_str() });
         }
-        Self { registry, requests, duration, reloads }
+        Self { registry, requests, duration, reloads, panics, saturated }
     }
 
     /// Counts one answered admission request.
     pub fn observe(&self, route: Route, outcome: Outcome, elapsed: Duration) {
         self.requests.get_or_create(&RequestLabels { route: route.as_str(), verdict: outcome.as_str() }).inc();
         self.duration.get_or_create(&RouteLabels { route: route.as_str() }).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a handler that panicked.
+    pub fn count_panic(&self) {
+        self.panics.inc();
+    }
+
+    /// Counts a review turned away because every review slot stayed busy.
+    pub fn count_saturated(&self) {
+        self.saturated.inc();
     }
 
     /// Counts certificate reloads; `total` is the resolver's running count.

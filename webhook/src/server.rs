@@ -7,6 +7,7 @@
 //! handshakes while open connections keep going.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -15,14 +16,17 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use futures::FutureExt as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper_util::rt::TokioExecutor;
 use stead_certs::{DEFAULT_POLL_INTERVAL, ReloadingCertResolver};
-use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::review::{Answer, Outcome, Route, review};
@@ -37,6 +41,26 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 pub const GRACE_PERIOD: Duration = Duration::from_secs(20);
 /// Time a new connection gets to send its first request (after the TLS handshake).
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client gets to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time an HTTP/1.1 client gets to send a request's headers, and so also
+/// the longest a kept-alive connection may sit idle (hyper starts the same
+/// timer while it waits for the next request). The API server reconnects.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interval of HTTP/2 keep-alive pings, and how long an answer may take
+/// before the connection is closed as dead.
+pub const H2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(20), Duration::from_secs(10));
+/// Streams one HTTP/2 connection may have open at once (hyper's default is 200).
+pub const H2_MAX_STREAMS: u32 = 32;
+/// Admission reviews read and judged at once, over all connections. Each
+/// holds a body of at most [`MAX_BODY_BYTES`], so bodies in memory are
+/// bounded by 8 × 6 MiB = 48 MiB; a review beyond them waits for a slot,
+/// for at most [`SLOT_TIMEOUT`], and is then answered 503. Health,
+/// readiness and metrics do not take a slot, so they keep answering while
+/// admission is saturated.
+pub const MAX_CONCURRENT_REVIEWS: usize = 8;
+/// Longest wait for a review slot; with the body timeout it stays inside `timeoutSeconds: 5`.
+pub const SLOT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Everything `serve` needs besides the sockets.
 #[derive(Debug, Clone)]
@@ -48,6 +72,11 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub grace_period: Duration,
     pub max_body_bytes: usize,
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub first_request_timeout: Duration,
+    pub max_concurrent_reviews: usize,
+    pub slot_timeout: Duration,
 }
 
 impl Settings {
@@ -59,6 +88,11 @@ impl Settings {
             request_timeout: REQUEST_TIMEOUT,
             grace_period: GRACE_PERIOD,
             max_body_bytes: MAX_BODY_BYTES,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            first_request_timeout: FIRST_REQUEST_TIMEOUT,
+            max_concurrent_reviews: MAX_CONCURRENT_REVIEWS,
+            slot_timeout: SLOT_TIMEOUT,
         }
     }
 }
@@ -75,10 +109,14 @@ pub enum ServeError {
 }
 
 struct AppState {
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     resolver: OnceLock<Arc<ReloadingCertResolver>>,
     request_timeout: Duration,
     max_body_bytes: usize,
+    /// One permit per review being read or judged.
+    reviews: Arc<Semaphore>,
+    max_reviews: usize,
+    slot_timeout: Duration,
 }
 
 impl AppState {
@@ -101,15 +139,16 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let state = Arc::new(AppState {
-        metrics: Metrics::new(),
+        metrics: Arc::new(Metrics::new()),
         resolver: OnceLock::new(),
         request_timeout: settings.request_timeout,
         max_body_bytes: settings.max_body_bytes,
+        reviews: Arc::new(Semaphore::new(settings.max_concurrent_reviews.max(1))),
+        max_reviews: settings.max_concurrent_reviews.max(1),
+        slot_timeout: settings.slot_timeout,
     });
     metrics.set_nonblocking(true).map_err(|source| ServeError::Listener { what: "metrics", source })?;
-    let metrics = tokio::net::TcpListener::from_std(metrics)
-        .map_err(|source| ServeError::Listener { what: "metrics", source })?;
-    let metrics_task = tokio::spawn(serve_metrics(metrics, Arc::clone(&state), shutdown.clone()));
+    let metrics_task = tokio::spawn(serve_metrics(metrics, settings.clone(), Arc::clone(&state), shutdown.clone()));
 
     let admission = serve_admission(tls, &settings, Arc::clone(&state), shutdown).await;
     if admission.is_err() {
@@ -138,24 +177,50 @@ async fn serve_admission(
 
     listener.set_nonblocking(true).map_err(|source| ServeError::Listener { what: "admission", source })?;
     let address = listener.local_addr().ok();
-    let handle: Handle<SocketAddr> = Handle::new();
-    let grace = settings.grace_period;
-    let drain = handle.clone();
-    let mut stop = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for(&mut stop).await;
-        info!(grace = ?grace, "shutting down: draining in-flight admission requests");
-        drain.graceful_shutdown(Some(grace));
-    });
+    let handle = draining_handle(settings.grace_period, shutdown, "admission");
     info!(address = ?address, "serving admission over HTTPS (h2, http/1.1)");
-    axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(Arc::new(config)))
+    let tls =
+        RustlsAcceptor::new(RustlsConfig::from_config(Arc::new(config))).handshake_timeout(settings.handshake_timeout);
+    let mut server = axum_server::from_tcp(listener)
         .map_err(|source| ServeError::Listener { what: "admission", source })?
+        .acceptor(tls)
         .handle(handle)
-        .first_request_timeout(FIRST_REQUEST_TIMEOUT)
+        .first_request_timeout(settings.first_request_timeout);
+    bound_connections(server.http_builder(), settings);
+    server
         .serve(admission_router(state).into_make_service())
         .await
         .map_err(|source| ServeError::Serve { what: "admission", source })
 }
+
+/// A server handle that starts a graceful shutdown, draining for `grace`, once `shutdown` turns true.
+fn draining_handle(grace: Duration, shutdown: watch::Receiver<bool>, what: &'static str) -> Handle<SocketAddr> {
+    let handle: Handle<SocketAddr> = Handle::new();
+    let drain = handle.clone();
+    let mut stop = shutdown;
+    tokio::spawn(async move {
+        wait_for(&mut stop).await;
+        info!(grace = ?grace, server = what, "shutting down: draining in-flight requests");
+        drain.graceful_shutdown(Some(grace));
+    });
+    handle
+}
+
+/// The timers and limits every connection gets, on both listeners: a
+/// slow or silent client is cut off instead of holding a connection.
+fn bound_connections(builder: &mut hyper_util::server::conn::auto::Builder<TokioExecutor>, settings: &Settings) {
+    builder.http1().header_read_timeout(settings.header_read_timeout).max_buf_size(MAX_HEADER_BUFFER);
+    let (interval, timeout) = H2_KEEP_ALIVE;
+    builder
+        .http2()
+        .keep_alive_interval(interval)
+        .keep_alive_timeout(timeout)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_BUFFER as u32);
+}
+
+/// Largest request head (HTTP/1.1 read buffer, HTTP/2 header list) accepted.
+const MAX_HEADER_BUFFER: usize = 64 << 10;
 
 /// Polls the certificate directory until a usable pair is there; `None` on shutdown.
 async fn wait_for_certificate(
@@ -194,13 +259,20 @@ async fn wait_for(shutdown: &mut watch::Receiver<bool>) {
 }
 
 async fn serve_metrics(
-    listener: tokio::net::TcpListener,
+    listener: std::net::TcpListener,
+    settings: Settings,
     state: Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     info!(address = ?listener.local_addr().ok(), "serving /metrics, /healthz and /readyz over plain HTTP");
-    axum::serve(listener, metrics_router(state))
-        .with_graceful_shutdown(async move { wait_for(&mut shutdown).await })
+    let handle = draining_handle(settings.grace_period, shutdown, "metrics");
+    let mut server = axum_server::from_tcp(listener)
+        .map_err(|source| ServeError::Listener { what: "metrics", source })?
+        .handle(handle)
+        .first_request_timeout(settings.first_request_timeout);
+    bound_connections(server.http_builder(), &settings);
+    server
+        .serve(metrics_router(state).into_make_service())
         .await
         .map_err(|source| ServeError::Serve { what: "metrics", source })
 }
@@ -212,6 +284,7 @@ fn admission_router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state.metrics), guard_panics))
         .with_state(state)
 }
 
@@ -221,7 +294,33 @@ fn metrics_router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state.metrics), guard_panics))
         .with_state(state)
+}
+
+/// Turns a panicking handler into a 500 and a counted metric, so one bad
+/// request neither resets its connection nor goes unnoticed. Both routers
+/// are layered with it; it is public so that tests can put it in front of a
+/// handler that panics on purpose.
+pub async fn guard_panics(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let route = request.uri().path().to_owned();
+    match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            metrics.count_panic();
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-text panic".to_owned());
+            error!(route = %route, panic = %what, "handler panicked; answered 500");
+            Rejection(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stead-webhook failed while answering {route}; the failure is logged and counted"),
+            )
+            .into_response()
+        }
+    }
 }
 
 async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -261,9 +360,25 @@ async fn metrics_page(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// One admission request: read, judge, answer, count, log.
+/// One admission request: wait for a slot, read, judge, answer, count, log.
 async fn admit(state: &AppState, route: Route, request: Request) -> Response {
     let started = Instant::now();
+    let Ok(Ok(_slot)) = tokio::time::timeout(state.slot_timeout, Arc::clone(&state.reviews).acquire_owned()).await
+    else {
+        state.metrics.count_saturated();
+        state.metrics.observe(route, Outcome::BadRequest, started.elapsed());
+        warn!(route = route.as_str(), "every review slot stayed busy; answered 503");
+        let mut response = Rejection(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stead-webhook is judging {} reviews already and none finished within {:?}; retry",
+                state.max_reviews, state.slot_timeout
+            ),
+        )
+        .into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    };
     let (outcome, response) = match read_review_body(state, request).await {
         Err(rejection) => {
             debug!(route = route.as_str(), status = rejection.0.as_u16(), reason = %rejection.1, "rejected request");
