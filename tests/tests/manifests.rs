@@ -31,7 +31,7 @@ const IMAGE: &str = "ghcr.io/stead-dev/stead:0.1.0";
 const KUBERNETES_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
 /// Overlays that must exist; any other kustomization found is rendered too.
 const EXPECTED_OVERLAYS: &[&str] =
-    &["argocd", "argocd/app", "certmanager", "controller", "crds", "default", "rbac", "webhook"];
+    &["argocd", "argocd/app", "certmanager", "controller", "crds", "default", "networkpolicy", "rbac", "webhook"];
 const WAVE: &str = "argocd.argoproj.io/sync-wave";
 const INJECT_CA_FROM: &str = "cert-manager.io/inject-ca-from";
 
@@ -347,6 +347,7 @@ fn check_webhooks(objects: &[Value], p: &mut Problems) {
                     format!("{at}: reinvocationPolicy must be IfNeeded, is {}", webhook["reinvocationPolicy"])
                 });
             }
+            check_match_conditions(objects, webhook, &at, p);
             let timeout = webhook["timeoutSeconds"].as_i64();
             p.check(timeout.is_some_and(|t| (1..=10).contains(&t)), || {
                 format!("{at}: timeoutSeconds must be set and short (1..=10), is {}", webhook["timeoutSeconds"])
@@ -397,6 +398,87 @@ fn check_webhooks(objects: &[Value], p: &mut Problems) {
                     });
                 }
             }
+        }
+    }
+}
+
+/// Finalizer removal and the controller's own metadata updates must not
+/// depend on the webhook being up: matchConditions skip objects being
+/// deleted, and spec-preserving UPDATEs by the controller's ServiceAccount
+/// as it is named in this render.
+fn check_match_conditions(objects: &[Value], webhook: &Value, at: &str, p: &mut Problems) {
+    let conditions = webhook["matchConditions"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let expression =
+        |wanted: &str| conditions.iter().find(|c| c["name"] == wanted).and_then(|c| c["expression"].as_str());
+    p.check(
+        expression("not-being-deleted")
+            == Some("request.operation == 'DELETE' || !has(object.metadata.deletionTimestamp)"),
+        || format!("{at}: matchCondition not-being-deleted must skip objects with a deletionTimestamp (DELETE still judged)"),
+    );
+    let Some(sa) = of_kind(objects, "ServiceAccount").into_iter().find(|o| name(o).ends_with("stead-controller"))
+    else {
+        p.0.push(format!("{at}: no controller ServiceAccount in the render"));
+        return;
+    };
+    let want = format!(
+        "request.operation != 'UPDATE' || object.spec != oldObject.spec || request.userInfo.username != \
+         'system:serviceaccount:' + '{}' + ':' + '{}'",
+        namespace(sa),
+        name(sa)
+    );
+    p.check(expression("not-a-metadata-update-by-the-controller") == Some(want.as_str()), || {
+        format!(
+            "{at}: matchCondition not-a-metadata-update-by-the-controller must be {want:?}, is {:?}",
+            expression("not-a-metadata-update-by-the-controller")
+        )
+    });
+}
+
+/// Metrics ports of stead's pods are reachable only from a namespace
+/// selector; the webhook's admission port stays open to the API server.
+fn check_network_policies(objects: &[Value], p: &mut Problems) {
+    for (binary, open) in [("stead-webhook", Some("https")), ("stead-controller", None)] {
+        let Some(workload) = workload_running(objects, binary) else { continue };
+        let labels = &workload["spec"]["template"]["metadata"]["labels"];
+        let policies: Vec<&Value> = of_kind(objects, "NetworkPolicy")
+            .into_iter()
+            .filter(|np| {
+                namespace(np) == namespace(workload) && selects(&np["spec"]["podSelector"]["matchLabels"], labels)
+            })
+            .collect();
+        let at = id(workload);
+        p.check(policies.len() == 1, || {
+            format!("{at}: want exactly one NetworkPolicy selecting its pods, found {}", policies.len())
+        });
+        let Some(policy) = policies.first() else { continue };
+        p.check(strings(&policy["spec"]["policyTypes"]) == ["Ingress"], || {
+            format!("{}: policyTypes must be [Ingress]", id(policy))
+        });
+        let rules = policy["spec"]["ingress"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let rules_for = |port: &str| -> Vec<&Value> {
+            rules.iter().filter(|r| r["ports"].as_array().into_iter().flatten().any(|p| p["port"] == port)).collect()
+        };
+        let metrics = rules_for("metrics");
+        p.check(!metrics.is_empty(), || format!("{}: no rule admits the metrics port", id(policy)));
+        for rule in metrics {
+            let from = rule["from"].as_array().map(Vec::as_slice).unwrap_or_default();
+            p.check(
+                !from.is_empty()
+                    && from
+                        .iter()
+                        .all(|f| f["namespaceSelector"]["matchLabels"].is_object() && f.get("ipBlock").is_none()),
+                || format!("{}: the metrics port must be open only to a namespaceSelector, is {rule}", id(policy)),
+            );
+        }
+        if let Some(port) = open {
+            p.check(rules_for(port).iter().any(|r| r.get("from").is_none()), || {
+                format!("{}: the {port} port must stay reachable by the API server (a rule without `from`)", id(policy))
+            });
+        }
+        for rule in rules {
+            p.check(rule["ports"].as_array().is_some_and(|ports| !ports.is_empty()), || {
+                format!("{}: a rule without ports opens every port: {rule}", id(policy))
+            });
         }
     }
 }
@@ -880,6 +962,7 @@ fn check_install(objects: &[Value]) -> Problems {
     check_pod_security(objects, &mut p);
     check_webhook_workload(objects, &mut p);
     check_controller_workload(objects, &mut p);
+    check_network_policies(objects, &mut p);
     p
 }
 
@@ -1310,7 +1393,7 @@ fn argocd_sync_waves_bring_up_stead_before_any_database_cluster() {
             || (kind(o) == "Certificate" && o["spec"]["isCA"] == true)
     });
     let leaf = [wave(ca_issuer), wave(serving)];
-    let workloads = waves(&|o| matches!(kind(o), "Deployment" | "Service" | "PodDisruptionBudget"));
+    let workloads = waves(&|o| matches!(kind(o), "Deployment" | "Service" | "PodDisruptionBudget" | "NetworkPolicy"));
     let webhooks = waves(&|o| kind(o).ends_with("WebhookConfiguration"));
     let order = [
         ("foundation", foundation),
