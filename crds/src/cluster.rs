@@ -3,6 +3,8 @@
 //! The Rust types are the single source of the CRD schema (`crdgen`), of the
 //! webhook's view of a request, and of the controller's view of the world.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -88,6 +90,37 @@ pub struct DatabaseClusterSpec {
     /// When true, the controller leaves all children exactly as they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
+
+    /// PostgreSQL server settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgresql: Option<PostgresqlSpec>,
+
+    /// Streaming replication between the primary and the replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationSpec>,
+}
+
+/// PostgreSQL server settings of every instance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresqlSpec {
+    /// `postgresql.conf` parameters, such as `shared_buffers: 256MB`. The
+    /// parameters stead sets itself (listen addresses, port, replication)
+    /// are refused; see the README for the list.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = crate::validation::MAX_PARAMETERS))]
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// Streaming replication settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationSpec {
+    /// A replica whose replay lags the primary by more than this many bytes
+    /// of WAL is reported as lagging (`ReplicationHealthy=False`). Default 16 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_lag_bytes: Option<i64>,
 }
 
 /// Storage of each replica: one PersistentVolumeClaim per pod.
@@ -157,5 +190,16 @@ impl DatabaseClusterSpec {
     /// Whether the controller must leave children alone.
     pub fn is_paused(&self) -> bool {
         self.paused.unwrap_or(false)
+    }
+
+    /// The replication lag bound, with its default.
+    pub fn max_lag_bytes(&self) -> i64 {
+        self.replication.as_ref().and_then(|r| r.max_lag_bytes).unwrap_or(crate::defaults::DEFAULT_MAX_LAG_BYTES)
+    }
+
+    /// The user's postgresql.conf parameters (empty when none).
+    pub fn parameters(&self) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        self.postgresql.as_ref().map_or(&NONE, |p| &p.parameters)
     }
 }

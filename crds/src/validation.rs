@@ -12,7 +12,9 @@ use serde_json::Value;
 use crate::cluster::{DatabaseCluster, DatabaseClusterSpec};
 use crate::field_error::{FieldError, Verdict};
 use crate::image::ImageReference;
-use crate::names::{MAX_CLUSTER_NAME_LEN, dns1035_label_error};
+use crate::names::{
+    INSTANCE_API_PORT, MAX_CLUSTER_NAME_LEN, OWNED_PARAMETERS, dns1035_label_error, is_owned_parameter,
+};
 use crate::quantity::{Quantity, format_bytes};
 
 /// Fewest replicas a cluster may ask for.
@@ -23,6 +25,12 @@ pub const MAX_REPLICAS: i32 = 9;
 pub const MIN_STORAGE_BYTES: i64 = 1 << 20;
 /// Largest volume stead provisions (64Ti).
 pub const MAX_STORAGE_BYTES: i64 = 64 << 40;
+/// Most postgresql.conf parameters one cluster may set.
+pub const MAX_PARAMETERS: u32 = 128;
+/// Longest parameter name PostgreSQL accepts (NAMEDATALEN - 1).
+const MAX_PARAMETER_NAME: usize = 63;
+/// Longest parameter value stead writes.
+const MAX_PARAMETER_VALUE: usize = 4096;
 /// The API server appends 5 random characters to `generateName`.
 const GENERATED_SUFFIX_LEN: usize = 5;
 
@@ -136,10 +144,26 @@ pub fn validate_spec(spec: &DatabaseClusterSpec, verdict: &mut Verdict) {
     if let Some(replicas) = spec.replicas {
         validate_replicas(replicas, verdict);
     }
-    if let Some(port) = spec.port
-        && !(1..=65535).contains(&port)
+    if let Some(port) = spec.port {
+        if !(1..=65535).contains(&port) {
+            verdict.errors.push(FieldError::invalid("spec.port", port, "must be between 1 and 65535, inclusive"));
+        } else if port == i32::from(INSTANCE_API_PORT) {
+            verdict.errors.push(FieldError::invalid(
+                "spec.port",
+                port,
+                format!("{INSTANCE_API_PORT} is the port of stead's instance manager in every pod; choose another, such as 5432"),
+            ));
+        }
+    }
+    validate_parameters(spec.parameters(), verdict);
+    if let Some(lag) = spec.replication.as_ref().and_then(|r| r.max_lag_bytes)
+        && lag < 0
     {
-        verdict.errors.push(FieldError::invalid("spec.port", port, "must be between 1 and 65535, inclusive"));
+        verdict.errors.push(FieldError::invalid(
+            "spec.replication.maxLagBytes",
+            lag,
+            "must be 0 or more bytes of WAL, such as 16777216 (16 MiB)",
+        ));
     }
     if let Some(resources) = &spec.resources {
         validate_resources(resources, verdict);
@@ -149,6 +173,75 @@ pub fn validate_spec(spec: &DatabaseClusterSpec, verdict: &mut Verdict) {
         && let Some(detail) = dns1123_subdomain_error(class)
     {
         verdict.errors.push(FieldError::invalid("spec.storage.storageClassName", class.as_str(), detail));
+    }
+}
+
+/// `spec.postgresql.parameters`: names PostgreSQL would accept, none that
+/// stead sets itself, and values that cannot break out of their line in
+/// postgresql.conf.
+fn validate_parameters(parameters: &BTreeMap<String, String>, verdict: &mut Verdict) {
+    const FIELD: &str = "spec.postgresql.parameters";
+    if parameters.len() > MAX_PARAMETERS as usize {
+        verdict.errors.push(FieldError::invalid(
+            FIELD,
+            format!("{} parameters", parameters.len()),
+            format!("must have at most {MAX_PARAMETERS} entries"),
+        ));
+        return;
+    }
+    for (name, value) in parameters {
+        let path = format!("{FIELD}[{name}]");
+        if is_owned_parameter(name) {
+            verdict.errors.push(FieldError::forbidden(
+                path,
+                format!(
+                    "stead sets {} itself for replication and its own sockets; it sets: {}",
+                    name.to_ascii_lowercase(),
+                    OWNED_PARAMETERS.join(", ")
+                ),
+            ));
+            continue;
+        }
+        if let Some(detail) = parameter_name_error(name) {
+            verdict.errors.push(FieldError::invalid(path, name.as_str(), detail));
+            continue;
+        }
+        if value.len() > MAX_PARAMETER_VALUE {
+            verdict.errors.push(FieldError::invalid(
+                path,
+                format!("{} characters", value.len()),
+                format!("must be no more than {MAX_PARAMETER_VALUE} characters"),
+            ));
+        } else if value.chars().any(char::is_control) {
+            verdict.errors.push(FieldError::invalid(
+                path,
+                value.as_str(),
+                "must be one line without control characters, such as 256MB or 'pg_stat_statements'",
+            ));
+        }
+    }
+}
+
+/// Why a name is not a PostgreSQL parameter name; `None` when it is one.
+///
+/// A name is an identifier, or two joined by a dot for an extension's
+/// setting (`pg_stat_statements.max`), in lower case as postgres stores it.
+fn parameter_name_error(name: &str) -> Option<String> {
+    let identifier = |part: &str| {
+        part.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    if name.len() > MAX_PARAMETER_NAME {
+        Some(format!("must be no more than {MAX_PARAMETER_NAME} characters"))
+    } else if parts.len() > 2 || !parts.iter().all(|p| identifier(p)) {
+        Some(
+            "must be a PostgreSQL parameter name in lower case: letters, digits and '_', optionally prefixed by an \
+             extension name and '.', such as work_mem or pg_stat_statements.max"
+                .to_owned(),
+        )
+    } else {
+        None
     }
 }
 

@@ -94,6 +94,55 @@ fn create_rules_table() {
         ("replicas 9", json!({"spec": {"replicas": 9}}), vec![]),
         ("port 0", json!({"spec": {"port": 0}}), vec![("spec.port", "FieldValueInvalid")]),
         ("port 65536", json!({"spec": {"port": 65536}}), vec![("spec.port", "FieldValueInvalid")]),
+        (
+            "port 8000 is the instance manager's",
+            json!({"spec": {"port": 8000}}),
+            vec![("spec.port", "FieldValueInvalid")],
+        ),
+        (
+            "user parameters",
+            json!({"spec": {"postgresql": {"parameters": {"shared_buffers": "256MB", "pg_stat_statements.max": "5000"}}}}),
+            vec![],
+        ),
+        (
+            "parameters stead owns, in any case",
+            json!({"spec": {"postgresql": {"parameters": {"wal_level": "minimal", "Listen_Addresses": "*", "work_mem": "4MB"}}}}),
+            vec![
+                ("spec.postgresql.parameters[Listen_Addresses]", "FieldValueForbidden"),
+                ("spec.postgresql.parameters[wal_level]", "FieldValueForbidden"),
+            ],
+        ),
+        (
+            "parameter names postgres would refuse",
+            json!({"spec": {"postgresql": {"parameters": {"Work_Mem": "4MB", "a.b.c": "1", "1x": "1", "": "1"}}}}),
+            vec![
+                ("spec.postgresql.parameters[]", "FieldValueInvalid"),
+                ("spec.postgresql.parameters[1x]", "FieldValueInvalid"),
+                ("spec.postgresql.parameters[Work_Mem]", "FieldValueInvalid"),
+                ("spec.postgresql.parameters[a.b.c]", "FieldValueInvalid"),
+            ],
+        ),
+        (
+            "a value that would add a line to postgresql.conf",
+            json!({"spec": {"postgresql": {"parameters": {"work_mem": "4MB\nwal_level = minimal"}}}}),
+            vec![("spec.postgresql.parameters[work_mem]", "FieldValueInvalid")],
+        ),
+        (
+            "a value too long",
+            json!({"spec": {"postgresql": {"parameters": {"search_path": "x".repeat(4097)}}}}),
+            vec![("spec.postgresql.parameters[search_path]", "FieldValueInvalid")],
+        ),
+        (
+            "too many parameters",
+            json!({"spec": {"postgresql": {"parameters": (0..129).map(|i| (format!("p{i}"), json!("1"))).collect::<serde_json::Map<_, _>>()}}}),
+            vec![("spec.postgresql.parameters", "FieldValueInvalid")],
+        ),
+        ("lag bound 0", json!({"spec": {"replication": {"maxLagBytes": 0}}}), vec![]),
+        (
+            "lag bound negative",
+            json!({"spec": {"replication": {"maxLagBytes": -1}}}),
+            vec![("spec.replication.maxLagBytes", "FieldValueInvalid")],
+        ),
         ("image empty", json!({"spec": {"image": ""}}), vec![("spec.image", "FieldValueRequired")]),
         ("image upper case", json!({"spec": {"image": "Postgres:17"}}), vec![("spec.image", "FieldValueInvalid")]),
         ("image with space", json!({"spec": {"image": "postgres 17"}}), vec![("spec.image", "FieldValueInvalid")]),
