@@ -58,10 +58,11 @@ impl ClusterView {
     /// Extracts what the builders need; fails only for objects not read from an API server.
     pub fn new(cluster: &DatabaseCluster) -> Result<Self, Error> {
         let meta = cluster.meta();
+        let missing = |field| Error::MissingMetadata { object: display_name(meta), field };
         Ok(Self {
-            name: meta.name.clone().ok_or(Error::MissingMetadata { field: "metadata.name" })?,
-            namespace: meta.namespace.clone().ok_or(Error::MissingMetadata { field: "metadata.namespace" })?,
-            uid: meta.uid.clone().ok_or(Error::MissingMetadata { field: "metadata.uid" })?,
+            name: meta.name.clone().ok_or_else(|| missing("metadata.name"))?,
+            namespace: meta.namespace.clone().ok_or_else(|| missing("metadata.namespace"))?,
+            uid: meta.uid.clone().ok_or_else(|| missing("metadata.uid"))?,
             generation: meta.generation,
             spec: with_defaults(&cluster.spec),
         })
@@ -101,6 +102,12 @@ impl ClusterView {
             "ownerReferences": [self.owner_reference()],
         })
     }
+}
+
+/// `namespace/name` of an object, with `<none>` for what it lacks (for messages).
+pub fn display_name(meta: &kube::api::ObjectMeta) -> String {
+    let part = |p: &Option<String>| p.as_deref().filter(|p| !p.is_empty()).unwrap_or("<none>").to_owned();
+    format!("{}/{}", part(&meta.namespace), part(&meta.name))
 }
 
 /// One child the controller manages.
@@ -310,8 +317,10 @@ pub fn stateful_set(view: &ClusterView, live: Option<&StatefulSet>) -> Result<Va
     let desired_templates = json!([volume_claim_template(view)]);
     let templates = match live.and_then(|sts| sts.spec.volume_claim_templates.as_ref()) {
         Some(live_templates) => {
-            let live_json = serde_json::to_value(live_templates)
-                .map_err(|source| Error::Serialize { what: "live volumeClaimTemplates", source })?;
+            let live_json = serde_json::to_value(live_templates).map_err(|source| Error::Serialize {
+                what: format!("the volumeClaimTemplates of StatefulSet {}/{}", view.namespace, view.name),
+                source,
+            })?;
             restrict_to_live(&desired_templates, &live_json)
         }
         None => desired_templates,
@@ -773,6 +782,8 @@ mod tests {
     fn view_needs_server_metadata() {
         let mut c = cluster(spec());
         c.metadata.uid = None;
-        assert!(matches!(ClusterView::new(&c), Err(Error::MissingMetadata { field: "metadata.uid" })));
+        let err = ClusterView::new(&c).unwrap_err();
+        assert!(matches!(err, Error::MissingMetadata { field: "metadata.uid", .. }), "{err}");
+        assert!(err.to_string().starts_with("DatabaseCluster shop/orders has no metadata.uid"), "{err}");
     }
 }

@@ -56,7 +56,10 @@ pub enum StartupError {
          install it with `kubectl apply -k manifests/crds` and start the controller again"
     )]
     CrdMissing,
-    #[error("cannot list DatabaseClusters ({0}); check the kubeconfig/service account and its RBAC")]
+    #[error(
+        "cannot list DatabaseClusters: {}; check the kubeconfig (or the service account) and its RBAC",
+        crate::error::describe(.0)
+    )]
     Api(#[source] kube::Error),
 }
 
@@ -179,8 +182,22 @@ async fn pump(mut streams: SelectAll<RequestStream>, sink: Sink) {
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "watch failed; retrying with backoff"),
+            Err(e) => warn!(error = %describe_watch(&e), "watch failed; retrying with backoff"),
         }
+    }
+}
+
+/// A watch error without the `Debug` form of the Status that kube's `Display` appends.
+fn describe_watch(err: &watcher::Error) -> String {
+    use crate::error::describe;
+    match err {
+        watcher::Error::InitialListFailed(e) => format!("the initial list failed: {}", describe(e)),
+        watcher::Error::WatchStartFailed(e) => format!("starting the watch failed: {}", describe(e)),
+        watcher::Error::WatchError(status) => {
+            format!("the watch failed: {}", describe(&kube::Error::Api(status.clone())))
+        }
+        watcher::Error::WatchFailed(e) => format!("the watch failed: {}", describe(e)),
+        other => other.to_string(),
     }
 }
 

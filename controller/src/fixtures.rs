@@ -143,8 +143,8 @@ fn apply_query() -> String {
     format!("?&force=true&fieldManager={FIELD_MANAGER}")
 }
 
-/// The apply of a child that is not in the cache: not forced.
-fn create_query() -> String {
+/// The query of every create (POST) and non-apply patch.
+fn manager_query() -> String {
     format!("?&fieldManager={FIELD_MANAGER}")
 }
 
@@ -156,19 +156,39 @@ pub fn sts_uri() -> String {
     format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}{}", apply_query())
 }
 
-/// The unforced apply that creates a Service.
-pub fn service_create_uri(name: &str) -> String {
-    format!("/api/v1/namespaces/{NS}/services/{name}{}", create_query())
+/// The create (POST) of a Service.
+pub fn service_create_uri() -> String {
+    format!("/api/v1/namespaces/{NS}/services{}", manager_query())
 }
 
-/// The unforced apply that creates the StatefulSet.
+/// The create (POST) of the StatefulSet.
 pub fn sts_create_uri() -> String {
-    format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}{}", create_query())
+    format!("/apis/apps/v1/namespaces/{NS}/statefulsets{}", manager_query())
 }
 
-/// The unforced apply that creates the PodDisruptionBudget.
+/// The create (POST) of the PodDisruptionBudget.
 pub fn pdb_create_uri() -> String {
-    format!("{}{}", pdb_path(), create_query())
+    format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets{}", manager_query())
+}
+
+/// The look-up by name of a Service whose create met 409 (a list: the controller may not get).
+pub fn service_lookup_uri(name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/services?&fieldSelector=metadata.name%3D{name}")
+}
+
+/// The look-up by name of the StatefulSet.
+pub fn sts_lookup_uri() -> String {
+    format!("/apis/apps/v1/namespaces/{NS}/statefulsets?&fieldSelector=metadata.name%3D{NAME}")
+}
+
+/// The look-up by name of the PodDisruptionBudget.
+pub fn pdb_lookup_uri() -> String {
+    format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets?&fieldSelector=metadata.name%3D{NAME}")
+}
+
+/// A non-apply patch (merge patch) of the StatefulSet.
+pub fn sts_patch_uri() -> String {
+    format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}{}", manager_query())
 }
 
 pub fn pdb_path() -> String {
@@ -300,6 +320,17 @@ pub fn create_secret(reply: Reply) -> Call {
 /// A server-side apply of a child at `uri`; the body must be exactly `want`.
 pub fn apply(uri: String, want: Value) -> Call {
     Call::new(Method::PATCH, uri, move |body| assert_eq!(body, &want), Reply::Echo)
+}
+
+/// The create (POST) of a child at `uri`; the body must be exactly `want`, the apply body.
+pub fn create(uri: String, want: Value) -> Call {
+    Call::new(Method::POST, uri, move |body| assert_eq!(body, &want), Reply::Echo)
+}
+
+/// A list answered with `items`.
+pub fn list(uri: String, items: &[Value]) -> Call {
+    let reply = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "9"}, "items": items});
+    Call::new(Method::GET, uri, |body| assert!(body.is_null(), "a list has no body"), Reply::Json(reply))
 }
 
 // ---- Objects ----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 //! Service, a client Service, a StatefulSet and a PodDisruptionBudget, creates
 //! its credentials Secret once, and reports what it sees in `.status`.
 //!
-//! Pure parts (`children`, `credentials`, `diff`, `status`, `storage`) are separate from the
+//! Pure parts (`children`, `credentials`, `diff`, `managed_fields`, `status`, `storage`) are separate from the
 //! parts that talk to the API server (`reconciler`, `controller`, `leader`).
 
 pub mod children;
@@ -14,6 +14,7 @@ pub mod diff;
 pub mod error;
 pub mod http;
 pub mod leader;
+pub mod managed_fields;
 pub mod metrics;
 pub mod reconciler;
 pub mod status;

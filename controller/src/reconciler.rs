@@ -13,7 +13,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, Event as Finalizer};
@@ -31,7 +31,8 @@ use crate::children::{self, ChildKind, ClusterView};
 use crate::context::Context;
 use crate::credentials::{credentials_secret, system_password};
 use crate::diff::is_subset;
-use crate::error::{Error, backoff, has_code, is_not_found};
+use crate::error::{Error, backoff, foreign_owner, has_code, is_not_found};
+use crate::managed_fields;
 use crate::status::{Outcome, compute_status, needs_write};
 use crate::storage::{expansion_patch, expansions};
 
@@ -51,7 +52,10 @@ pub async fn reconcile(cluster: Arc<DatabaseCluster>, ctx: Arc<Context>) -> Resu
 }
 
 async fn reconcile_inner(cluster: &Arc<DatabaseCluster>, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let namespace = cluster.namespace().ok_or(Error::MissingMetadata { field: "metadata.namespace" })?;
+    let namespace = cluster.namespace().ok_or_else(|| Error::MissingMetadata {
+        object: children::display_name(cluster.meta()),
+        field: "metadata.namespace",
+    })?;
     let api: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
     let finalizing = cluster.meta().deletion_timestamp.is_some() && cluster.finalizers().iter().any(|f| f == FINALIZER);
     let outcome = finalizer::finalizer(&api, FINALIZER, cluster.clone(), |event| async {
@@ -81,7 +85,7 @@ async fn reconcile_inner(cluster: &Arc<DatabaseCluster>, ctx: &Arc<Context>) -> 
             debug!(cluster = %ObjectRef::from_obj(cluster.as_ref()), "cluster is already gone");
             Ok(Action::await_change())
         }
-        Err(err) => Err(Error::Finalizer(Box::new(err))),
+        Err(err) => Err(Error::Finalizer { cluster: children::display_name(cluster.meta()), source: Box::new(err) }),
     }
 }
 
@@ -141,11 +145,10 @@ async fn failed(
     credentials: Option<&str>,
     err: Error,
 ) -> Result<Action, Error> {
-    let message = err.to_string();
     let sts = cached(&ctx.stores.stateful_sets, view, ChildKind::StatefulSet);
-    match write_status(cluster, ctx, sts.as_deref(), Outcome::Failed(&message), credentials).await {
+    match write_status(cluster, ctx, sts.as_deref(), Outcome::Failed(&err), credentials).await {
         Ok(StatusWrite::Written) => {
-            publish(ctx, cluster, EventType::Warning, "ReconcileFailed", "Reconcile", message).await;
+            publish(ctx, cluster, EventType::Warning, err.reason(), "Reconcile", err.to_string()).await;
         }
         Ok(_) => {}
         Err(status_err) => warn!(error = %status_err, "could not record the failure in the status"),
@@ -230,7 +233,23 @@ async fn apply_children(
     Ok(Some(sts))
 }
 
-/// Applies `desired` unless `live` already contains all of it.
+/// Brings one child to `desired`: creates it when it is not in the cache,
+/// applies it when the cached child lacks a field we own, and otherwise
+/// makes no call.
+///
+/// stead writes only to objects it created. The caches hold only objects
+/// with our managed-by label, so a child missing from them is normally
+/// absent, and a plain create (POST) makes it. But the user's own object of
+/// the same name (say the Service `orders` they had before the cluster) is
+/// invisible to the caches too; server-side apply would merge into it
+/// wherever no other manager set a conflicting value, add our
+/// ownerReference, and the garbage collector would delete it with the
+/// cluster. A create never touches an existing object: its 409 means the
+/// name is taken, and unless the object turns out to be ours (created a
+/// moment ago, not yet in the cache) the cluster reports Degraded/ForeignChild
+/// and nothing is written. A cached child without our controller
+/// ownerReference is refused the same way. Only children we own are
+/// server-side-applied, forced, which takes back fields someone edited.
 async fn ensure<K>(
     cluster: &DatabaseCluster,
     ctx: &Context,
@@ -243,62 +262,121 @@ where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
 {
     let name = child.name(&view.name);
-    if let Some(live) = &live {
-        check_controller(live.meta(), view, child)?;
-        let live_json =
-            serde_json::to_value(live.as_ref()).map_err(|source| Error::Serialize { what: "live child", source })?;
-        if is_subset(&desired, &live_json) {
-            return Ok(live.clone());
-        }
-    }
-    // Force only over a child we know is ours (cached, controlled by this
-    // cluster): it takes back fields someone edited. A child missing from the
-    // cache is normally absent, and the apply creates it; but the caches only
-    // hold objects with our managed-by label, so an unlabelled object of the
-    // same name (the user's own Service `orders`, say) may exist. A forced
-    // apply would silently rewrite it and make it ours, and the garbage
-    // collector would delete it with the cluster. Unforced, the API server
-    // answers 409 instead when another manager set any field we would change.
-    let ours = live.is_some();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &view.namespace);
-    let params = if ours { PatchParams::apply(FIELD_MANAGER).force() } else { PatchParams::apply(FIELD_MANAGER) };
-    let applied = api.patch(&name, &params, &Patch::Apply(&desired)).await.map_err(|e| {
-        if !ours && has_code(&e, &[409]) {
-            Error::ForeignChild {
-                kind: child.kind(),
-                namespace: view.namespace.clone(),
-                name: name.clone(),
-                source: Box::new(e),
+    let live = match live {
+        Some(live) => live,
+        None => match create::<K>(ctx, view, child, &desired).await? {
+            Created::New(created) => {
+                ctx.metrics.count_apply(child.kind());
+                info!(cluster = %view.name, namespace = %view.namespace, child = %name, kind = child.kind(), "created child");
+                let note = format!("created {} {name}", child.kind());
+                let about = Some(created.object_ref(&()));
+                publish_about(ctx, cluster, EventType::Normal, "Created", "Create", note, about).await;
+                return Ok(created);
             }
-        } else {
-            Error::kube(format!("apply {} {}/{name}", child.kind(), view.namespace), e)
-        }
-    })?;
-    ctx.metrics.count_apply(child.kind());
-    let (reason, note) = match live {
-        None => ("Created", format!("created {} {name}", child.kind())),
-        Some(_) => ("Updated", format!("updated {} {name} to match the DatabaseCluster", child.kind())),
+            Created::Exists(ours) => ours,
+        },
     };
-    info!(cluster = %view.name, namespace = %view.namespace, child = %name, kind = child.kind(), reason, "applied child");
-    publish_about(ctx, cluster, EventType::Normal, reason, "Apply", note, Some(applied.object_ref(&()))).await;
+    if let Some(foreign) = foreign(live.meta(), view, child) {
+        return Err(foreign);
+    }
+    let live_json = serde_json::to_value(live.as_ref()).map_err(|source| Error::Serialize {
+        what: format!("the cached {} {}/{name}", child.kind(), view.namespace),
+        source,
+    })?;
+    if is_subset(&desired, &live_json) {
+        return Ok(live);
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &view.namespace);
+    // Fields our create recorded as an update first become fields of our
+    // apply, or a field we stop applying would stay on the child forever.
+    if let Some(handover) = managed_fields::handover_patch(live.meta(), FIELD_MANAGER) {
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+        api.patch(&name, &params, &Patch::Merge(handover)).await.map_err(|e| {
+            Error::kube(
+                format!("hand the created fields of {} {}/{name} to its apply", child.kind(), view.namespace),
+                e,
+            )
+        })?;
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = api
+        .patch(&name, &params, &Patch::Apply(&desired))
+        .await
+        .map_err(|e| Error::kube(format!("apply {} {}/{name}", child.kind(), view.namespace), e))?;
+    ctx.metrics.count_apply(child.kind());
+    info!(cluster = %view.name, namespace = %view.namespace, child = %name, kind = child.kind(), "updated child");
+    let note = format!("updated {} {name} to match the DatabaseCluster", child.kind());
+    publish_about(ctx, cluster, EventType::Normal, "Updated", "Apply", note, Some(applied.object_ref(&()))).await;
     Ok(Arc::new(applied))
 }
 
-/// A cached child must be controlled by this cluster; we never take over someone else's object.
-fn check_controller(meta: &kube::api::ObjectMeta, view: &ClusterView, child: ChildKind) -> Result<(), Error> {
-    let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
-    match controller {
-        Some(owner) if owner.uid == view.uid => Ok(()),
-        other => Err(Error::ChildConflict {
-            kind: child.kind(),
-            namespace: view.namespace.clone(),
-            name: child.name(&view.name),
-            owner: other.map_or_else(
-                || "it has no controller".to_owned(),
-                |o| format!("controlled by {} {} uid {}", o.kind, o.name, o.uid),
-            ),
-        }),
+/// What creating a child found.
+enum Created<K> {
+    /// The create made it.
+    New(Arc<K>),
+    /// It exists already and is controlled by this cluster (our cache has not seen it yet).
+    Exists(Arc<K>),
+}
+
+/// Creates a child with a plain POST of exactly the apply body, so that
+/// later applies name the same fields.
+///
+/// A 409 means the name is taken. The object is then looked up (by name, a
+/// list: the controller may list children but not get them) to tell our own
+/// child, created by an earlier reconcile and not yet in the cache, from
+/// someone else's, which is refused without a write.
+async fn create<K>(ctx: &Context, view: &ClusterView, child: ChildKind, desired: &Value) -> Result<Created<K>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let name = child.name(&view.name);
+    let action = || format!("create {} {}/{name}", child.kind(), view.namespace);
+    let body = serde_json::to_vec(desired).map_err(|source| Error::Serialize {
+        what: format!("the desired {} {}/{name}", child.kind(), view.namespace),
+        source,
+    })?;
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
+    let request = kube::core::Request::new(K::url_path(&(), Some(&view.namespace)))
+        .create(&params, body)
+        .map_err(|e| Error::kube(action(), kube::Error::BuildRequest(e)))?;
+    let refused = match ctx.client.request::<K>(request).await {
+        Ok(created) => return Ok(Created::New(Arc::new(created))),
+        Err(e) if has_code(&e, &[409]) => e,
+        Err(e) => return Err(Error::kube(action(), e)),
+    };
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &view.namespace);
+    let found = api
+        .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+        .await
+        .map_err(|e| Error::kube(format!("look up {} {}/{name}", child.kind(), view.namespace), e))?;
+    match found.items.into_iter().next() {
+        Some(existing) => match foreign(existing.meta(), view, child) {
+            None => Ok(Created::Exists(Arc::new(existing))),
+            Some(foreign) => {
+                info!(cluster = %view.name, namespace = %view.namespace, child = %name, kind = child.kind(),
+                    "the child's name is taken by an object stead did not create; not touching it");
+                Err(foreign)
+            }
+        },
+        // Deleted between the create and the look-up: a conflict, retried soon.
+        None => Err(Error::kube(action(), refused)),
     }
+}
+
+/// The error for an object under a child's name that this cluster does not
+/// control; `None` when it is ours. We never take over someone else's object.
+fn foreign(meta: &kube::api::ObjectMeta, view: &ClusterView, child: ChildKind) -> Option<Error> {
+    let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    if controller.is_some_and(|owner| owner.uid == view.uid) {
+        return None;
+    }
+    Some(Error::ForeignChild {
+        kind: child.kind(),
+        namespace: view.namespace.clone(),
+        name: child.name(&view.name),
+        cluster: view.name.clone(),
+        found: foreign_owner(meta),
+    })
 }
 
 async fn remove_pdb(
@@ -307,7 +385,9 @@ async fn remove_pdb(
     view: &ClusterView,
     pdb: &PodDisruptionBudget,
 ) -> Result<(), Error> {
-    check_controller(&pdb.metadata, view, ChildKind::PodDisruptionBudget)?;
+    if let Some(foreign) = foreign(&pdb.metadata, view, ChildKind::PodDisruptionBudget) {
+        return Err(foreign);
+    }
     let name = ChildKind::PodDisruptionBudget.name(&view.name);
     let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &view.namespace);
     let params = DeleteParams {
@@ -496,6 +576,6 @@ async fn publish_about(
         secondary,
     };
     if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
-        warn!(cluster = %cluster.name_any(), reason, error = %e, "could not publish event");
+        warn!(cluster = %cluster.name_any(), reason, error = %crate::error::describe(&e), "could not publish event");
     }
 }

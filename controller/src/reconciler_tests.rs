@@ -78,14 +78,15 @@ async fn first_apply_creates_every_child_then_writes_status() {
                  the DatabaseCluster is deleted"
             );
         }),
-        // Nothing is cached yet: every apply is unforced, so it never takes over a foreign object.
-        apply(service_create_uri("orders-headless"), children::headless_service(&view)),
+        // Nothing is cached yet: every child is created with a POST of exactly its apply
+        // body, which can never change an object that exists already.
+        create(service_create_uri(), children::headless_service(&view)),
         created("Service", "orders-headless"),
-        apply(service_create_uri("orders"), children::client_service(&view)),
+        create(service_create_uri(), children::client_service(&view)),
         created("Service", "orders"),
-        apply(sts_create_uri(), children::stateful_set(&view, None).unwrap()),
+        create(sts_create_uri(), children::stateful_set(&view, None).unwrap()),
         created("StatefulSet", "orders"),
-        apply(pdb_create_uri(), children::pod_disruption_budget(&view)),
+        create(pdb_create_uri(), children::pod_disruption_budget(&view)),
         created("PodDisruptionBudget", "orders"),
         status_patch(&c, status_check),
     ]);
@@ -351,7 +352,7 @@ async fn api_error_is_surfaced_recorded_and_retried_with_backoff() {
     let c = finalized(cluster(spec()));
     let view = ClusterView::new(&c).unwrap();
     let (ctx, server) = context();
-    let mut failing = apply(service_create_uri("orders-headless"), children::headless_service(&view));
+    let mut failing = create(service_create_uri(), children::headless_service(&view));
     failing.reply = Reply::Status(503, "ServiceUnavailable");
     let server = server.expect(vec![
         create_secret(Reply::Echo),
@@ -362,8 +363,12 @@ async fn api_error_is_surfaced_recorded_and_retried_with_backoff() {
             assert_eq!(status["credentialsSecret"], SECRET);
             let (s, reason, message) = condition(status, "Degraded");
             assert_eq!((s.as_str(), reason.as_str()), ("True", "ReconcileFailed"));
-            assert!(message.starts_with("apply Service shop/orders-headless failed: "), "{message}");
-            assert!(message.contains("mock ServiceUnavailable"), "{message}");
+            assert_eq!(
+                message,
+                "create Service shop/orders-headless failed: the API server failed (503 ServiceUnavailable): mock \
+                 ServiceUnavailable; the API server is unavailable or overloaded; stead-controller retries with \
+                 backoff (check the API server if this persists)"
+            );
         }),
         event("ReconcileFailed", "Warning", |note| assert!(note.contains("orders-headless"), "{note}")),
     ]);
@@ -535,7 +540,8 @@ async fn grown_storage_patches_claims_and_keeps_the_template() {
 }
 
 #[tokio::test]
-async fn a_foreign_child_is_never_taken_over() {
+async fn a_cached_child_of_another_owner_is_never_written() {
+    // Labelled like ours (so cached), but controlled by another object: no write at all.
     let base = finalized(cluster(spec()));
     let mut services = live_services(&base);
     services[0].metadata.owner_references.as_mut().unwrap()[0].uid = "someone-else".into();
@@ -543,16 +549,17 @@ async fn a_foreign_child_is_never_taken_over() {
     let (ctx, server) = context_with(|w| w.seed([], services, [], []));
     let server = server.expect(vec![
         status_patch(&c, |status| {
-            let (_, reason, message) = condition(status, "Degraded");
-            assert_eq!(reason, "ReconcileFailed");
-            assert!(
-                message.contains(
-                    "Service shop/orders-headless already exists and is not controlled by this DatabaseCluster"
-                ),
-                "{message}"
+            let (s, reason, message) = condition(status, "Degraded");
+            assert_eq!((s.as_str(), reason.as_str()), ("True", "ForeignChild"));
+            assert_eq!(
+                message,
+                "Service shop/orders-headless already exists and is not controlled by DatabaseCluster shop/orders \
+                 (its controller is DatabaseCluster orders with uid someone-else); stead-controller never changes an \
+                 object it did not create, so it left it as it is. To fix this, rename the DatabaseCluster, or \
+                 delete or rename Service shop/orders-headless"
             );
         }),
-        event("ReconcileFailed", "Warning", |_| {}),
+        event("ForeignChild", "Warning", |note| assert!(note.starts_with("Service shop/orders-headless"), "{note}")),
     ]);
     let err = reconcile(Arc::new(c), ctx.clone()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflicting);
@@ -560,36 +567,194 @@ async fn a_foreign_child_is_never_taken_over() {
     verify(server).await;
 }
 
+/// The user's own Service `orders`, made with `kubectl apply` before the cluster: one port,
+/// no labels of ours, no ownerReferences.
+fn users_service() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": NAME, "namespace": NS, "uid": "uid-users", "resourceVersion": "3"},
+        "spec": {"ports": [{"name": "web", "port": 80, "protocol": "TCP", "targetPort": 80}], "type": "ClusterIP"},
+    })
+}
+
 #[tokio::test]
-async fn an_unlabelled_object_with_a_child_name_is_not_taken_over() {
-    // The user's own Service `orders` exists without our label, so the caches never see it.
-    // The unforced apply meets its fields; the API server answers 409 and we stop there.
+async fn an_object_of_the_same_name_that_stead_did_not_create_is_never_written() {
+    // Invisible to the caches (it lacks our label), so the create meets it: 409. The
+    // look-up shows it is not ours; the cluster is Degraded and the Service is left
+    // alone: no PATCH, no PUT, no DELETE (any further call fails the mock).
     let c = finalized(cluster(spec()));
     let view = ClusterView::new(&c).unwrap();
-    let (ctx, server) = context_with(|w| w.seed([], [], [], []));
-    let mut client = apply(service_create_uri("orders"), children::client_service(&view));
-    client.reply = Reply::Status(409, "Conflict");
+    let (ctx, server) = context();
+    let mut taken = create(service_create_uri(), children::client_service(&view));
+    taken.reply = Reply::Status(409, "AlreadyExists");
+    let written = Arc::new(std::sync::Mutex::new(Value::Null));
+    let keep = written.clone();
     let server = server.expect(vec![
         create_secret(Reply::Status(409, "AlreadyExists")),
-        apply(service_create_uri("orders-headless"), children::headless_service(&view)),
+        create(service_create_uri(), children::headless_service(&view)),
         event("Created", "Normal", |_| {}),
-        client,
+        taken,
+        list(service_lookup_uri(NAME), &[users_service()]),
+        status_patch(&c, move |status| {
+            let (s, reason, message) = condition(status, "Degraded");
+            assert_eq!((s.as_str(), reason.as_str()), ("True", "ForeignChild"));
+            assert_eq!(
+                message,
+                "Service shop/orders already exists and is not controlled by DatabaseCluster shop/orders (it has no \
+                 controller, and it lacks the label app.kubernetes.io/managed-by=stead-controller); stead-controller \
+                 never changes an object it did not create, so it left it as it is. To fix this, rename the \
+                 DatabaseCluster, or delete or rename Service shop/orders"
+            );
+            *keep.lock().unwrap() = status.clone();
+        }),
+        event("ForeignChild", "Warning", |note| {
+            assert!(note.starts_with("Service shop/orders already exists"), "{note}");
+        }),
+    ]);
+    let err = reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflicting);
+    drop(ctx);
+    verify(server).await;
+
+    // The retry asks again, without writing: no status write and no event once it is reported.
+    let mut again = c;
+    again.status = Some(serde_json::from_value(written.lock().unwrap().clone()).unwrap());
+    let base = again.clone();
+    let (ctx, server) = context_with(|w| w.seed([], [live_services(&base).remove(0)], [], []));
+    let mut taken = create(service_create_uri(), children::client_service(&view));
+    taken.reply = Reply::Status(409, "AlreadyExists");
+    let server = server.expect(vec![taken, list(service_lookup_uri(NAME), &[users_service()])]);
+    let err = reconcile(Arc::new(again), ctx.clone()).await.unwrap_err();
+    assert_eq!(err.reason(), "ForeignChild");
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_statefulset_of_the_same_name_that_stead_did_not_create_is_never_written() {
+    let c = finalized(cluster(spec()));
+    let base = c.clone();
+    let view = ClusterView::new(&c).unwrap();
+    let (ctx, server) = context_with(|w| w.seed([], live_services(&base), [], []));
+    let mut taken = create(sts_create_uri(), children::stateful_set(&view, None).unwrap());
+    taken.reply = Reply::Status(409, "AlreadyExists");
+    let users = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": NAME, "namespace": NS, "uid": "uid-users-sts", "labels": {"app": "legacy"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "legacy",
+                "uid": "uid-legacy", "controller": true}]},
+        "spec": {"selector": {"matchLabels": {"app": "legacy"}}, "serviceName": "legacy",
+            "template": {"metadata": {"labels": {"app": "legacy"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    });
+    let server = server.expect(vec![
+        create_secret(Reply::Status(409, "AlreadyExists")),
+        taken,
+        list(sts_lookup_uri(), &[users]),
         status_patch(&c, |status| {
             let (s, reason, message) = condition(status, "Degraded");
-            assert_eq!((s.as_str(), reason.as_str()), ("True", "ReconcileFailed"));
+            assert_eq!((s.as_str(), reason.as_str()), ("True", "ForeignChild"));
             assert!(
                 message.starts_with(
-                    "Service shop/orders already exists but was not created by stead-controller (it lacks the label \
-                     app.kubernetes.io/managed-by=stead-controller)"
+                    "StatefulSet shop/orders already exists and is not controlled by DatabaseCluster shop/orders (its \
+                     controller is Deployment legacy with uid uid-legacy, and it lacks the label"
                 ),
                 "{message}"
             );
-            assert!(message.ends_with("rename or delete it so that stead can manage it"), "{message}");
+            // No StatefulSet of ours: the cluster is not available, and says why.
+            assert_eq!(condition(status, "Available").1, "StatefulSetMissing");
         }),
-        event("ReconcileFailed", "Warning", |note| assert!(note.contains("Service shop/orders"), "{note}")),
+        event("ForeignChild", "Warning", |_| {}),
     ]);
     let err = reconcile(Arc::new(c), ctx.clone()).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Conflicting);
+    assert_eq!(err.reason(), "ForeignChild");
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_child_created_a_moment_ago_and_not_yet_cached_is_ours() {
+    // The PDB was created by the previous reconcile; its watch event has not reached the
+    // cache yet. The create's 409 and the look-up show our own PDB: nothing to change.
+    let base = finalized(cluster(spec()));
+    let sts = live_sts(&base, 3);
+    let c = settled(base.clone(), Some(&sts));
+    let view = ClusterView::new(&c).unwrap();
+    let (ctx, server) = context_with(|w| w.seed([sts.clone()], live_services(&base), [], []));
+    let mut taken = create(pdb_create_uri(), children::pod_disruption_budget(&view));
+    taken.reply = Reply::Status(409, "AlreadyExists");
+    let server = server.expect(vec![taken, list(pdb_lookup_uri(), &[serde_json::to_value(live_pdb(&base)).unwrap()])]);
+    assert_eq!(reconcile(Arc::new(c), ctx.clone()).await.unwrap(), resync());
+    drop(ctx);
+    verify(server).await;
+}
+
+/// `sts` as the API server stores it after our POST: the fields are owned by an
+/// `Update` of stead-controller, not by an apply.
+fn created_by_post(mut sts: StatefulSet) -> StatefulSet {
+    let entry = json!({
+        "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "manager": "stead-controller", "operation": "Update",
+        "time": "2025-01-10T09:00:00Z",
+        "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {
+            "k:{\"name\":\"database\"}": {".": {}, "f:resources": {"f:limits": {"f:memory": {}}}}}}}}},
+    });
+    sts.metadata.managed_fields = Some(vec![serde_json::from_value(entry).unwrap()]);
+    sts
+}
+
+#[tokio::test]
+async fn a_child_created_by_post_hands_its_fields_to_the_first_apply() {
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let limited = finalized(cluster(DatabaseClusterSpec {
+        resources: Some(ResourceRequirements {
+            limits: Some([("memory".to_owned(), Quantity("1Gi".into()))].into()),
+            ..Default::default()
+        }),
+        ..spec()
+    }));
+    let sts = created_by_post(live_sts(&limited, 3));
+
+    // At rest, the update entry changes nothing: no call at all.
+    let settled_limited = settled(limited.clone(), Some(&sts));
+    let seed = |sts: StatefulSet| {
+        let limited = limited.clone();
+        move |w: &mut crate::context::StoreWriters| {
+            w.seed([sts], live_services(&limited), [live_pdb(&limited)], []);
+        }
+    };
+    let (ctx, server) = context_with(seed(sts.clone()));
+    let server = server.expect(vec![]);
+    reconcile(Arc::new(settled_limited), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+
+    // The user removes spec.resources. Before the apply, the created fields become the
+    // apply's (conditional on the cached version), so the apply can remove the limits.
+    let mut c = finalized(cluster(spec()));
+    c.metadata.generation = Some(2);
+    let view = ClusterView::new(&c).unwrap();
+    let c = DatabaseCluster { status: settled(limited.clone(), Some(&sts)).status, ..c };
+    let mut applied_entry = serde_json::to_value(&sts.metadata.managed_fields.as_ref().unwrap()[0]).unwrap();
+    applied_entry["operation"] = json!("Apply");
+    let handover = Call::new(
+        Method::PATCH,
+        sts_patch_uri(),
+        move |body| {
+            assert_eq!(body, &json!({"metadata": {"resourceVersion": "7", "managedFields": [applied_entry]}}));
+        },
+        Reply::Json(serde_json::to_value(&sts).unwrap()),
+    );
+    let mut apply_call = apply(sts_uri(), children::stateful_set(&view, Some(&sts)).unwrap());
+    apply_call.reply = Reply::Json(serde_json::to_value(live_sts(&c, 3)).unwrap());
+    let (ctx, server) = context_with(seed(sts.clone()));
+    let server = server.expect(vec![
+        handover,
+        apply_call,
+        event("Updated", "Normal", |_| {}),
+        status_patch(&c, |status| assert_eq!(status["observedGeneration"], 2)),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
     drop(ctx);
     verify(server).await;
 }

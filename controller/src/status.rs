@@ -12,10 +12,17 @@ use k8s_openapi::jiff::Timestamp;
 use stead_crds::names::selector_string;
 use stead_crds::{DatabaseCluster, DatabaseClusterStatus, Verdict};
 
+use crate::error::Error;
+
 /// Condition types, in the order they are listed.
 pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+
+/// Reason of Degraded=True when a child's name is taken by an object stead did not create.
+pub const FOREIGN_CHILD: &str = "ForeignChild";
+/// Reason of Degraded=True for every other failure.
+pub const RECONCILE_FAILED: &str = "ReconcileFailed";
 
 /// Message of Progressing=False/Paused.
 pub const PAUSED_MESSAGE: &str = "reconciliation is paused (spec.paused=true); children are left as they are";
@@ -30,8 +37,8 @@ pub enum Outcome<'a> {
     Reconciled,
     /// The spec breaks the admission rules; no child was touched.
     Invalid(&'a Verdict),
-    /// Applying the children failed with this message.
-    Failed(&'a str),
+    /// Applying the children failed; the error gives the reason and the message.
+    Failed(&'a Error),
 }
 
 /// The status the cluster should have now.
@@ -190,7 +197,7 @@ fn degraded(outcome: Outcome<'_>) -> Proposed {
             let messages: Vec<String> = verdict.errors.iter().map(ToString::to_string).collect();
             proposed(DEGRADED, true, "InvalidSpec", messages.join("; "))
         }
-        Outcome::Failed(message) => proposed(DEGRADED, true, "ReconcileFailed", message),
+        Outcome::Failed(error) => proposed(DEGRADED, true, error.reason(), error.to_string()),
         Outcome::Reconciled => proposed(DEGRADED, false, "AsExpected", "no problems found"),
     }
 }
@@ -316,6 +323,19 @@ mod tests {
              spec.replicas: Invalid value: 12: must be between 1 and 9, inclusive",
         );
         let ok = row("False", "AsExpected", "no problems found");
+        let forbidden = Error::kube(
+            "apply StatefulSet shop/orders",
+            kube::Error::Api(Box::new(
+                kube::core::Status::failure("statefulsets.apps \"orders\" is forbidden", "Forbidden").with_code(403),
+            )),
+        );
+        let foreign = Error::ForeignChild {
+            kind: "Service",
+            namespace: "shop".into(),
+            name: "orders".into(),
+            cluster: "orders".into(),
+            found: "it has no controller".into(),
+        };
         let done = row("False", "Reconciled", "StatefulSet orders is up to date with 3 ready replicas");
         // (case, cluster, sts, outcome, Available, Progressing, Degraded)
         let rows = [
@@ -416,10 +436,31 @@ mod tests {
                 "apply failed",
                 cluster(4, 3),
                 Some(sts(3, 3, 3, 3)),
-                Outcome::Failed("apply StatefulSet shop/orders failed: forbidden"),
+                Outcome::Failed(&forbidden),
+                row("True", "AllReplicasReady", "3/3 replicas are ready"),
+                done.clone(),
+                row(
+                    "True",
+                    "ReconcileFailed",
+                    "apply StatefulSet shop/orders failed: the API server refused (403 Forbidden): statefulsets.apps \
+                     \"orders\" is forbidden; stead-controller is not allowed to do this: check its ClusterRole \
+                     (manifests/rbac) and any admission policy that refused the request; it retries every few minutes",
+                ),
+            ),
+            (
+                "foreign child",
+                cluster(4, 3),
+                Some(sts(3, 3, 3, 3)),
+                Outcome::Failed(&foreign),
                 row("True", "AllReplicasReady", "3/3 replicas are ready"),
                 done,
-                row("True", "ReconcileFailed", "apply StatefulSet shop/orders failed: forbidden"),
+                row(
+                    "True",
+                    "ForeignChild",
+                    "Service shop/orders already exists and is not controlled by DatabaseCluster shop/orders (it has \
+                     no controller); stead-controller never changes an object it did not create, so it left it as it \
+                     is. To fix this, rename the DatabaseCluster, or delete or rename Service shop/orders",
+                ),
             ),
         ];
         for (case, cluster, sts, outcome, want_a, want_p, want_d) in rows {
@@ -503,7 +544,8 @@ mod tests {
         let mut stored = fresh;
         stored.status = Some(ensured);
         let verdict = Verdict::default();
-        for outcome in [Outcome::Reconciled, Outcome::Failed("boom"), Outcome::Invalid(&verdict)] {
+        let failed = Error::MissingMetadata { object: "shop/orders".into(), field: "metadata.uid" };
+        for outcome in [Outcome::Reconciled, Outcome::Failed(&failed), Outcome::Invalid(&verdict)] {
             let next = compute_status(&stored, None, outcome, t(0), None);
             assert_eq!(next.credentials_secret.as_deref(), Some("orders-credentials"));
         }
@@ -518,7 +560,10 @@ mod tests {
 
     #[test]
     fn long_messages_are_cut() {
-        let long = "x".repeat(40_000);
+        let long = Error::kube(
+            "apply Service shop/orders",
+            kube::Error::Api(Box::new(kube::core::Status::failure(&"x".repeat(40_000), "Invalid").with_code(422))),
+        );
         let status = compute_status(&cluster(1, 1), None, Outcome::Failed(&long), t(0), None);
         let message = &condition(&status, DEGRADED).message;
         assert_eq!(message.len(), MAX_MESSAGE);
