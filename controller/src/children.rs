@@ -338,6 +338,8 @@ pub fn stateful_set(view: &ClusterView, live: Option<&StatefulSet>) -> Result<Va
             "template": {
                 "metadata": { "labels": child_labels(&view.name) },
                 "spec": {
+                    // The database never calls the Kubernetes API: no token in its pods.
+                    "automountServiceAccountToken": false,
                     "securityContext": {
                         "runAsNonRoot": true,
                         "runAsUser": RUN_AS,
@@ -545,6 +547,7 @@ mod tests {
             "spec.template.metadata.labels.app.kubernetes.io/instance".to_owned(),
             "spec.template.metadata.labels.app.kubernetes.io/managed-by".to_owned(),
             "spec.template.metadata.labels.app.kubernetes.io/name".to_owned(),
+            "spec.template.spec.automountServiceAccountToken".to_owned(),
             "spec.template.spec.securityContext.runAsNonRoot".to_owned(),
             "spec.template.spec.securityContext.runAsUser".to_owned(),
             "spec.template.spec.securityContext.runAsGroup".to_owned(),
@@ -593,6 +596,10 @@ mod tests {
         assert_eq!(sorted(paths(&sts)), with_meta(&specific));
         assert_eq!(sts["spec"]["serviceName"], "orders-headless");
         assert_eq!(sts["spec"]["replicas"], 3);
+        assert_eq!(
+            sts["spec"]["template"]["spec"]["automountServiceAccountToken"], false,
+            "database pods get no service account token"
+        );
         assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["image"], "postgres:17.2");
         assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["tcpSocket"]["port"], 5432);
         assert_eq!(
