@@ -52,24 +52,29 @@ async fn main() -> anyhow::Result<()> {
 
     let leadership = if cli.leader_elect {
         let namespace = lease_namespace(client.default_namespace());
-        Leadership::elect(client.clone(), &namespace, &identity)
-            .await
-            .with_context(|| format!("cannot use the Lease stead-controller in namespace {namespace}"))?
+        Leadership::elect(client.clone(), &namespace, &identity).await?
     } else {
         Leadership::always()
     };
     info!(namespace = cli.namespace.as_deref().unwrap_or("<all>"), leader_elect = cli.leader_elect, "starting");
 
+    // SIGTERM closes the reconcile queue; `run` returns once the reconciles in
+    // flight have finished, so nothing writes any more. Only then is the lease
+    // released, and a standby takes over at its next read (about a second)
+    // without ever working alongside this replica.
     let controller = run(ctx, informers, leadership.subscribe(), shutdown.clone().cancelled_owned());
-    let outcome = tokio::select! {
-        r = controller => r,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => {
-            warn!(after = ?DRAIN, "reconciles did not finish in time; stopping anyway");
-            Ok(())
-        }
+    let (outcome, drained) = tokio::select! {
+        r = controller => (r, true),
+        () = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => (Ok(()), false),
     };
     shutdown.cancel();
-    leadership.release().await;
+    if drained {
+        leadership.release().await;
+    } else {
+        // A request of a reconcile we just dropped may still land: let the lease run out instead.
+        warn!(after = ?DRAIN, "reconciles did not finish in time; stopping without releasing the lease");
+        leadership.abandon();
+    }
     for server in [health, metrics] {
         if let Ok(Err(e)) = server.await {
             warn!(error = %e, "HTTP server failed");
