@@ -42,6 +42,57 @@ pub fn credentials_secret_name(cluster: &str) -> String {
     format!("{cluster}{CREDENTIALS_SUFFIX}")
 }
 
+/// Key of the superuser's name in the credentials Secret.
+pub const USERNAME_KEY: &str = "username";
+
+/// Key of the superuser's password in the credentials Secret.
+pub const PASSWORD_KEY: &str = "password";
+
+/// Key of the replication role's password in the credentials Secret.
+pub const REPLICATION_PASSWORD_KEY: &str = "replication-password";
+
+/// Key of the bearer token the controller presents to every instance manager.
+pub const CONTROLLER_TOKEN_KEY: &str = "controller-token";
+
+/// The superuser when the Secret names none (the official image's).
+pub const DEFAULT_SUPERUSER: &str = "postgres";
+
+/// The role replicas stream and clone as (`REPLICATION LOGIN`, nothing else).
+pub const REPLICATION_USER: &str = "streaming_replica";
+
+/// Port of the instance manager's HTTPS API in every database pod.
+pub const INSTANCE_API_PORT: u16 = 8000;
+
+/// postgresql.conf parameters the instance manager sets itself.
+///
+/// Replication, the listening sockets and the location of the files stead
+/// writes depend on them, so a user's value is never used: the webhook refuses
+/// them in the cluster's parameters, and the instance manager, which passes
+/// them on postgres's command line (the highest precedence, above
+/// `ALTER SYSTEM`), drops any that reach it. Lower case, sorted.
+pub const OWNED_PARAMETERS: &[&str] = &[
+    "cluster_name",
+    "config_file",
+    "data_directory",
+    "hba_file",
+    "hot_standby",
+    "listen_addresses",
+    "max_replication_slots",
+    "max_wal_senders",
+    "port",
+    "primary_conninfo",
+    "primary_slot_name",
+    "unix_socket_directories",
+    "wal_keep_size",
+    "wal_level",
+    "wal_log_hints",
+];
+
+/// Whether `parameter` (any case, as postgres compares names) is one stead owns.
+pub fn is_owned_parameter(parameter: &str) -> bool {
+    OWNED_PARAMETERS.iter().any(|owned| owned.eq_ignore_ascii_case(parameter))
+}
+
 /// Labels that select the pods of one cluster; also the status selector.
 pub fn selector_labels(cluster: &str) -> std::collections::BTreeMap<String, String> {
     [
@@ -117,6 +168,17 @@ mod tests {
     #[test]
     fn credentials_secret_is_named_after_the_cluster() {
         assert_eq!(credentials_secret_name("orders"), "orders-credentials");
+    }
+
+    #[test]
+    fn owned_parameters_are_sorted_lower_case_and_unique() {
+        let mut sorted = OWNED_PARAMETERS.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, OWNED_PARAMETERS);
+        assert!(OWNED_PARAMETERS.iter().all(|p| p.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+        assert!(is_owned_parameter("Wal_Level"));
+        assert!(!is_owned_parameter("work_mem"));
     }
 
     #[test]
