@@ -1,0 +1,90 @@
+//! The API's TLS: a certificate made at start, in memory, and the HTTPS server.
+//!
+//! Each start makes a fresh CA and a leaf for the pod's names (stead-certs),
+//! and nothing is written to disk. Clients do not verify it against a CA
+//! they know (there is none to distribute); the bearer token authenticates
+//! the controller and TLS keeps the token and the answers private.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use stead_certs::{ALPN_H2, ALPN_HTTP1, CertificateAuthority, PROTOCOL_VERSIONS, crypto_provider, pem};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::error::Error;
+use crate::settings::Settings;
+
+/// Validity of the generated certificate; a restart makes a new one.
+pub const CERT_VALIDITY_DAYS: u32 = 365;
+/// Time a new connection gets to send its first request.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// In-flight requests get this long to finish at shutdown.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// The names the certificate is for: the pod, its DNS names under the
+/// headless Service, localhost, and the listening address when specific.
+pub fn serving_names(settings: &Settings) -> (Vec<String>, Vec<IpAddr>) {
+    let pod = &settings.pod_name;
+    let headless = stead_crds::names::headless_service_name(&settings.cluster);
+    let ns = &settings.namespace;
+    let dns = vec![
+        pod.clone(),
+        format!("{pod}.{headless}"),
+        format!("{pod}.{headless}.{ns}"),
+        format!("{pod}.{headless}.{ns}.svc"),
+        format!("{pod}.{headless}.{ns}.svc.cluster.local"),
+        "localhost".to_owned(),
+    ];
+    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+    let listen = settings.api_listen.ip();
+    if !listen.is_unspecified() && !ips.contains(&listen) {
+        ips.push(listen);
+    }
+    (dns, ips)
+}
+
+/// A rustls server configuration with a freshly generated certificate.
+pub fn tls_config(settings: &Settings) -> Result<rustls::ServerConfig, Error> {
+    let ca = CertificateAuthority::generate("stead-instance", CERT_VALIDITY_DAYS)?;
+    let (dns, ips) = serving_names(settings);
+    let leaf = ca.issue_serving(&dns, &ips, CERT_VALIDITY_DAYS)?;
+    let mut chain = pem::parse_certificates(leaf.cert_pem.as_bytes(), "generated serving certificate")?;
+    chain.extend(pem::parse_certificates(ca.cert_pem().as_bytes(), "generated CA certificate")?);
+    let key = pem::parse_private_key(leaf.key_pem.as_bytes(), "generated serving key")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .map_err(|cause| stead_certs::CertError::Tls { config: "server", cause })?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|cause| stead_certs::CertError::Tls { config: "server", cause })?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    Ok(config)
+}
+
+/// Serves `router` over HTTPS on `listener` until `stop` is cancelled.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    config: rustls::ServerConfig,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let address: Option<SocketAddr> = listener.local_addr().ok();
+    let handle: Handle<SocketAddr> = Handle::new();
+    let drain = handle.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        drain.graceful_shutdown(Some(GRACE));
+    });
+    info!(address = ?address, "serving the instance API over HTTPS");
+    axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(Arc::new(config)))?
+        .handle(handle)
+        .first_request_timeout(FIRST_REQUEST_TIMEOUT)
+        .serve(router.into_make_service())
+        .await
+}
