@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod reconciler;
 pub mod status;
 pub mod storage;
+pub mod topology;
 
 #[cfg(test)]
 mod fixtures;

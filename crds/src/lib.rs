@@ -9,6 +9,7 @@ pub mod crd;
 pub mod defaults;
 pub mod field_error;
 pub mod image;
+pub mod instance_api;
 pub mod names;
 pub mod quantity;
 pub mod validation;
