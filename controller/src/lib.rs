@@ -13,6 +13,8 @@ pub mod credentials;
 pub mod diff;
 pub mod error;
 pub mod http;
+pub mod instances;
+pub mod keys;
 pub mod leader;
 pub mod managed_fields;
 pub mod metrics;
