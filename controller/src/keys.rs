@@ -210,7 +210,7 @@ mod tests {
     fn the_serving_certificate_covers_every_pod_of_the_cluster() {
         let (keys, _) = ControllerKeys::generate().unwrap();
         let serving = keys.serving_certificate("shop", "orders").unwrap();
-        let pem = serving.cert_pem.clone();
+        let pem = serving.cert_pem;
         let der = stead_certs::pem::parse_certificates(pem.as_bytes(), "test").unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(der[0].as_ref()).unwrap();
         let names: Vec<String> = cert
