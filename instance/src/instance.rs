@@ -34,6 +34,9 @@ use crate::shutdown::Mode;
 use crate::status::{self, Derived, Observation};
 use crate::supervisor::{Launch, Phase, Supervisor};
 
+/// pg_controldata only reads one file; it runs inside a status request.
+const CONTROLDATA_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How a new instance gets its data (`POST /bootstrap`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
@@ -178,7 +181,7 @@ impl Instance {
     async fn controldata(&self) -> Option<ControlData> {
         let mut command = Command::new(self.settings.program("pg_controldata"));
         command.arg("-D").arg(&self.settings.pgdata).env("LC_ALL", "C");
-        match process::run(&self.reaper, command, Duration::from_secs(10), &self.cancel).await {
+        match process::run(&self.reaper, command, CONTROLDATA_TIMEOUT, &self.cancel).await {
             Ok(output) if output.exit.success() => Some(ControlData::parse(&output.stdout)),
             Ok(output) => {
                 warn!(exit = %output.exit, stderr = %process::tail(&output.stderr, 3), "pg_controldata failed");
@@ -327,7 +330,8 @@ impl Instance {
     async fn run_tool(&self, program: &'static str, command: Command, timeout: Duration) -> Result<(), Error> {
         let output = process::run(&self.reaper, command, timeout, &self.cancel).await?;
         if output.exit.success() {
-            info!(program, "finished");
+            let said = process::tail(&format!("{}\n{}", output.stdout, output.stderr), 4);
+            info!(program, output = %said, "finished");
             Ok(())
         } else {
             let mut text = process::tail(&output.stderr, 6);
@@ -460,6 +464,8 @@ impl Instance {
         }
         datadir::remove_upstream(&self.settings.pgdata)
             .map_err(Error::io("remove the upstream record in", &self.settings.pgdata))?;
+        // Also when already primary: a retry after a failed checkpoint must still make it.
+        self.db.checkpoint(&self.superuser(), self.settings.timeouts.promote).await?;
         self.ensure_roles().await?;
         Ok(self.status().await)
     }

@@ -181,6 +181,16 @@ impl Db {
 pub const QUIET: &str =
     "SET log_statement = 'none'; SET log_min_duration_statement = -1; SET log_min_error_statement = 'panic'";
 
+impl Db {
+    /// `CHECKPOINT`. After a promotion it writes the new timeline into
+    /// pg_control, which is where pg_rewind (PostgreSQL 15 and older) reads a
+    /// source server's timeline: without it a rewind onto a just-promoted
+    /// primary finds "the same timeline" and does nothing.
+    pub async fn checkpoint(&self, user: &str, limit: Duration) -> Result<(), Error> {
+        self.execute(user, "run a checkpoint", None, "CHECKPOINT", limit).await.map(drop)
+    }
+}
+
 /// The SQL of [`Db::ensure_roles`], verifiers already computed; run after [`QUIET`].
 pub fn ensure_roles_sql(superuser: &str, su_verifier: &str, replication_user: &str, repl_verifier: &str) -> String {
     let repl = quote_ident(replication_user);
