@@ -169,7 +169,11 @@ fn measure(
         controller_binary,
         &layout.controller_kubeconfig(),
         &layout.logs(),
-        &ControllerOptions { namespace: Some(namespace.clone()), concurrency: settings.concurrency },
+        &ControllerOptions {
+            namespace: Some(namespace.clone()),
+            concurrency: settings.concurrency,
+            ..Default::default()
+        },
     )?;
     let seconds =
         wait::until(&format!("{clusters} clusters in {namespace} to be reconciled"), RECONCILE_TIMEOUT, || {

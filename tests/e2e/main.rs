@@ -10,6 +10,7 @@
 //! runs a subset; see `support::assets` for the other variables.
 
 mod clusters;
+mod ownership;
 mod scenarios;
 mod suite;
 mod support;

@@ -13,6 +13,7 @@ use crate::clusters::{
     minimal_spec, patch_statefulset_ready, spec_with_replicas, text, wait_for_condition, wait_for_field,
     wait_for_object, wait_until_gone,
 };
+use crate::ownership;
 use crate::support::audit::{self, AuditCounts};
 use crate::support::credentials::CONTROLLER_USER;
 use crate::support::kubectl::{Kubectl, table};
@@ -36,6 +37,10 @@ pub struct Ctx<'a> {
     pub audit_log: PathBuf,
     /// kube-controller-manager runs, so ownerReferences are garbage-collected.
     pub garbage_collection: bool,
+    /// For scenarios that run more controllers: the binary, its user's kubeconfig, the log directory.
+    pub controller_binary: PathBuf,
+    pub controller_kubeconfig: PathBuf,
+    pub log_dir: PathBuf,
 }
 
 /// One named scenario.
@@ -45,7 +50,7 @@ pub struct Scenario {
 }
 
 /// All scenarios, in order.
-pub const SCENARIOS: [Scenario; 11] = [
+pub const SCENARIOS: [Scenario; 13] = [
     Scenario { name: "defaulting", run: defaulting },
     Scenario { name: "invalid-specs-refused", run: invalid_specs_refused },
     Scenario { name: "server-dry-run-same-answers", run: server_dry_run_same_answers },
@@ -56,6 +61,8 @@ pub const SCENARIOS: [Scenario; 11] = [
     Scenario { name: "printer-columns", run: printer_columns },
     Scenario { name: "deletion-protection-and-finalizer", run: deletion_protection_and_finalizer },
     Scenario { name: "no-writes-while-nothing-changes", run: no_writes_while_nothing_changes },
+    Scenario { name: "foreign-objects-are-never-adopted", run: ownership::foreign_objects_are_never_adopted },
+    Scenario { name: "leader-handover", run: ownership::leader_handover },
     Scenario { name: "invalid-spec-without-webhook-is-degraded", run: degraded_without_webhook },
 ];
 

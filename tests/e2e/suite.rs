@@ -90,7 +90,15 @@ fn run_scenarios(
 
     let only = only_filter(env::var(ONLY_ENV).ok().as_deref());
     let garbage_collection = control_plane.has_controller_manager();
-    let mut ctx = Ctx { kubectl, controller, audit_log: layout.audit_log(), garbage_collection };
+    let mut ctx = Ctx {
+        kubectl,
+        controller,
+        audit_log: layout.audit_log(),
+        garbage_collection,
+        controller_binary: controller_binary.to_path_buf(),
+        controller_kubeconfig: layout.controller_kubeconfig(),
+        log_dir: layout.logs(),
+    };
     let mut failed = Vec::new();
     let mut ran = 0;
     for scenario in SCENARIOS.iter().filter(|s| selected(&only, s.name)) {

@@ -72,6 +72,52 @@ pub fn count(log: &str, username: &str) -> AuditCounts {
     counts
 }
 
+/// One object, as an audit event's `objectRef` names it.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectRef<'a> {
+    /// The plural resource, e.g. `services`.
+    pub resource: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+/// The requests of `username` that would change the existing object
+/// `object` (update, patch, delete), as `verb requestURI`. A create names no
+/// object in the RequestReceived stage, and cannot change an existing one.
+pub fn changes_to(log: &str, username: &str, object: ObjectRef<'_>) -> Vec<String> {
+    let complete = match log.rfind('\n') {
+        Some(end) => &log[..end],
+        None => "",
+    };
+    complete
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event.pointer("/user/username").and_then(Value::as_str) == Some(username))
+        .filter(|event| {
+            let field = |name: &str| event.pointer(&format!("/objectRef/{name}")).and_then(Value::as_str);
+            field("resource") == Some(object.resource)
+                && field("namespace") == Some(object.namespace)
+                && field("name") == Some(object.name)
+                && field("subresource").is_none()
+        })
+        .filter_map(|event| {
+            let verb = event.get("verb").and_then(Value::as_str)?;
+            ["update", "patch", "delete"]
+                .contains(&verb)
+                .then(|| format!("{verb} {}", event.get("requestURI").and_then(Value::as_str).unwrap_or_default()))
+        })
+        .collect()
+}
+
+/// [`changes_to`] over the log file; no file yet means no requests.
+pub fn read_changes_to(path: &Path, username: &str, object: ObjectRef<'_>) -> anyhow::Result<Vec<String>> {
+    match fs::read_to_string(path) {
+        Ok(log) => Ok(changes_to(&log, username, object)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(err).with_context(|| format!("reading the audit log {}", path.display())),
+    }
+}
+
 /// [`count`] over the log file; no file yet means no requests.
 pub fn read_counts(path: &Path, username: &str) -> anyhow::Result<AuditCounts> {
     match fs::read_to_string(path) {
@@ -120,6 +166,35 @@ mod tests {
         let log = format!("{whole}\nnot json\n{partial}");
         assert_eq!(count(&log, "stead-controller"), AuditCounts { requests: 1, writes: 1 });
         assert_eq!(count("", "stead-controller"), AuditCounts::default());
+    }
+
+    #[test]
+    fn changes_to_one_object_are_found_by_its_reference() {
+        let on = |user: &str, verb: &str, resource: &str, name: &str, subresource: Option<&str>| {
+            let mut e: Value = serde_json::from_str(&event(user, verb)).unwrap();
+            e["requestURI"] = json!(format!("/api/v1/namespaces/shop/{resource}/{name}"));
+            e["objectRef"] = json!({"resource": resource, "namespace": "shop", "name": name, "apiVersion": "v1"});
+            if let Some(sub) = subresource {
+                e["objectRef"]["subresource"] = json!(sub);
+            }
+            e.to_string()
+        };
+        let log = [
+            on("stead-controller", "patch", "services", "shop", None),
+            on("stead-controller", "get", "services", "shop", None),
+            on("stead-controller", "create", "services", "", None),
+            on("stead-controller", "patch", "services", "shop-headless", None),
+            on("stead-controller", "update", "services", "shop", Some("status")),
+            on("admin", "delete", "services", "shop", None),
+            on("stead-controller", "delete", "services", "shop", None),
+        ]
+        .join("\n")
+            + "\n";
+        let shop = ObjectRef { resource: "services", namespace: "shop", name: "shop" };
+        assert_eq!(
+            changes_to(&log, "stead-controller", shop),
+            ["patch /api/v1/namespaces/shop/services/shop", "delete /api/v1/namespaces/shop/services/shop"]
+        );
     }
 
     #[test]

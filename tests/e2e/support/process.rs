@@ -133,6 +133,23 @@ impl ManagedProcess {
         vm_hwm_bytes(&status).with_context(|| format!("{path} has no VmHWM line"))
     }
 
+    /// Sends `signal` (`TERM`, `KILL`, …) by pid, without waiting; fails when it is not running.
+    pub fn signal(&mut self, signal: &str) -> anyhow::Result<()> {
+        if let Some(status) = self.exit_status()? {
+            bail!("{} exited already ({status}); cannot send SIG{signal}", self.name);
+        }
+        // Until it is reaped the pid cannot be reused, so this signals our child.
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), pid.clone()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .with_context(|| format!("running kill -{signal} {pid}"))?;
+        anyhow::ensure!(sent.success(), "kill -{signal} {pid} ({}) failed: {sent}", self.name);
+        Ok(())
+    }
+
     /// Stops the process: SIGTERM by pid, up to [`GRACE_PERIOD`] to exit,
     /// then SIGKILL; always reaps it.
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {

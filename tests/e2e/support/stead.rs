@@ -33,6 +33,8 @@ pub const VALIDATING_WEBHOOK: &str = "validate.stead.dev";
 pub const RECONCILES_TOTAL: &str = "stead_controller_reconciles_total";
 pub const STATUS_WRITES_TOTAL: &str = "stead_controller_status_writes_total";
 pub const CHILD_APPLIES_TOTAL: &str = "stead_controller_child_applies_total";
+/// 1 while the controller reconciles (holds the lease), 0 while it stands by.
+pub const LEADER: &str = "stead_controller_leader";
 
 /// Text only the validating webhook produces for `spec.storage.size: 10GB`
 /// (the CRD schema accepts any short string there).
@@ -256,6 +258,15 @@ pub struct ControllerOptions {
     pub namespace: Option<String>,
     /// `--concurrency`.
     pub concurrency: Option<u32>,
+    /// `--leader-elect`, as this identity (`POD_NAME`), on the Lease in this namespace (`POD_NAMESPACE`).
+    pub leader_elect: Option<LeaderElection>,
+}
+
+/// Who competes for the Lease, and where it is.
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    pub identity: String,
+    pub lease_namespace: String,
 }
 
 /// stead-controller's command line.
@@ -272,7 +283,20 @@ pub fn controller_args(health_port: u16, metrics_port: u16, options: &Controller
     if let Some(concurrency) = options.concurrency {
         args.extend(["--concurrency".to_owned(), concurrency.to_string()]);
     }
+    if options.leader_elect.is_some() {
+        args.push("--leader-elect".to_owned());
+    }
     args
+}
+
+/// The environment of the controller: its kubeconfig, and who it is in the Lease.
+pub fn controller_env(kubeconfig: &Path, options: &ControllerOptions) -> Vec<(String, std::ffi::OsString)> {
+    let mut env = vec![("KUBECONFIG".to_owned(), kubeconfig.as_os_str().to_owned())];
+    if let Some(election) = &options.leader_elect {
+        env.push(("POD_NAME".to_owned(), election.identity.clone().into()));
+        env.push(("POD_NAMESPACE".to_owned(), election.lease_namespace.clone().into()));
+    }
+    env
 }
 
 /// The controller's counters at one moment; `None` for a counter it does not
@@ -312,11 +336,16 @@ impl Controller {
         options: &ControllerOptions,
     ) -> anyhow::Result<Self> {
         let [health_port, metrics_port] = free_ports().context("finding free loopback ports for stead-controller")?;
+        // Each replica of a leader-elected pair logs to its own file.
+        let name = match &options.leader_elect {
+            Some(election) => format!("{CONTROLLER_BINARY}-{}", election.identity),
+            None => CONTROLLER_BINARY.to_owned(),
+        };
         let process = ManagedProcess::spawn(
-            CONTROLLER_BINARY,
+            &name,
             binary,
             &controller_args(health_port, metrics_port, options),
-            [("KUBECONFIG", kubeconfig.as_os_str())],
+            controller_env(kubeconfig, options),
             log_dir,
         )?;
         Ok(Self {
@@ -345,6 +374,13 @@ impl Controller {
         Ok(Counters::parse(&response.body))
     }
 
+    /// Whether the controller leads (its `stead_controller_leader` gauge is 1).
+    pub fn leads(&self) -> anyhow::Result<bool> {
+        let response = self.metrics.get("/metrics", None)?;
+        anyhow::ensure!(response.status == 200, "{} answered {}", self.metrics.url("/metrics"), response.status);
+        Ok(metrics::sum(&response.body, LEADER) == Some(1.0))
+    }
+
     /// Fails, with the end of its log, when the controller has exited.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         self.process.ensure_running()
@@ -353,6 +389,11 @@ impl Controller {
     /// The process (pid, peak RSS, logs).
     pub fn process(&self) -> &ManagedProcess {
         &self.process
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) and returns at once; [`Self::stop`] reaps it.
+    pub fn signal(&mut self, signal: &str) -> anyhow::Result<()> {
+        self.process.signal(signal)
     }
 
     /// Stops the controller (SIGTERM, then SIGKILL).
@@ -435,14 +476,36 @@ mod tests {
     fn controller_flags_follow_the_options() {
         let plain = controller_args(8081, 8080, &ControllerOptions::default());
         assert_eq!(plain, ["--health-listen", "127.0.0.1:8081", "--metrics-listen", "127.0.0.1:8080"]);
-        let scoped =
-            controller_args(1, 2, &ControllerOptions { namespace: Some("bench-100".to_owned()), concurrency: Some(8) });
+        let scoped = controller_args(
+            1,
+            2,
+            &ControllerOptions { namespace: Some("bench-100".to_owned()), concurrency: Some(8), ..Default::default() },
+        );
         assert!(scoped.ends_with(&[
             "--namespace".to_owned(),
             "bench-100".to_owned(),
             "--concurrency".to_owned(),
             "8".to_owned()
         ]));
+    }
+
+    #[test]
+    fn a_leader_elected_controller_says_who_it_is_and_where_the_lease_is() {
+        let options = ControllerOptions {
+            leader_elect: Some(LeaderElection {
+                identity: "e2e-a".to_owned(),
+                lease_namespace: "e2e-lease".to_owned(),
+            }),
+            ..Default::default()
+        };
+        assert!(controller_args(1, 2, &options).ends_with(&["--leader-elect".to_owned()]));
+        let env = controller_env(Path::new("/w/c.kubeconfig"), &options);
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["KUBECONFIG", "POD_NAME", "POD_NAMESPACE"]);
+        assert_eq!(env[1].1, "e2e-a");
+        let plain = controller_env(Path::new("/w/c.kubeconfig"), &ControllerOptions::default());
+        assert_eq!(plain.len(), 1, "without leader election only the kubeconfig");
+        assert!(!controller_args(1, 2, &ControllerOptions::default()).contains(&"--leader-elect".to_owned()));
     }
 
     #[test]
