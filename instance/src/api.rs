@@ -1,22 +1,54 @@
 //! The HTTPS API the controller (and the kubelet's probes) talk to.
 //!
-//! | Route | Auth | Answer |
-//! |---|---|---|
-//! | `GET /healthz` | none | 200 `ok`; 503 once postgres crashed and is not restarted any more |
-//! | `GET /readyz` | none | 200 `ok` when postgres accepts connections (and a replica streams); else 503 |
-//! | `GET /status` | bearer | 200 [`Status`] |
-//! | `POST /bootstrap` | bearer | body [`Bootstrap`]; 200 [`Status`] |
-//! | `POST /promote` | bearer | 200 [`Status`] |
-//! | `POST /demote` | bearer | body [`Demote`]; 200 [`Status`] |
+//! | Route | Auth | Body | Answer |
+//! |---|---|---|---|
+//! | `GET /healthz` | none | | 200 `ok`; 503 once postgres crashed and is not restarted any more |
+//! | `GET /readyz` | none | | 200 `ok` when postgres accepts connections (and a replica streams); else 503 with the reason |
+//! | `GET /status` | bearer | | 200 [`Status`] |
+//! | `POST /bootstrap` | bearer | [`Bootstrap`] | 200 [`Status`] once postgres accepts connections |
+//! | `POST /promote` | bearer | none | 200 [`Status`] (already primary: the same, nothing done) |
+//! | `POST /demote` | bearer | [`Demote`] (may be empty) | 200 [`Status`] once postgres accepts connections as a replica |
+//!
+//! Bodies (camelCase JSON; unknown fields are refused):
+//!
+//! ```text
+//! POST /bootstrap  {"mode":"initdb"}
+//!                  {"mode":"clone","primaryHost":"orders-rw","primaryPort":5432}   host/port optional:
+//!                                                      STEAD_PRIMARY_HOST / STEAD_PG_PORT
+//! POST /demote     {"primaryHost":"orders-1.orders-headless","primaryPort":5432}    same defaults
+//! GET  /status  -> {"podName":"orders-1","role":"replica","postmaster":"running","ready":true,
+//!                   "timeline":2,"systemIdentifier":"7393517237520473112",
+//!                   "currentLsn":"0/3000060","receivedLsn":"0/3000060","replayedLsn":"0/3000060",
+//!                   "lagBytes":0,"streaming":true,"primaryHost":"orders-rw","restarts":0,
+//!                   "pendingRestart":false}
+//! ```
+//!
+//! `role` is `primary` | `replica` | `bootstrapping` | `stopped`; `postmaster`
+//! is `running` | `starting` | `stopped` | `crashed`; what each field means
+//! exactly is in [`crate::status`].
+//!
+//! `/bootstrap` never touches existing data: with a database in PGDATA it
+//! answers 200 and the status when that database matches the mode (a
+//! primary's for `initdb`, a replica's — `standby.signal` — for `clone`), and
+//! 409 otherwise; PGDATA with files but no `PG_VERSION` is 409 too. A failed
+//! bootstrap leaves PGDATA as it was (empty) and can be retried.
+//!
+//! `/demote` is idempotent: a replica already streaming from that primary
+//! answers 200 without a restart. Otherwise postgres is stopped (fast),
+//! `standby.signal` is written, pg_rewind runs against the new primary as the
+//! superuser, and postgres starts as its replica. If pg_rewind fails,
+//! postgres is left stopped (500) and never comes back as a primary.
 //!
 //! Every error is `{"message": "..."}` saying what failed and what to do:
-//! 400 malformed request, 401 missing or wrong token, 404/405 unknown route
-//! or method, 409 the instance's state forbids it (nothing was changed), 413
-//! body over [`MAX_BODY_BYTES`], 500 the operation failed, 503 shutting down
-//! or not ready, 504 a bound was reached.
+//! 400 malformed request, 401 missing or wrong token (`Authorization: Bearer
+//! <controller-token>`), 404/405 unknown route or method, 408 body too slow,
+//! 409 the instance's state forbids it (nothing was changed; also "another
+//! operation is in progress"), 413 body over [`MAX_BODY_BYTES`], 500 the
+//! operation failed, 503 shutting down or not ready, 504 a bound was reached.
 //!
-//! Operations run in their own task: a client that disconnects does not
-//! cancel a half-done clone or rewind; it polls `GET /status` instead.
+//! Operations run one at a time, each in its own task: a client that
+//! disconnects does not cancel a half-done clone or rewind; it polls
+//! `GET /status` instead.
 //!
 //! [`Status`]: crate::status::Status
 //! [`Bootstrap`]: crate::instance::Bootstrap
@@ -142,7 +174,8 @@ async fn bootstrap(State(instance): State<Arc<Instance>>, request: Request) -> R
 }
 
 async fn promote(State(instance): State<Arc<Instance>>) -> Result<Response, ApiError> {
-    let bound = instance.settings().timeouts.promote + OPERATION_MARGIN;
+    let timeouts = instance.settings().timeouts;
+    let bound = timeouts.promote + timeouts.checkpoint + OPERATION_MARGIN;
     info!("POST /promote");
     operation(&instance, bound, |instance| async move { instance.promote().await }).await
 }

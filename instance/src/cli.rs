@@ -41,7 +41,7 @@ pub struct Cli {
     #[arg(long, env = "STEAD_PG_PORT", default_value_t = 5432)]
     pub pg_port: u16,
     /// Directory with postgres, initdb, pg_basebackup, pg_rewind, pg_controldata;
-    /// default: `pg_config --bindir`, else the newest /usr/lib/postgresql/<major>/bin, else PATH.
+    /// default: `pg_config --bindir`, else the newest `/usr/lib/postgresql/<major>/bin`, else PATH.
     #[arg(long, env = "STEAD_PG_BIN")]
     pub pg_bin: Option<PathBuf>,
     /// The mounted credentials Secret (files username, password, replication-password, controller-token).

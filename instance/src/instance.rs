@@ -449,6 +449,14 @@ impl Instance {
     /// `POST /promote`: makes this replica the primary. Idempotent.
     pub async fn promote(&self) -> Result<Derived, Error> {
         let _guard = self.begin("the promotion")?;
+        if !matches!(self.data_dir(), DataDir::Initialized { .. }) {
+            return Err(Error::Conflict("there is no database to promote; POST /bootstrap first".to_owned()));
+        }
+        if !matches!(self.supervisor.snapshot().phase, Phase::Running { .. }) {
+            return Err(Error::Conflict(
+                "postgres is not running; cannot promote now (GET /status says why), retry later".to_owned(),
+            ));
+        }
         let probe = self.db.probe(&self.superuser()).await.map_err(|err| {
             Error::Conflict(format!("postgres is not answering ({err}); cannot promote now, retry later"))
         })?;
@@ -465,7 +473,7 @@ impl Instance {
         datadir::remove_upstream(&self.settings.pgdata)
             .map_err(Error::io("remove the upstream record in", &self.settings.pgdata))?;
         // Also when already primary: a retry after a failed checkpoint must still make it.
-        self.db.checkpoint(&self.superuser(), self.settings.timeouts.promote).await?;
+        self.db.checkpoint(&self.superuser(), self.settings.timeouts.checkpoint).await?;
         self.ensure_roles().await?;
         Ok(self.status().await)
     }

@@ -17,7 +17,7 @@
 //! Around them: [`process`] (spawning and reaping, as PID 1 must),
 //! [`supervisor`] (the postmaster's lifecycle), [`pg`] (queries over the
 //! unix socket), [`instance`] (the operations), [`api`] and [`server`] (the
-//! HTTPS API), [`cli`] and [`settings`] (configuration), [`error`].
+//! HTTPS API), [`cli`] and [`settings`] (configuration), [`mod@error`].
 
 pub mod api;
 pub mod cli;

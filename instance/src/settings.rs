@@ -26,6 +26,8 @@ pub struct Timeouts {
     pub rewind: Duration,
     /// How long `pg_promote` waits for the promotion to finish.
     pub promote: Duration,
+    /// The checkpoint after a promotion (it writes what is dirty, so it can take a while).
+    pub checkpoint: Duration,
     /// How long an operation waits for postgres to accept connections after starting it.
     pub ready: Duration,
     /// Quick API requests (status, probes).
@@ -40,6 +42,7 @@ impl Default for Timeouts {
             basebackup: Duration::from_secs(6 * 3600),
             rewind: Duration::from_secs(3600),
             promote: Duration::from_secs(60),
+            checkpoint: Duration::from_secs(600),
             ready: Duration::from_secs(120),
             request: Duration::from_secs(10),
         }

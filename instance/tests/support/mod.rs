@@ -33,7 +33,10 @@ pub const REPLICATION_PASSWORD: &str = "repl:secret\\2";
 /// The PostgreSQL programs, or `None` (the caller prints the skip line).
 pub fn pg_bin() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("STEAD_PG_BIN") {
-        return Some(PathBuf::from(dir));
+        let dir = PathBuf::from(dir);
+        // Set by hand and wrong is a mistake to report, not a reason to skip.
+        assert!(dir.join("postgres").is_file(), "STEAD_PG_BIN={} has no postgres binary", dir.display());
+        return Some(dir);
     }
     stead_instance::settings::discover_pg_bin()
 }
