@@ -167,6 +167,24 @@ async fn primary_two_replicas_failover_and_rejoin() {
     writer.execute("INSERT INTO stead_it VALUES ('lost', 'only on the old primary')", &[]).await.unwrap();
     drop(writer);
 
+    // A demotion whose pg_rewind cannot reach the new primary leaves postgres
+    // stopped, and as a replica: it never comes back as a second primary.
+    let nowhere = format!(r#"{{"primaryHost":"127.0.0.1","primaryPort":{}}}"#, support::free_port());
+    let failed = primary.post("/demote", &nowhere).await;
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    let message = failed.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.starts_with("pg_rewind failed") && message.contains("left stopped as a replica"), "{message}");
+    assert!(primary.pgdata.join("standby.signal").exists());
+    let status = primary.status().await;
+    assert_eq!(
+        (status["role"].as_str(), status["postmaster"].as_str()),
+        (Some("stopped"), Some("stopped")),
+        "{status}"
+    );
+    assert_eq!(status["systemIdentifier"], system_identifier.as_str(), "pg_controldata reports a stopped instance");
+    assert_eq!(primary.request("GET", "/readyz", None, None).await.status, 503);
+    assert_eq!(primary.request("GET", "/healthz", None, None).await.status, 200);
+
     // 4. Demote the old primary onto the new one: pg_rewind, then streaming.
     let demote = format!(r#"{{"primaryHost":"127.0.0.1","primaryPort":{}}}"#, replica1.pg_port);
     let answer = primary.post("/demote", &demote).await;
@@ -188,6 +206,7 @@ async fn primary_two_replicas_failover_and_rejoin() {
     assert_eq!(answer.status, 200, "{}\n{}", answer.body, replica2.log());
     let value = read_eventually(&replica2, "second").await;
     assert_eq!(value, "written on the new primary");
+    assert_eq!(read_on(&replica2, "lost").await, None, "replica 2 had streamed the diverged row; rewound away");
     lap("demote + rewind");
 
     for manager in [&primary, &replica1, &replica2] {
