@@ -138,6 +138,35 @@ impl Reaper {
         }
     }
 
+    /// SIGKILL to every child of this process that nobody waits for: the
+    /// orphans a dead postmaster left (PostgreSQL backends are their own
+    /// process group leaders, so a group kill does not reach them). They are
+    /// ours because the manager is PID 1 or a child subreaper. Returns how
+    /// many were killed.
+    pub fn kill_orphans(&self) -> usize {
+        let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+        let mut killed = 0;
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
+            if waiting.contains_key(&pid) {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            if parent_pid(&stat) == Some(me)
+                && let Some(pid) = Pid::from_raw(pid)
+                && rustix::process::kill_process(pid, Signal::KILL).is_ok()
+            {
+                killed += 1;
+            }
+        }
+        if killed > 0 {
+            debug!(killed, "killed orphaned processes");
+        }
+        killed
+    }
+
     /// Spawns `command` and registers it for its exit status.
     pub fn spawn(&self, command: &mut Command) -> io::Result<Child> {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
@@ -205,6 +234,13 @@ impl Child {
             Err(err) => Err(err.into()),
         }
     }
+}
+
+/// The parent pid in a `/proc/<pid>/stat` line: `pid (comm) state ppid …`,
+/// where comm may itself hold spaces and parentheses.
+pub fn parent_pid(stat: &str) -> Option<i32> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Keep at most this much of a tool's stdout and of its stderr.
@@ -309,6 +345,20 @@ mod tests {
         assert_eq!(Exit::Signal(9).to_string(), "signal 9 (SIGKILL)");
         assert_eq!(Exit::Signal(64).to_string(), "signal 64");
         assert!(Exit::Code(0).success() && !Exit::Signal(0).success());
+    }
+
+    #[test]
+    fn parent_pid_table() {
+        let rows = [
+            ("31250 (postgres) S 31035 31250 31250 0 -1", Some(31035)),
+            ("7 (a (weird) name) R 1 7 7", Some(1)),
+            ("7 (x) Z 0", Some(0)),
+            ("7 (x)", None),
+            ("garbage", None),
+        ];
+        for (stat, expected) in rows {
+            assert_eq!(parent_pid(stat), expected, "{stat}");
+        }
     }
 
     #[test]

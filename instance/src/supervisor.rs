@@ -159,6 +159,9 @@ impl Task {
                     }
                 },
                 exit = wait_running(&mut running) => {
+                    if let Some(dead) = &running {
+                        self.kill_leftovers(&dead.child);
+                    }
                     let ran_for = running.take().map(|r| r.since.elapsed()).unwrap_or_default();
                     restart_at = self.after_failure(exit.to_string(), ran_for);
                 },
@@ -230,32 +233,34 @@ impl Task {
             }
             if let Some(exit) = child.wait_timeout(stage.timeout).await {
                 info!(pid, %exit, "postmaster stopped");
-                kill_leftovers(&child);
+                self.kill_leftovers(&child);
                 return;
             }
         }
-        warn!(pid, "postmaster ignored every shutdown mode; killing its process group");
-        kill_leftovers(&child);
+        warn!(pid, "postmaster ignored every shutdown mode; killing it");
+        self.kill_leftovers(&child);
         if child.wait_timeout(KILL_WAIT).await.is_none() {
             error!(pid, "postmaster survived SIGKILL");
         }
+        self.kill_leftovers(&child);
     }
-}
 
-/// SIGKILL to whatever is left of the postmaster's process group.
-fn kill_leftovers(child: &Child) {
-    if let Err(err) = child.signal_group(Signal::KILL) {
-        warn!(pid = child.pid(), error = %err, "cannot kill the postmaster's process group");
+    /// SIGKILL to the postmaster, its process group and the orphans it left
+    /// (its children once it is gone); nothing of it may outlive it.
+    fn kill_leftovers(&self, child: &Child) {
+        if let Err(err) = child.signal_group(Signal::KILL) {
+            warn!(pid = child.pid(), error = %err, "cannot kill the postmaster's process group");
+        }
+        let killed = self.reaper.kill_orphans();
+        if killed > 0 {
+            warn!(killed, "killed processes the postmaster left behind");
+        }
     }
 }
 
 async fn wait_running(running: &mut Option<Running>) -> Exit {
     match running {
-        Some(current) => {
-            let exit = current.child.wait().await;
-            kill_leftovers(&current.child);
-            exit
-        }
+        Some(current) => current.child.wait().await,
         None => std::future::pending().await,
     }
 }
