@@ -6,7 +6,7 @@
 //!   the new PGDATA in a sibling staging directory and renames it into place,
 //!   so PGDATA appears complete (with `standby.signal` already in it for a
 //!   clone) or not at all. Only that staging directory is ever removed;
-//! - a demote writes `standby.signal` before pg_rewind runs, so whatever
+//! - a demote writes `standby.signal` before it stops postgres, so whatever
 //!   happens next the old primary never comes back as a primary;
 //! - the replication role's and superuser's passwords are set from the
 //!   Secret whenever this instance runs as primary.
@@ -506,12 +506,13 @@ impl Instance {
             return Ok(self.status().await);
         }
 
-        info!(host = %upstream.host, port = upstream.port, "demoting: stopping postgres (fast)");
-        self.supervisor.stop(Mode::Fast).await.map_err(Error::Postmaster)?;
-        // From here on, any start comes up as a replica.
+        // From here on, any start (a crash restart too) comes up as a replica;
+        // postgres reads standby.signal only when it starts.
+        self.write_pgpass()?;
         datadir::write_standby_signal(&pgdata).map_err(Error::io("write standby.signal in", &pgdata))?;
         datadir::write_upstream(&pgdata, &upstream).map_err(Error::io("record the upstream in", &pgdata))?;
-        self.write_pgpass()?;
+        info!(host = %upstream.host, port = upstream.port, "demoting: stopping postgres (fast)");
+        self.supervisor.stop(Mode::Fast).await.map_err(Error::Postmaster)?;
 
         let superuser = self.settings.secrets().superuser()?;
         let source =

@@ -5,8 +5,8 @@
 //! gets: SIGTERM is *smart* (wait for sessions to end), SIGINT is *fast*
 //! (disconnect everyone, checkpoint), SIGQUIT is *immediate* (no checkpoint,
 //! crash recovery at the next start). A stop walks these stages in order,
-//! each with a timeout, and ends with SIGKILL to the postmaster's whole
-//! process group so nothing is ever left behind. The total is bounded by the
+//! each with a timeout, and ends with SIGKILL to the postmaster and to
+//! whatever it leaves behind (see [`crate::supervisor`]). The total is bounded by the
 //! sum of the stage timeouts plus [`KILL_WAIT`].
 
 use std::fmt;

@@ -4,8 +4,10 @@
 //! One task owns the child; everything else talks to it through
 //! [`Supervisor`] and reads its [`Snapshot`]. Because start and stop go
 //! through the same task, a crash restart can never race an intentional
-//! stop. The postmaster runs in its own process group: after it exits, the
-//! group gets SIGKILL, so no backend outlives it.
+//! stop. The postmaster runs in its own process group; after it exits, that
+//! group and every orphan it left (backends lead their own groups, and come
+//! to the manager as PID 1 or child subreaper) get SIGKILL, so no backend
+//! outlives it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
