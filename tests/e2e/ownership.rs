@@ -1,5 +1,6 @@
 //! Scenarios about who owns what: objects stead did not create are never
-//! adopted, and the Lease passes from one controller replica to the next.
+//! adopted, fields of the children it created stay its own to remove, and
+//! the Lease passes from one controller replica to the next.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::clusters::{
     REACT_TIMEOUT, cluster, condition, create_namespace, expect_ok, spec_with_replicas, text, wait_for_condition,
-    wait_until_gone,
+    wait_for_field, wait_until_gone,
 };
 use crate::scenarios::Ctx;
 use crate::support::audit::{self, ObjectRef};
@@ -151,6 +152,45 @@ pub fn foreign_objects_are_never_adopted(ctx: &mut Ctx<'_>) -> anyhow::Result<()
         wait_until_gone(&k, "service", ns, "ledger-headless").context("the cluster's own children are collected")?;
     }
     ensure_untouched(ctx, "statefulset", "statefulsets", ns, &statefulset)
+}
+
+/// The managers of an object's fields, as `manager/operation`.
+fn field_managers(kubectl: &Kubectl, resource: &str, namespace: &str, name: &str) -> anyhow::Result<Vec<String>> {
+    let json = kubectl.ok(&["get", resource, name, "-n", namespace, "--show-managed-fields", "-o", "json"])?;
+    let object: Value = serde_json::from_str(&json).context("kubectl printed something other than JSON")?;
+    Ok(object
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .map(|entries| entries.iter().map(|e| format!("{}/{}", text(e, "/manager"), text(e, "/operation"))).collect())
+        .unwrap_or_default())
+}
+
+/// Children are created with a POST, which the API server records as an
+/// Update by stead-controller, not as its Apply. A field the cluster no
+/// longer asks for must still leave the child: here the container's
+/// `resources`, once `spec.resources` is removed.
+pub fn a_removed_field_leaves_a_created_child(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let (k, ns) = (&ctx.kubectl, "e2e-removed-field");
+    create_namespace(k, ns)?;
+    let mut spec = spec_with_replicas(1);
+    spec["resources"] = json!({"requests": {"memory": "1Gi"}, "limits": {"memory": "1Gi"}});
+    expect_ok(k.apply(&cluster(ns, "lean", spec), &[])?)?;
+    let resources = "/spec/template/spec/containers/0/resources";
+    wait_for_field(k, "statefulset", ns, "lean", &format!("{resources}/limits/memory"), "1Gi")?;
+    let created = field_managers(k, "statefulset", ns, "lean")?;
+    ensure!(created.contains(&"stead-controller/Update".to_owned()), "a created StatefulSet's managers: {created:?}");
+
+    let remove = json!([{"op": "remove", "path": "/spec/resources"}]).to_string();
+    expect_ok(k.run(&["patch", "dbc", "lean", "-n", ns, "--type=json", "-p", &remove])?)?;
+    // What the API server stores for a container without resources.
+    wait_for_field(k, "statefulset", ns, "lean", resources, "{}")
+        .context("the limits and requests should leave the StatefulSet with spec.resources")?;
+    let applied = field_managers(k, "statefulset", ns, "lean")?;
+    ensure!(
+        !applied.iter().any(|m| m == "stead-controller/Update"),
+        "the created fields were not handed to the apply: managers {applied:?}"
+    );
+    Ok(())
 }
 
 /// The Lease's holder, if any.

@@ -50,7 +50,7 @@ pub struct Scenario {
 }
 
 /// All scenarios, in order.
-pub const SCENARIOS: [Scenario; 13] = [
+pub const SCENARIOS: [Scenario; 14] = [
     Scenario { name: "defaulting", run: defaulting },
     Scenario { name: "invalid-specs-refused", run: invalid_specs_refused },
     Scenario { name: "server-dry-run-same-answers", run: server_dry_run_same_answers },
@@ -62,6 +62,7 @@ pub const SCENARIOS: [Scenario; 13] = [
     Scenario { name: "deletion-protection-and-finalizer", run: deletion_protection_and_finalizer },
     Scenario { name: "no-writes-while-nothing-changes", run: no_writes_while_nothing_changes },
     Scenario { name: "foreign-objects-are-never-adopted", run: ownership::foreign_objects_are_never_adopted },
+    Scenario { name: "removed-field-leaves-a-created-child", run: ownership::a_removed_field_leaves_a_created_child },
     Scenario { name: "leader-handover", run: ownership::leader_handover },
     Scenario { name: "invalid-spec-without-webhook-is-degraded", run: degraded_without_webhook },
 ];
