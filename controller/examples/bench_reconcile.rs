@@ -22,15 +22,60 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::client::Body;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use stead_controller::children::{self, ClusterView};
+use stead_controller::children::{self, ChildKind, ClusterView};
 use stead_controller::cli::Settings;
 use stead_controller::context::{Context, stores};
+use stead_controller::instances::{CallError, InstanceApi, Target};
+use stead_controller::keys::ControllerKeys;
 use stead_controller::reconciler::reconcile;
-use stead_controller::status::{Outcome, compute_status};
+use stead_controller::status::{Outcome, Replication, compute_status};
+use stead_controller::topology::{decide, members_without_pods};
+use stead_crds::instance_api::{Bootstrap, Demote, InstanceStatus};
 use stead_crds::names::{FINALIZER, credentials_secret_name};
 use stead_crds::{DatabaseCluster, DatabaseClusterSpec, StorageSpec};
 
 const NAMESPACE: &str = "bench";
+
+fn keys() -> Arc<ControllerKeys> {
+    Arc::new(ControllerKeys::generate().unwrap().0)
+}
+
+/// The benchmark's clusters have no pods, so no instance manager is ever asked.
+struct NoPods;
+
+type Answer<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<InstanceStatus, CallError>> + Send + 'a>>;
+
+impl NoPods {
+    fn refuse(target: &Target) -> Answer<'_> {
+        let error = CallError::Unreachable {
+            pod: target.pod.clone(),
+            ip: target.ip.clone(),
+            method: "GET",
+            path: "/status",
+            why: "the benchmark runs no pods".into(),
+        };
+        Box::pin(async move { Err(error) })
+    }
+}
+
+impl InstanceApi for NoPods {
+    fn status<'a>(&'a self, target: &'a Target) -> Answer<'a> {
+        Self::refuse(target)
+    }
+    fn bootstrap<'a>(&'a self, target: &'a Target, _: &'a Bootstrap) -> Answer<'a> {
+        Self::refuse(target)
+    }
+    fn demote<'a>(&'a self, target: &'a Target, _: &'a Demote) -> Answer<'a> {
+        Self::refuse(target)
+    }
+    fn promote<'a>(&'a self, target: &'a Target) -> Answer<'a> {
+        Self::refuse(target)
+    }
+}
+
+fn no_pods() -> Arc<dyn InstanceApi> {
+    Arc::new(NoPods)
+}
 
 fn cluster(i: usize) -> DatabaseCluster {
     let mut c = DatabaseCluster::new(
@@ -127,7 +172,8 @@ async fn main() {
         // First reconcile: nothing exists yet.
         let (empty, mut writers) = stores();
         writers.seed([], [], [], []);
-        let ctx = Arc::new(Context::new(instant_api(calls.clone()), Settings::default(), empty, None));
+        let ctx =
+            Arc::new(Context::new(instant_api(calls.clone()), Settings::default(), empty, None, keys(), no_pods()));
         report("first", n, &pass(&ctx, &fresh, &calls, concurrency).await);
 
         // Steady state: children cached, status stored.
@@ -135,7 +181,15 @@ async fn main() {
         let sts: Vec<StatefulSet> = views.iter().map(live_sts).collect();
         let services: Vec<Service> = views
             .iter()
-            .flat_map(|v| [stored(children::headless_service(v)), stored(children::client_service(v))])
+            .flat_map(|v| {
+                [
+                    ChildKind::HeadlessService,
+                    ChildKind::PrimaryService,
+                    ChildKind::ReplicaService,
+                    ChildKind::AnyService,
+                ]
+                .map(|kind| stored(children::service(v, kind)))
+            })
             .collect();
         let pdbs: Vec<PodDisruptionBudget> = views.iter().map(|v| stored(children::pod_disruption_budget(v))).collect();
         let settled: Vec<Arc<DatabaseCluster>> = fresh
@@ -145,7 +199,10 @@ async fn main() {
                 let mut c = (**c).clone();
                 let now = k8s_openapi::jiff::Timestamp::now();
                 let secret = credentials_secret_name(&c.name_any());
-                c.status = Some(compute_status(&c, Some(s), Outcome::Reconciled, now, Some(&secret)));
+                let topology = decide(None, &members_without_pods(&c.name_any(), 3), 5432);
+                let replication = Replication { topology: &topology, namespace: NAMESPACE, port: 5432 };
+                c.status =
+                    Some(compute_status(&c, Some(s), Outcome::Reconciled, now, Some(&secret), Some(&replication)));
                 Arc::new(c)
             })
             .collect();
@@ -164,7 +221,8 @@ async fn main() {
             .collect();
         let (filled, mut writers) = stores();
         writers.seed(sts, services, pdbs, claims);
-        let ctx = Arc::new(Context::new(instant_api(calls.clone()), Settings::default(), filled, None));
+        let ctx =
+            Arc::new(Context::new(instant_api(calls.clone()), Settings::default(), filled, None, keys(), no_pods()));
         report("steady", n, &pass(&ctx, &settled, &calls, concurrency).await);
     }
 }

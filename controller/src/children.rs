@@ -13,10 +13,14 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::Resource;
 use serde_json::{Value, json};
 use stead_crds::defaults::with_defaults;
-use stead_crds::names::{child_labels, credentials_secret_name, headless_service_name, selector_labels};
+use stead_crds::instance_api::Role;
+use stead_crds::names::{
+    INSTANCE_API_PORT, child_labels, credentials_secret_name, headless_service_name, selector_labels,
+};
+
+use crate::topology::ROLE_LABEL;
 use stead_crds::{DatabaseCluster, DatabaseClusterSpec};
 
-use crate::credentials::{PASSWORD_KEY, USERNAME_KEY};
 use crate::diff::restrict_to_live;
 use crate::error::Error;
 
@@ -52,7 +56,12 @@ pub struct ClusterView {
     pub uid: String,
     pub generation: Option<i64>,
     pub spec: DatabaseClusterSpec,
+    /// The stead image whose stead-instance the pods run.
+    pub instance_image: String,
 }
+
+/// The stead image the pods take stead-instance from, unless `--instance-image` says otherwise.
+pub const DEFAULT_INSTANCE_IMAGE: &str = "ghcr.io/stead-dev/stead:0.1.0";
 
 impl ClusterView {
     /// Extracts what the builders need; fails only for objects not read from an API server.
@@ -65,6 +74,7 @@ impl ClusterView {
             uid: meta.uid.clone().ok_or_else(|| missing("metadata.uid"))?,
             generation: meta.generation,
             spec: with_defaults(&cluster.spec),
+            instance_image: DEFAULT_INSTANCE_IMAGE.to_owned(),
         })
     }
 
@@ -111,10 +121,16 @@ pub fn display_name(meta: &kube::api::ObjectMeta) -> String {
 }
 
 /// One child the controller manages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChildKind {
+    /// `<name>-headless`: stable per-pod DNS names.
     HeadlessService,
-    ClientService,
+    /// `<name>-rw`: the primary only.
+    PrimaryService,
+    /// `<name>-ro`: ready replicas only.
+    ReplicaService,
+    /// `<name>-r`: any ready instance.
+    AnyService,
     StatefulSet,
     PodDisruptionBudget,
 }
@@ -123,7 +139,7 @@ impl ChildKind {
     /// The Kubernetes kind, for events, errors and metric labels.
     pub fn kind(self) -> &'static str {
         match self {
-            Self::HeadlessService | Self::ClientService => "Service",
+            Self::HeadlessService | Self::PrimaryService | Self::ReplicaService | Self::AnyService => "Service",
             Self::StatefulSet => "StatefulSet",
             Self::PodDisruptionBudget => "PodDisruptionBudget",
         }
@@ -133,9 +149,47 @@ impl ChildKind {
     pub fn name(self, cluster: &str) -> String {
         match self {
             Self::HeadlessService => headless_service_name(cluster),
-            _ => cluster.to_owned(),
+            Self::PrimaryService => format!("{cluster}{PRIMARY_SUFFIX}"),
+            Self::ReplicaService => format!("{cluster}{REPLICA_SUFFIX}"),
+            Self::AnyService => format!("{cluster}{ANY_SUFFIX}"),
+            Self::StatefulSet | Self::PodDisruptionBudget => cluster.to_owned(),
         }
     }
+}
+
+/// Suffix of the Service that reaches the primary (read-write).
+pub const PRIMARY_SUFFIX: &str = "-rw";
+/// Suffix of the Service that reaches the ready replicas (read-only).
+pub const REPLICA_SUFFIX: &str = "-ro";
+/// Suffix of the Service that reaches any ready instance (reads that may be stale).
+pub const ANY_SUFFIX: &str = "-r";
+
+/// One child as the plan wants it: its kind and its apply body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub kind: ChildKind,
+    pub body: Value,
+}
+
+/// Every child the cluster should have, in the order they are made: the
+/// Services first (the pods' DNS and the role routing exist before any pod
+/// does), then the StatefulSet, then the PodDisruptionBudget while there is
+/// more than one replica to protect.
+///
+/// Children stead owns that this plan does not list are removed by the
+/// reconciler: the PDB when replicas drop to 1, and the all-pods `<name>`
+/// Service of stead 0.1, which sent writes to replicas.
+pub fn plan(view: &ClusterView, live_sts: Option<&StatefulSet>) -> Result<Vec<Planned>, Error> {
+    let mut children: Vec<Planned> =
+        [ChildKind::HeadlessService, ChildKind::PrimaryService, ChildKind::ReplicaService, ChildKind::AnyService]
+            .into_iter()
+            .map(|kind| Planned { kind, body: service(view, kind) })
+            .collect();
+    children.push(Planned { kind: ChildKind::StatefulSet, body: stateful_set(view, live_sts)? });
+    if wants_pdb(view) {
+        children.push(Planned { kind: ChildKind::PodDisruptionBudget, body: pod_disruption_budget(view) });
+    }
+    Ok(children)
 }
 
 fn service_ports(view: &ClusterView) -> Value {
@@ -166,33 +220,39 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
-/// `<name>-headless`: stable per-pod DNS names, published before pods are
-/// ready so that peers can find each other while they bootstrap.
-pub fn headless_service(view: &ClusterView) -> Value {
-    with_applied_hash(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": view.metadata(&ChildKind::HeadlessService.name(&view.name)),
-        "spec": {
+/// A Service of the cluster; `kind` must be one of the Service kinds.
+///
+/// - `<name>-headless`: stable per-pod DNS names, published before pods are
+///   ready so that peers can find each other while they bootstrap.
+/// - `<name>-rw`: the pod labelled `stead.dev/role: primary`; writes go here.
+/// - `<name>-ro`: the pods labelled `stead.dev/role: replica` that are ready
+///   (streaming); reads that may lag go here.
+/// - `<name>-r`: any ready instance.
+pub fn service(view: &ClusterView, kind: ChildKind) -> Value {
+    let mut selector = selector_labels(&view.name);
+    let role = match kind {
+        ChildKind::PrimaryService => Some(Role::Primary),
+        ChildKind::ReplicaService => Some(Role::Replica),
+        _ => None,
+    };
+    if let Some(role) = role {
+        selector.insert(ROLE_LABEL.to_owned(), role.as_str().to_owned());
+    }
+    let spec = if kind == ChildKind::HeadlessService {
+        json!({
             "clusterIP": "None",
             "publishNotReadyAddresses": true,
-            "selector": selector_labels(&view.name),
+            "selector": selector,
             "ports": service_ports(view),
-        },
-    }))
-}
-
-/// `<name>`: the address clients connect to; only ready pods receive traffic.
-pub fn client_service(view: &ClusterView) -> Value {
+        })
+    } else {
+        json!({ "type": "ClusterIP", "selector": selector, "ports": service_ports(view) })
+    };
     with_applied_hash(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": view.metadata(&ChildKind::ClientService.name(&view.name)),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector_labels(&view.name),
-            "ports": service_ports(view),
-        },
+        "metadata": view.metadata(&kind.name(&view.name)),
+        "spec": spec,
     }))
 }
 
@@ -211,7 +271,7 @@ pub fn pod_disruption_budget(view: &ClusterView) -> Value {
 }
 
 /// Whether the cluster needs a PodDisruptionBudget.
-pub fn wants_pdb(view: &ClusterView) -> bool {
+fn wants_pdb(view: &ClusterView) -> bool {
     view.replicas() > 1
 }
 
@@ -249,46 +309,102 @@ fn container_resources(resources: Option<&ResourceRequirements>) -> Option<Value
     (!out.is_empty()).then_some(Value::Object(out))
 }
 
-/// An environment variable read from a key of a Secret.
-fn secret_env(name: &str, secret: &str, key: &str) -> Value {
-    json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } })
+/// An environment variable with a fixed value.
+fn env(name: &str, value: impl Into<Value>) -> Value {
+    json!({ "name": name, "value": value.into() })
+}
+
+/// An environment variable from the downward API.
+fn field_env(name: &str, path: &str) -> Value {
+    json!({ "name": name, "valueFrom": { "fieldRef": { "apiVersion": "v1", "fieldPath": path } } })
+}
+
+/// Where the instance manager binary is copied to, and run from.
+pub const INSTANCE_BIN_DIR: &str = "/stead/bin";
+/// The instance manager inside the stead image.
+pub const INSTANCE_IMAGE_BINARY: &str = "/usr/local/bin/stead-instance";
+/// Where the credentials Secret is mounted.
+pub const SECRET_MOUNT_PATH: &str = "/etc/stead/credentials";
+/// The instance manager's private run directory (socket, pgpass).
+pub const RUN_MOUNT_PATH: &str = "/run/stead";
+/// The data directory, inside the volume.
+pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+/// Name of the instance manager's port.
+pub const API_PORT_NAME: &str = "api";
+
+fn restricted_security_context() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": { "drop": ["ALL"] },
+    })
+}
+
+/// The init container: the stead image copies stead-instance into an
+/// emptyDir, so the database container runs it from the user's image, which
+/// carries PostgreSQL (as CloudNativePG does).
+fn install_container(instance_image: &str) -> Value {
+    json!({
+        "name": "stead-instance-install",
+        "image": instance_image,
+        "command": [INSTANCE_IMAGE_BINARY, "install", format!("{INSTANCE_BIN_DIR}/stead-instance")],
+        "volumeMounts": [{ "name": "stead-bin", "mountPath": INSTANCE_BIN_DIR }],
+        "securityContext": restricted_security_context(),
+    })
 }
 
 fn database_container(view: &ClusterView) -> Value {
     let port = view.port();
-    let secret = credentials_secret_name(&view.name);
+    let https_get = |path: &str| json!({ "path": path, "port": API_PORT_NAME, "scheme": "HTTPS" });
+    let parameters = serde_json::to_string(view.spec.parameters()).unwrap_or_else(|_| "{}".to_owned());
     let mut container = json!({
         "name": CONTAINER,
         "image": view.spec.image,
-        "ports": [{ "name": PORT_NAME, "containerPort": port, "protocol": "TCP" }],
-        // The image refuses to initialise without a password (see `credentials`).
-        "env": [
-            secret_env("POSTGRES_USER", &secret, USERNAME_KEY),
-            secret_env("POSTGRES_PASSWORD", &secret, PASSWORD_KEY),
+        "command": [format!("{INSTANCE_BIN_DIR}/stead-instance")],
+        "ports": [
+            { "name": PORT_NAME, "containerPort": port, "protocol": "TCP" },
+            { "name": API_PORT_NAME, "containerPort": INSTANCE_API_PORT, "protocol": "TCP" },
         ],
-        // Ready as soon as the port accepts connections.
-        "readinessProbe": {
-            "tcpSocket": { "port": port },
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        },
-        // Generous: first start (initdb) and crash recovery must not be killed.
-        "livenessProbe": {
-            "tcpSocket": { "port": port },
-            "initialDelaySeconds": 30,
-            "periodSeconds": 10,
-            "failureThreshold": 6,
-        },
-        "volumeMounts": [{ "name": VOLUME, "mountPath": DATA_MOUNT_PATH }],
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "capabilities": { "drop": ["ALL"] },
-        },
+        "env": [
+            env("STEAD_CLUSTER", view.name.as_str()),
+            field_env("STEAD_NAMESPACE", "metadata.namespace"),
+            field_env("STEAD_POD_NAME", "metadata.name"),
+            field_env("STEAD_POD_IP", "status.podIP"),
+            env("STEAD_PGDATA", PGDATA),
+            env("STEAD_PG_PORT", port.to_string()),
+            env("STEAD_SECRET_DIR", SECRET_MOUNT_PATH),
+            env("STEAD_RUN_DIR", RUN_MOUNT_PATH),
+            env("STEAD_PARAMETERS", parameters),
+        ],
+        // Ready when postgres accepts connections and, on a replica, streams.
+        "readinessProbe": { "httpGet": https_get("/readyz"), "periodSeconds": 5, "failureThreshold": 3 },
+        // Alive while the instance manager and its postmaster are: a primary
+        // in crash recovery, or an instance waiting for its data, is alive.
+        "livenessProbe": { "httpGet": https_get("/healthz"), "periodSeconds": 10, "failureThreshold": 6 },
+        "volumeMounts": [
+            { "name": VOLUME, "mountPath": DATA_MOUNT_PATH },
+            { "name": "stead-bin", "mountPath": INSTANCE_BIN_DIR, "readOnly": true },
+            { "name": "credentials", "mountPath": SECRET_MOUNT_PATH, "readOnly": true },
+            { "name": "run", "mountPath": RUN_MOUNT_PATH },
+            { "name": "tmp", "mountPath": "/tmp" },
+        ],
+        "securityContext": restricted_security_context(),
     });
     if let Some(resources) = container_resources(view.spec.resources.as_ref()) {
         container["resources"] = resources;
     }
     container
+}
+
+/// The pod's volumes besides the data claim.
+fn pod_volumes(view: &ClusterView) -> Value {
+    json!([
+        { "name": "stead-bin", "emptyDir": { "sizeLimit": "128Mi" } },
+        { "name": "run", "emptyDir": { "medium": "Memory", "sizeLimit": "16Mi" } },
+        { "name": "tmp", "emptyDir": { "sizeLimit": "1Gi" } },
+        // Group-readable: the files belong to root and the pod's fsGroup.
+        { "name": "credentials", "secret": { "secretName": credentials_secret_name(&view.name), "defaultMode": 0o440 } },
+    ])
 }
 
 /// `<name>`: the pods and their volumes.
@@ -309,6 +425,7 @@ fn database_container(view: &ClusterView) -> Value {
 ///   a controller upgrade that changes [`POD_MANAGEMENT_POLICY`] never asks
 ///   the API server for a forbidden change.
 pub fn stateful_set(view: &ClusterView, live: Option<&StatefulSet>) -> Result<Value, Error> {
+    let instance_image = view.instance_image.as_str();
     let selector = selector_labels(&view.name);
     let pod_management_policy = live
         .and_then(|sts| sts.spec.pod_management_policy.as_deref())
@@ -359,7 +476,9 @@ pub fn stateful_set(view: &ClusterView, live: Option<&StatefulSet>) -> Result<Va
                             }],
                         },
                     },
+                    "initContainers": [install_container(instance_image)],
                     "containers": [database_container(view)],
+                    "volumes": pod_volumes(view),
                 },
             },
             "volumeClaimTemplates": templates,
@@ -459,7 +578,7 @@ mod tests {
 
     #[test]
     fn headless_service_names_exactly_its_fields() {
-        let svc = headless_service(&view(spec()));
+        let svc = service(&view(spec()), ChildKind::HeadlessService);
         assert_eq!(
             sorted(paths(&svc)),
             with_meta(&[
@@ -487,11 +606,15 @@ mod tests {
     }
 
     #[test]
-    fn client_service_names_exactly_its_fields() {
-        let svc = client_service(&view(DatabaseClusterSpec { port: Some(6543), ..spec() }));
-        assert_eq!(
-            sorted(paths(&svc)),
-            with_meta(&[
+    fn role_services_name_exactly_their_fields_and_select_by_role() {
+        let v = view(DatabaseClusterSpec { port: Some(6543), ..spec() });
+        for (kind, name, role) in [
+            (ChildKind::PrimaryService, "orders-rw", Some("primary")),
+            (ChildKind::ReplicaService, "orders-ro", Some("replica")),
+            (ChildKind::AnyService, "orders-r", None),
+        ] {
+            let svc = service(&v, kind);
+            let mut want = vec![
                 "spec.ports[0].name",
                 "spec.ports[0].port",
                 "spec.ports[0].protocol",
@@ -499,11 +622,16 @@ mod tests {
                 "spec.selector.app.kubernetes.io/instance",
                 "spec.selector.app.kubernetes.io/name",
                 "spec.type",
-            ])
-        );
-        assert_eq!(svc["metadata"]["name"], "orders");
-        assert_eq!(svc["spec"]["ports"][0]["port"], 6543);
-        let _: Service = serde_json::from_value(svc).unwrap();
+            ];
+            if role.is_some() {
+                want.push("spec.selector.stead.dev/role");
+            }
+            assert_eq!(sorted(paths(&svc)), with_meta(&want), "{name}");
+            assert_eq!(svc["metadata"]["name"], name);
+            assert_eq!(svc["spec"]["ports"][0]["port"], 6543);
+            assert_eq!(svc["spec"]["selector"].get("stead.dev/role").and_then(Value::as_str), role, "{name}");
+            let _: Service = serde_json::from_value(svc).unwrap();
+        }
     }
 
     #[test]
@@ -532,7 +660,6 @@ mod tests {
     #[test]
     fn stateful_set_names_exactly_its_fields() {
         let sts = stateful_set(&view(spec()), None).unwrap();
-        let c = "spec.template.spec.containers[0]";
         let tpl = "spec.volumeClaimTemplates[0]";
         let aff = "spec.template.spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]";
         let specific: Vec<String> = [
@@ -558,28 +685,6 @@ mod tests {
             format!("{aff}.podAffinityTerm.topologyKey"),
             format!("{aff}.podAffinityTerm.labelSelector.matchLabels.app.kubernetes.io/instance"),
             format!("{aff}.podAffinityTerm.labelSelector.matchLabels.app.kubernetes.io/name"),
-            format!("{c}.name"),
-            format!("{c}.image"),
-            format!("{c}.ports[0].name"),
-            format!("{c}.ports[0].containerPort"),
-            format!("{c}.ports[0].protocol"),
-            format!("{c}.env[0].name"),
-            format!("{c}.env[0].valueFrom.secretKeyRef.name"),
-            format!("{c}.env[0].valueFrom.secretKeyRef.key"),
-            format!("{c}.env[1].name"),
-            format!("{c}.env[1].valueFrom.secretKeyRef.name"),
-            format!("{c}.env[1].valueFrom.secretKeyRef.key"),
-            format!("{c}.readinessProbe.tcpSocket.port"),
-            format!("{c}.readinessProbe.periodSeconds"),
-            format!("{c}.readinessProbe.failureThreshold"),
-            format!("{c}.livenessProbe.tcpSocket.port"),
-            format!("{c}.livenessProbe.initialDelaySeconds"),
-            format!("{c}.livenessProbe.periodSeconds"),
-            format!("{c}.livenessProbe.failureThreshold"),
-            format!("{c}.volumeMounts[0].name"),
-            format!("{c}.volumeMounts[0].mountPath"),
-            format!("{c}.securityContext.allowPrivilegeEscalation"),
-            format!("{c}.securityContext.capabilities.drop[0]"),
             format!("{tpl}.apiVersion"),
             format!("{tpl}.kind"),
             format!("{tpl}.metadata.name"),
@@ -593,25 +698,131 @@ mod tests {
         ]
         .into();
         let specific: Vec<&str> = specific.iter().map(String::as_str).collect();
-        assert_eq!(sorted(paths(&sts)), with_meta(&specific));
+        // The pod's containers and volumes are checked as a whole below.
+        let outside_pod: Vec<String> = paths(&sts)
+            .into_iter()
+            .filter(|p| {
+                !["spec.template.spec.containers", "spec.template.spec.initContainers", "spec.template.spec.volumes"]
+                    .iter()
+                    .any(|prefix| p.starts_with(prefix))
+            })
+            .collect();
+        assert_eq!(sorted(outside_pod), with_meta(&specific));
         assert_eq!(sts["spec"]["serviceName"], "orders-headless");
         assert_eq!(sts["spec"]["replicas"], 3);
+        let pod = &sts["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false, "database pods get no service account token");
+        let restricted = json!({
+            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
+        });
+        // The init container copies stead-instance out of the stead image.
         assert_eq!(
-            sts["spec"]["template"]["spec"]["automountServiceAccountToken"], false,
-            "database pods get no service account token"
+            pod["initContainers"],
+            json!([{
+                "name": "stead-instance-install",
+                "image": DEFAULT_INSTANCE_IMAGE,
+                "command": ["/usr/local/bin/stead-instance", "install", "/stead/bin/stead-instance"],
+                "volumeMounts": [{"name": "stead-bin", "mountPath": "/stead/bin"}],
+                "securityContext": restricted,
+            }])
         );
-        assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["image"], "postgres:17.2");
-        assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["tcpSocket"]["port"], 5432);
+        // The user's image runs stead-instance, which runs postgres.
+        let container = &pod["containers"][0];
+        assert_eq!(container["name"], "database");
+        assert_eq!(container["image"], "postgres:17.2");
+        assert_eq!(container["command"], json!(["/stead/bin/stead-instance"]));
         assert_eq!(
-            sts["spec"]["template"]["spec"]["containers"][0]["env"],
+            container["ports"],
             json!([
-                {"name": "POSTGRES_USER", "valueFrom": {"secretKeyRef": {"name": "orders-credentials", "key": "username"}}},
-                {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "orders-credentials", "key": "password"}}},
+                {"name": "db", "containerPort": 5432, "protocol": "TCP"},
+                {"name": "api", "containerPort": 8000, "protocol": "TCP"},
             ])
+        );
+        let env: Vec<(&str, Value)> = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), e.get("value").cloned().unwrap_or_else(|| e["valueFrom"].clone())))
+            .collect();
+        let field = |path: &str| json!({"fieldRef": {"apiVersion": "v1", "fieldPath": path}});
+        assert_eq!(
+            env,
+            vec![
+                ("STEAD_CLUSTER", json!("orders")),
+                ("STEAD_NAMESPACE", field("metadata.namespace")),
+                ("STEAD_POD_NAME", field("metadata.name")),
+                ("STEAD_POD_IP", field("status.podIP")),
+                ("STEAD_PGDATA", json!("/var/lib/postgresql/data/pgdata")),
+                ("STEAD_PG_PORT", json!("5432")),
+                ("STEAD_SECRET_DIR", json!("/etc/stead/credentials")),
+                ("STEAD_RUN_DIR", json!("/run/stead")),
+                ("STEAD_PARAMETERS", json!("{}")),
+            ]
+        );
+        let probe = |path: &str| json!({"path": path, "port": "api", "scheme": "HTTPS"});
+        assert_eq!(container["readinessProbe"]["httpGet"], probe("/readyz"));
+        assert_eq!(container["livenessProbe"]["httpGet"], probe("/healthz"));
+        assert!(container["livenessProbe"].get("initialDelaySeconds").is_none(), "waiting for data is alive");
+        assert_eq!(container["securityContext"], restricted);
+        let mounts: Vec<(&str, &str)> = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["name"].as_str().unwrap(), m["mountPath"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("data", "/var/lib/postgresql"),
+                ("stead-bin", "/stead/bin"),
+                ("credentials", "/etc/stead/credentials"),
+                ("run", "/run/stead"),
+                ("tmp", "/tmp"),
+            ]
+        );
+        assert_eq!(
+            pod["volumes"][3],
+            json!({"name": "credentials", "secret": {"secretName": "orders-credentials", "defaultMode": 0o440}})
         );
         assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "10Gi");
         assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"], "fast-ssd");
         let _: StatefulSet = serde_json::from_value(sts).unwrap();
+    }
+
+    #[test]
+    fn user_parameters_reach_the_instance_manager() {
+        let mut with = spec();
+        with.postgresql = Some(stead_crds::cluster::PostgresqlSpec {
+            parameters: [("shared_buffers".to_owned(), "256MB".to_owned())].into(),
+        });
+        let sts = stateful_set(&view(with), None).unwrap();
+        let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+        let parameters = env.iter().find(|e| e["name"] == "STEAD_PARAMETERS").unwrap();
+        assert_eq!(parameters["value"], r#"{"shared_buffers":"256MB"}"#);
+    }
+
+    #[test]
+    fn the_plan_lists_four_services_the_statefulset_and_a_pdb_beyond_one_replica() {
+        let names = |replicas| {
+            plan(&view(DatabaseClusterSpec { replicas: Some(replicas), ..spec() }), None)
+                .unwrap()
+                .iter()
+                .map(|c| format!("{} {}", c.kind.kind(), c.kind.name("orders")))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(3),
+            [
+                "Service orders-headless",
+                "Service orders-rw",
+                "Service orders-ro",
+                "Service orders-r",
+                "StatefulSet orders",
+                "PodDisruptionBudget orders",
+            ]
+        );
+        assert_eq!(names(1).len(), 5, "one replica: no PDB to block drains");
+        assert!(!names(1).iter().any(|n| n == "Service orders"), "the all-pods Service of 0.1 is gone");
     }
 
     #[test]
@@ -715,7 +926,10 @@ mod tests {
             hash(&stateful_set(&view(DatabaseClusterSpec { image: "postgres:17.3".into(), ..spec() }), None).unwrap()),
             hash(&base)
         );
-        assert_ne!(hash(&headless_service(&view(spec()))), hash(&client_service(&view(spec()))));
+        assert_ne!(
+            hash(&service(&view(spec()), ChildKind::PrimaryService)),
+            hash(&service(&view(spec()), ChildKind::ReplicaService))
+        );
     }
 
     #[test]
@@ -764,8 +978,8 @@ mod tests {
         let v = view(spec());
         let sts = stateful_set(&v, None).unwrap();
         let labelled = [
-            ("headless Service", headless_service(&v)["metadata"]["labels"].clone()),
-            ("client Service", client_service(&v)["metadata"]["labels"].clone()),
+            ("headless Service", service(&v, ChildKind::HeadlessService)["metadata"]["labels"].clone()),
+            ("-rw Service", service(&v, ChildKind::PrimaryService)["metadata"]["labels"].clone()),
             ("PodDisruptionBudget", pod_disruption_budget(&v)["metadata"]["labels"].clone()),
             ("StatefulSet", sts["metadata"]["labels"].clone()),
             ("pod template", sts["spec"]["template"]["metadata"]["labels"].clone()),

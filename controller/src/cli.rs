@@ -7,6 +7,8 @@ use clap::Parser;
 
 /// How often every cluster is reconciled even when nothing changed.
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// How often the instance managers of every cluster are asked for their status.
+pub const POLL: Duration = Duration::from_secs(10);
 
 /// stead-controller: reconciles DatabaseClusters into StatefulSets, Services and PodDisruptionBudgets.
 #[derive(Debug, Clone, Parser)]
@@ -32,6 +34,19 @@ pub struct Cli {
     /// Address of /metrics (Prometheus text format).
     #[arg(long, env = "STEAD_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     pub metrics_listen: SocketAddr,
+
+    /// The stead image the database pods copy stead-instance from (their init container).
+    #[arg(long, env = "STEAD_INSTANCE_IMAGE", default_value = crate::children::DEFAULT_INSTANCE_IMAGE)]
+    pub instance_image: String,
+
+    /// Seconds between two status polls of every cluster's instance managers.
+    #[arg(long, env = "STEAD_POLL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub poll_seconds: u64,
+
+    /// Namespace of the controller's key Secret (stead-controller-keys); default: POD_NAMESPACE, else the
+    /// client's namespace.
+    #[arg(long, env = "STEAD_KEYS_NAMESPACE")]
+    pub keys_namespace: Option<String>,
 }
 
 /// What the reconciler needs to know from the command line.
@@ -40,17 +55,32 @@ pub struct Settings {
     pub concurrency: u16,
     pub namespace: Option<String>,
     pub resync: Duration,
+    /// How often a cluster with pods is polled.
+    pub poll: Duration,
+    pub instance_image: String,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { concurrency: 4, namespace: None, resync: RESYNC }
+        Self {
+            concurrency: 4,
+            namespace: None,
+            resync: RESYNC,
+            poll: POLL,
+            instance_image: crate::children::DEFAULT_INSTANCE_IMAGE.to_owned(),
+        }
     }
 }
 
 impl From<&Cli> for Settings {
     fn from(cli: &Cli) -> Self {
-        Self { concurrency: cli.concurrency, namespace: cli.namespace.clone(), resync: RESYNC }
+        Self {
+            concurrency: cli.concurrency,
+            namespace: cli.namespace.clone(),
+            resync: RESYNC,
+            poll: Duration::from_secs(cli.poll_seconds),
+            instance_image: cli.instance_image.clone(),
+        }
     }
 }
 

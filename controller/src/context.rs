@@ -1,11 +1,11 @@
 //! The one `Context` shared by every reconcile and the HTTP endpoints.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
@@ -17,6 +17,8 @@ use prometheus_client::registry::Registry;
 use stead_crds::DatabaseCluster;
 
 use crate::cli::Settings;
+use crate::instances::InstanceApi;
+use crate::keys::ControllerKeys;
 use crate::metrics::Metrics;
 
 /// `reportingController` of every event.
@@ -34,6 +36,8 @@ pub struct Stores {
     pub services: Store<Service>,
     pub pdbs: Store<PodDisruptionBudget>,
     pub claims: Store<PersistentVolumeClaim>,
+    /// The database pods, for their IPs, readiness and role labels.
+    pub pods: Store<Pod>,
 }
 
 /// The writing halves of [`Stores`]: the informers own them, tests fill them by hand.
@@ -42,6 +46,7 @@ pub struct StoreWriters {
     pub services: Writer<Service>,
     pub pdbs: Writer<PodDisruptionBudget>,
     pub claims: Writer<PersistentVolumeClaim>,
+    pub pods: Writer<Pod>,
 }
 
 /// Empty caches and their writers.
@@ -51,12 +56,14 @@ pub fn stores() -> (Stores, StoreWriters) {
         services: Writer::default(),
         pdbs: Writer::default(),
         claims: Writer::default(),
+        pods: Writer::default(),
     };
     let stores = Stores {
         stateful_sets: writers.stateful_sets.as_reader(),
         services: writers.services.as_reader(),
         pdbs: writers.pdbs.as_reader(),
         claims: writers.claims.as_reader(),
+        pods: writers.pods.as_reader(),
     };
     (stores, writers)
 }
@@ -67,7 +74,8 @@ impl Stores {
         self.stateful_sets.wait_until_ready().await?;
         self.services.wait_until_ready().await?;
         self.pdbs.wait_until_ready().await?;
-        self.claims.wait_until_ready().await
+        self.claims.wait_until_ready().await?;
+        self.pods.wait_until_ready().await
     }
 }
 
@@ -84,6 +92,12 @@ impl StoreWriters {
         seed(&mut self.services, services);
         seed(&mut self.pdbs, pdbs);
         seed(&mut self.claims, claims);
+        seed(&mut self.pods, std::iter::empty());
+    }
+
+    /// Puts pods into their cache, as a finished initial list would.
+    pub fn seed_pods(&mut self, pods: impl IntoIterator<Item = Pod>) {
+        seed(&mut self.pods, pods);
     }
 }
 
@@ -125,12 +139,23 @@ pub struct Context {
     pub health: Health,
     /// The clock of status transition times; fixed in tests.
     pub now: fn() -> Timestamp,
+    /// The controller's keys: instance tokens and the instance CA.
+    pub keys: Arc<ControllerKeys>,
+    /// The instance managers' API.
+    pub instances: Arc<dyn InstanceApi>,
     failures: Mutex<HashMap<ObjectRef<DatabaseCluster>, u32>>,
 }
 
 impl Context {
     /// Builds the context; `instance` tells replicas apart in events (the pod name).
-    pub fn new(client: Client, settings: Settings, stores: Stores, instance: Option<String>) -> Self {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        stores: Stores,
+        instance: Option<String>,
+        keys: Arc<ControllerKeys>,
+        instances: Arc<dyn InstanceApi>,
+    ) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter { controller: REPORTER.to_owned(), instance });
         let metrics = Metrics::default();
         let mut registry = Registry::default();
@@ -144,6 +169,8 @@ impl Context {
             stores,
             health: Health::default(),
             now: Timestamp::now,
+            keys,
+            instances,
             failures: Mutex::new(HashMap::new()),
         }
     }

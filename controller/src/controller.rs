@@ -27,14 +27,14 @@ use futures::channel::mpsc;
 use futures::stream::{self, BoxStream, SelectAll};
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, applier};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use stead_crds::DatabaseCluster;
 use stead_crds::names::{MANAGED_BY, selector_labels};
 use tokio::sync::watch;
@@ -116,11 +116,30 @@ impl Informers {
         streams.push(owned(api::<Service>(client, namespace), &children, writers.services));
         streams.push(owned(api::<PodDisruptionBudget>(client, namespace), &children, writers.pdbs));
         streams.push(
-            reflector::reflector(writers.claims, watcher(api::<PersistentVolumeClaim>(client, namespace), children))
-                .default_backoff()
-                .touched_objects()
-                .map(|r| r.map(|claim| cluster_of_claim(&claim).into_iter().collect()))
-                .boxed(),
+            reflector::reflector(
+                writers.claims,
+                watcher(api::<PersistentVolumeClaim>(client, namespace), children.clone()),
+            )
+            .default_backoff()
+            .touched_objects()
+            .map(|r| r.map(|claim| cluster_of_claim(&claim).into_iter().collect()))
+            .boxed(),
+        );
+        // The database pods: IPs, readiness and role labels. Every change
+        // (a pod becoming ready, getting an IP) reaches its cluster.
+        streams.push(
+            reflector::reflector(
+                writers.pods,
+                watcher(api::<Pod>(client, namespace), children.clone()).modify(|pod| {
+                    pod.metadata.managed_fields = None;
+                    pod.metadata.annotations = None;
+                    pod.spec = None;
+                }),
+            )
+            .default_backoff()
+            .touched_objects()
+            .map(|r| r.map(|pod| cluster_of_labels(&pod.metadata).into_iter().collect()))
+            .boxed(),
         );
         Self { clusters, streams }
     }
@@ -159,8 +178,14 @@ pub fn owner_of(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<DatabaseCluste
 /// The cluster a volume claim belongs to, from the labels the StatefulSet copies onto it.
 /// (Retained claims carry no ownerReference.)
 pub fn cluster_of_claim(claim: &PersistentVolumeClaim) -> Option<ObjectRef<DatabaseCluster>> {
-    let namespace = claim.namespace()?;
-    let labels = claim.labels();
+    cluster_of_labels(&claim.metadata)
+}
+
+/// The cluster an object of the StatefulSet (a pod, a claim) belongs to, from its labels.
+pub fn cluster_of_labels(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<DatabaseCluster>> {
+    let namespace = meta.namespace.clone()?;
+    let empty = std::collections::BTreeMap::new();
+    let labels = meta.labels.as_ref().unwrap_or(&empty);
     let instance = labels.get("app.kubernetes.io/instance")?;
     let ours = selector_labels(instance).iter().all(|(k, v)| labels.get(k) == Some(v));
     ours.then(|| ObjectRef::new(instance).within(&namespace))
@@ -406,7 +431,14 @@ mod tests {
         let (service, handle) = tower_test::mock::pair();
         let client = Client::new(service, "default");
         let (stores, writers) = crate::context::stores();
-        let ctx = Arc::new(Context::new(client.clone(), crate::cli::Settings::default(), stores, None));
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            crate::cli::Settings::default(),
+            stores,
+            None,
+            crate::fixtures::keys(),
+            Arc::new(crate::fixtures::FakeInstances::default()),
+        ));
         let informers = Informers::new(&client, None, writers);
         let mut writes = serve_informers(handle);
         let (lease, leading) = watch::channel(false);

@@ -13,18 +13,18 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
 use ring::rand::{SecureRandom, SystemRandom};
-use stead_crds::names::{child_labels, credentials_secret_name};
+use stead_certs::ServingCertificate;
+use stead_crds::names::{
+    CONTROLLER_TOKEN_KEY, DEFAULT_SUPERUSER, PASSWORD_KEY, REPLICATION_PASSWORD_KEY, USERNAME_KEY, child_labels,
+    credentials_secret_name,
+};
 
 use crate::children::ClusterView;
 
 /// Secret type whose `username` and `password` keys tools understand.
 pub const SECRET_TYPE: &str = "kubernetes.io/basic-auth";
 /// The superuser of the official postgres image.
-pub const USERNAME: &str = "postgres";
-/// Key of the user name in the Secret.
-pub const USERNAME_KEY: &str = "username";
-/// Key of the password in the Secret.
-pub const PASSWORD_KEY: &str = "password";
+pub const USERNAME: &str = DEFAULT_SUPERUSER;
 /// Length of a generated password: 32 characters of 62 carry about 190 bits.
 pub const PASSWORD_LEN: usize = 32;
 
@@ -65,8 +65,33 @@ pub fn system_password() -> Result<String, RandomFailed> {
     generate_password(&SystemRandom::new())
 }
 
-/// The Secret to create for `view`, carrying `password`; no ownerReference.
-pub fn credentials_secret(view: &ClusterView, password: String) -> Secret {
+/// What goes into a new credentials Secret besides the user name.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The superuser's password.
+    pub password: String,
+    /// The password of the replication role `streaming_replica`.
+    pub replication_password: String,
+    /// The bearer token the instance managers accept from the controller.
+    pub controller_token: String,
+    /// The instance managers' serving certificate and key, and the CA that signed it.
+    pub serving: ServingCertificate,
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
+}
+
+/// Key of the instance managers' certificate, key and CA in the Secret.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+pub const CA_KEY: &str = "ca.crt";
+
+/// The Secret to create for `view`; no ownerReference.
+pub fn credentials_secret(view: &ClusterView, credentials: Credentials) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(credentials_secret_name(&view.name)),
@@ -77,7 +102,12 @@ pub fn credentials_secret(view: &ClusterView, password: String) -> Secret {
         type_: Some(SECRET_TYPE.to_owned()),
         string_data: Some(BTreeMap::from([
             (USERNAME_KEY.to_owned(), USERNAME.to_owned()),
-            (PASSWORD_KEY.to_owned(), password),
+            (PASSWORD_KEY.to_owned(), credentials.password),
+            (REPLICATION_PASSWORD_KEY.to_owned(), credentials.replication_password),
+            (CONTROLLER_TOKEN_KEY.to_owned(), credentials.controller_token),
+            (TLS_CERT_KEY.to_owned(), credentials.serving.cert_pem),
+            (TLS_KEY_KEY.to_owned(), credentials.serving.key_pem),
+            (CA_KEY.to_owned(), credentials.ca_pem),
         ])),
         ..Secret::default()
     }
@@ -122,7 +152,15 @@ mod tests {
         c.metadata.namespace = Some("shop".into());
         c.metadata.uid = Some("uid-1".into());
         let view = ClusterView::new(&c).unwrap();
-        let secret = serde_json::to_value(credentials_secret(&view, "p".repeat(PASSWORD_LEN))).unwrap();
+        let serving = stead_certs::ServingCertificate { cert_pem: "CERT".into(), key_pem: "KEY".into() };
+        let credentials = Credentials {
+            password: "p".repeat(PASSWORD_LEN),
+            replication_password: "r".repeat(PASSWORD_LEN),
+            controller_token: "t".repeat(64),
+            serving,
+            ca_pem: "CA".into(),
+        };
+        let secret = serde_json::to_value(credentials_secret(&view, credentials)).unwrap();
         assert_eq!(
             secret,
             json!({
@@ -134,7 +172,15 @@ mod tests {
                     "labels": child_labels("orders"),
                 },
                 "type": "kubernetes.io/basic-auth",
-                "stringData": { "username": "postgres", "password": "p".repeat(PASSWORD_LEN) },
+                "stringData": {
+                    "username": "postgres",
+                    "password": "p".repeat(PASSWORD_LEN),
+                    "replication-password": "r".repeat(PASSWORD_LEN),
+                    "controller-token": "t".repeat(64),
+                    "tls.crt": "CERT",
+                    "tls.key": "KEY",
+                    "ca.crt": "CA",
+                },
             })
         );
     }

@@ -83,6 +83,13 @@ pub enum Error {
         source: crate::credentials::RandomFailed,
     },
 
+    /// The instance managers' certificate could not be issued.
+    #[error(
+        "could not issue the certificate of the instance managers of DatabaseCluster {cluster}: {why}; check the \
+         controller's key Secret stead-controller-keys (delete it to have a new one made)"
+    )]
+    Keys { cluster: String, why: String },
+
     /// An object could not be turned into JSON (a bug, never input); `what` names it.
     #[error(
         "could not turn {what} into JSON ({source}); this is a bug in stead-controller, please report it with \
@@ -154,7 +161,7 @@ impl Error {
                 finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer => ErrorKind::Other,
             },
             Self::MissingMetadata { .. } | Self::ForeignChild { .. } => ErrorKind::Conflicting,
-            Self::Serialize { .. } | Self::Password { .. } => ErrorKind::Other,
+            Self::Serialize { .. } | Self::Password { .. } | Self::Keys { .. } => ErrorKind::Other,
         }
     }
 
@@ -450,6 +457,7 @@ mod tests {
             Error::ExpansionRefused { .. } => "ExpansionRefused",
             Error::Password { .. } => "Password",
             Error::Serialize { .. } => "Serialize",
+            Error::Keys { .. } => "Keys",
         }
     }
 
@@ -542,6 +550,11 @@ mod tests {
                 "StorageClass sets allowVolumeExpansion: true",
             ),
             (
+                Error::Keys { cluster: "shop/orders".into(), why: "the CA key is not a key".into() },
+                "DatabaseCluster shop/orders",
+                "delete it to have a new one made",
+            ),
+            (
                 Error::Password {
                     namespace: "shop".into(),
                     name: "orders-credentials".into(),
@@ -565,7 +578,7 @@ mod tests {
         let mut covered = std::collections::BTreeSet::new();
         for (err, object, fix) in rows {
             covered.insert(variant(&err));
-            let status = compute_status(&cluster, None, Outcome::Failed(&err), now, None);
+            let status = compute_status(&cluster, None, Outcome::Failed(&err), now, None, None);
             let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
             let message = &degraded.message;
             assert_eq!(degraded.status, "True", "{message}");
@@ -575,7 +588,16 @@ mod tests {
             assert!(message.contains(object), "does not name {object}: {message}");
             assert!(message.contains(fix), "does not say {fix:?}: {message}");
         }
-        let all = ["ExpansionRefused", "Finalizer", "ForeignChild", "Kube", "MissingMetadata", "Password", "Serialize"];
+        let all = [
+            "ExpansionRefused",
+            "Finalizer",
+            "ForeignChild",
+            "Keys",
+            "Kube",
+            "MissingMetadata",
+            "Password",
+            "Serialize",
+        ];
         assert_eq!(covered.into_iter().collect::<Vec<_>>(), all, "every variant has a row");
     }
 

@@ -23,10 +23,19 @@ use stead_crds::{DatabaseCluster, DatabaseClusterSpec, StorageSpec};
 use tokio::task::JoinHandle;
 use tower_test::mock;
 
-use crate::children::{self, ClusterView};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use k8s_openapi::api::core::v1::Pod;
+use stead_crds::instance_api::{Bootstrap, Demote, InstanceStatus, Lsn, Postmaster, Role};
+
+use crate::children::{self, ChildKind, ClusterView};
 use crate::cli::Settings;
 use crate::context::{Context, StoreWriters, stores};
-use crate::status::{Outcome, compute_status};
+use crate::instances::{CallError, InstanceApi, Target};
+use crate::keys::ControllerKeys;
+use crate::status::{Outcome, Replication, compute_status};
+use crate::topology::{decide, members_without_pods};
 
 pub const NS: &str = "shop";
 pub const NAME: &str = "orders";
@@ -51,15 +60,75 @@ pub fn context() -> (Arc<Context>, ApiServer) {
 
 /// A context whose caches are filled by `fill`.
 pub fn context_with(fill: impl FnOnce(&mut StoreWriters)) -> (Arc<Context>, ApiServer) {
+    context_with_instances(fill, Arc::new(FakeInstances::default()))
+}
+
+/// A context whose caches are filled by `fill` and whose instance managers are `instances`.
+pub fn context_with_instances(
+    fill: impl FnOnce(&mut StoreWriters),
+    instances: Arc<dyn InstanceApi>,
+) -> (Arc<Context>, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (stores, mut writers) = stores();
     writers.seed([], [], [], []);
     fill(&mut writers);
-    let mut ctx = Context::new(client, Settings::default(), stores, Some("test".into()));
+    let mut ctx = Context::new(client, Settings::default(), stores, Some("test".into()), keys(), instances);
     ctx.now = now;
     (Arc::new(ctx), ApiServer(handle))
 }
+
+/// One set of controller keys for every test (a CA takes a while to make).
+pub fn keys() -> Arc<ControllerKeys> {
+    static KEYS: OnceLock<Arc<ControllerKeys>> = OnceLock::new();
+    KEYS.get_or_init(|| Arc::new(ControllerKeys::generate().unwrap().0)).clone()
+}
+
+/// Instance managers that answer from a table, and record what they were asked.
+#[derive(Default)]
+pub struct FakeInstances {
+    /// `GET /status` answers, by pod; a pod not listed is unreachable.
+    pub statuses: Mutex<HashMap<String, InstanceStatus>>,
+    /// Every call, as `<method> <path> <pod> [body]`.
+    pub calls: Mutex<Vec<String>>,
+}
+
+impl FakeInstances {
+    fn answer(&self, target: &Target, what: String) -> Result<InstanceStatus, CallError> {
+        assert_eq!(target.token, keys().token(NS, NAME), "every call carries the cluster's token");
+        self.calls.lock().unwrap().push(what);
+        self.statuses.lock().unwrap().get(&target.pod).cloned().ok_or_else(|| CallError::Unreachable {
+            pod: target.pod.clone(),
+            ip: target.ip.clone(),
+            method: "GET",
+            path: "/status",
+            why: "connection refused".into(),
+        })
+    }
+}
+
+impl InstanceApi for FakeInstances {
+    fn status<'a>(&'a self, target: &'a Target) -> InstanceAnswer<'a> {
+        Box::pin(async move { self.answer(target, format!("GET /status {}", target.pod)) })
+    }
+
+    fn bootstrap<'a>(&'a self, target: &'a Target, request: &'a Bootstrap) -> InstanceAnswer<'a> {
+        let body = serde_json::to_string(request).unwrap();
+        Box::pin(async move { self.answer(target, format!("POST /bootstrap {} {body}", target.pod)) })
+    }
+
+    fn demote<'a>(&'a self, target: &'a Target, request: &'a Demote) -> InstanceAnswer<'a> {
+        let body = serde_json::to_string(request).unwrap();
+        Box::pin(async move { self.answer(target, format!("POST /demote {} {body}", target.pod)) })
+    }
+
+    fn promote<'a>(&'a self, target: &'a Target) -> InstanceAnswer<'a> {
+        Box::pin(async move { self.answer(target, format!("POST /promote {}", target.pod)) })
+    }
+}
+
+type InstanceAnswer<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<InstanceStatus, CallError>> + Send + 'a>>;
 
 /// What the mock answers.
 pub enum Reply {
@@ -306,11 +375,24 @@ pub fn create_secret(reply: Reply) -> Call {
                 "labelled, and no ownerReferences: the Secret outlives the cluster"
             );
             let data = body["stringData"].as_object().unwrap();
-            assert_eq!(data.len(), 2, "{body}");
+            let mut keys: Vec<&str> = data.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(
+                keys,
+                ["ca.crt", "controller-token", "password", "replication-password", "tls.crt", "tls.key", "username"],
+                "{body}"
+            );
             assert_eq!(data["username"], "postgres");
-            let password = data["password"].as_str().unwrap();
-            assert_eq!(password.len(), 32, "{password}");
-            assert!(password.bytes().all(|b| b.is_ascii_alphanumeric()), "{password}");
+            for key in ["password", "replication-password"] {
+                let password = data[key].as_str().unwrap();
+                assert_eq!(password.len(), 32, "{password}");
+                assert!(password.bytes().all(|b| b.is_ascii_alphanumeric()), "{password}");
+            }
+            assert_ne!(data["password"], data["replication-password"]);
+            assert_eq!(data["controller-token"], super::fixtures::keys().token(NS, NAME).as_str());
+            assert_eq!(data["ca.crt"], super::fixtures::keys().ca_pem().as_str());
+            assert!(data["tls.crt"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+            assert!(data["tls.key"].as_str().unwrap().contains("PRIVATE KEY"));
             assert!(body.get("data").is_none());
         },
         reply,
@@ -331,6 +413,104 @@ pub fn create(uri: String, want: Value) -> Call {
 pub fn list(uri: String, items: &[Value]) -> Call {
     let reply = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "9"}, "items": items});
     Call::new(Method::GET, uri, |body| assert!(body.is_null(), "a list has no body"), Reply::Json(reply))
+}
+
+// ---- Instances ---------------------------------------------------------------------------
+
+/// The pod IP of an ordinal in these tests.
+pub fn pod_ip(ordinal: i32) -> String {
+    format!("10.244.0.{}", 10 + ordinal)
+}
+
+/// A pod of the cluster's StatefulSet (uid `uid-sts`), as the pod cache holds it.
+pub fn live_pod(ordinal: i32, ready: bool, role: Option<&str>) -> Pod {
+    let mut labels = stead_crds::names::child_labels(NAME);
+    if let Some(role) = role {
+        labels.insert(crate::topology::ROLE_LABEL.to_owned(), role.to_owned());
+    }
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("{NAME}-{ordinal}"), "namespace": NS, "uid": format!("uid-pod-{ordinal}"),
+            "resourceVersion": format!("{}", 50 + ordinal), "labels": labels,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": NAME, "uid": "uid-sts", "controller": true}],
+        },
+        "status": {
+            "phase": "Running", "podIP": pod_ip(ordinal),
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+        },
+    }))
+    .unwrap()
+}
+
+/// What a healthy primary's instance manager answers.
+pub fn primary_status(ordinal: i32) -> InstanceStatus {
+    InstanceStatus {
+        pod_name: format!("{NAME}-{ordinal}"),
+        role: Role::Primary,
+        postmaster: Postmaster::Running,
+        ready: true,
+        timeline: Some(1),
+        system_identifier: Some("7400000000000000001".into()),
+        current_lsn: Some(Lsn(0x0300_0060)),
+        received_lsn: None,
+        replayed_lsn: None,
+        lag_bytes: None,
+        streaming: false,
+        primary_host: None,
+        restarts: 0,
+        pending_restart: false,
+    }
+}
+
+/// What a replica streaming from `primary` answers, `lag` bytes behind.
+pub fn replica_status(ordinal: i32, primary: i32, lag: u64) -> InstanceStatus {
+    InstanceStatus {
+        role: Role::Replica,
+        current_lsn: Some(Lsn(0x0300_0060 - lag)),
+        received_lsn: Some(Lsn(0x0300_0060)),
+        replayed_lsn: Some(Lsn(0x0300_0060 - lag)),
+        lag_bytes: Some(lag),
+        streaming: true,
+        primary_host: Some(pod_ip(primary)),
+        ..primary_status(ordinal)
+    }
+}
+
+/// What an instance manager on an empty volume answers.
+pub fn empty_status(ordinal: i32) -> InstanceStatus {
+    InstanceStatus {
+        role: Role::Bootstrapping,
+        postmaster: Postmaster::Stopped,
+        ready: false,
+        timeline: None,
+        system_identifier: None,
+        current_lsn: None,
+        ..primary_status(ordinal)
+    }
+}
+
+/// Instance managers answering with `statuses`.
+pub fn instances_answering(statuses: impl IntoIterator<Item = InstanceStatus>) -> Arc<FakeInstances> {
+    let fake = FakeInstances::default();
+    fake.statuses.lock().unwrap().extend(statuses.into_iter().map(|s| (s.pod_name.clone(), s)));
+    Arc::new(fake)
+}
+
+/// The merge patch that labels a pod with its role (`None` removes the label).
+pub fn label_pod(ordinal: i32, role: Option<&'static str>) -> Call {
+    Call::new(
+        Method::PATCH,
+        format!("/api/v1/namespaces/{NS}/pods/{NAME}-{ordinal}?&fieldManager={FIELD_MANAGER}"),
+        move |body| {
+            assert_eq!(
+                body,
+                &json!({"metadata": {"resourceVersion": format!("{}", 50 + ordinal), "labels": {"stead.dev/role": role}}})
+            );
+        },
+        Reply::Json(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("{NAME}-{ordinal}"), "namespace": NS}}),
+        ),
+    )
 }
 
 // ---- Objects ----------------------------------------------------------------------------
@@ -362,9 +542,12 @@ pub fn finalized(mut c: DatabaseCluster) -> DatabaseCluster {
 }
 
 /// The cluster with the status the controller would have written for `sts`,
-/// including the credentials Secret it ensured.
+/// including the credentials Secret it ensured, while its pods have no IP yet.
 pub fn settled(mut c: DatabaseCluster, sts: Option<&StatefulSet>) -> DatabaseCluster {
-    c.status = Some(compute_status(&c, sts, Outcome::Reconciled, now(), Some(SECRET)));
+    let view = ClusterView::new(&c).unwrap();
+    let topology = decide(None, &members_without_pods(NAME, view.replicas()), 5432);
+    let replication = Replication { topology: &topology, namespace: NS, port: view.port() };
+    c.status = Some(compute_status(&c, sts, Outcome::Reconciled, now(), Some(SECRET), Some(&replication)));
     c
 }
 
@@ -377,20 +560,27 @@ fn stored<K: serde::de::DeserializeOwned>(mut applied: Value, uid: &str) -> K {
     serde_json::from_value(applied).unwrap()
 }
 
+/// The Service kinds of every cluster, in the order they are made.
+pub const SERVICES: [ChildKind; 4] =
+    [ChildKind::HeadlessService, ChildKind::PrimaryService, ChildKind::ReplicaService, ChildKind::AnyService];
+
 pub fn live_services(c: &DatabaseCluster) -> Vec<Service> {
     let view = ClusterView::new(c).unwrap();
-    let mut headless: Service = stored(children::headless_service(&view), "uid-headless");
-    let mut client: Service = stored(children::client_service(&view), "uid-client");
-    // API server defaults.
-    for svc in [&mut headless, &mut client] {
-        let spec = svc.spec.as_mut().unwrap();
-        spec.session_affinity = Some("None".into());
-        spec.ip_families = Some(vec!["IPv4".into()]);
-        if spec.cluster_ip.is_none() {
-            spec.cluster_ip = Some("10.96.0.17".into());
-        }
-    }
-    vec![headless, client]
+    SERVICES
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| {
+            let mut svc: Service = stored(children::service(&view, *kind), &format!("uid-svc-{i}"));
+            // API server defaults.
+            let spec = svc.spec.as_mut().unwrap();
+            spec.session_affinity = Some("None".into());
+            spec.ip_families = Some(vec!["IPv4".into()]);
+            if spec.cluster_ip.is_none() {
+                spec.cluster_ip = Some(format!("10.96.0.{}", 17 + i));
+            }
+            svc
+        })
+        .collect()
 }
 
 /// The StatefulSet as stored, with `ready` of its replicas ready.

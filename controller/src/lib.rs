@@ -19,6 +19,7 @@ pub mod leader;
 pub mod managed_fields;
 pub mod metrics;
 pub mod reconciler;
+pub mod replication;
 pub mod status;
 pub mod storage;
 pub mod topology;

@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use kube::Api;
 use stead_controller::cli::{Cli, Settings, lease_identity, lease_namespace};
 use stead_controller::context::{Context, stores};
 use stead_controller::controller::{Informers, check_crd, run};
 use stead_controller::http;
+use stead_controller::instances::HttpsInstances;
+use stead_controller::keys::ControllerKeys;
 use stead_controller::leader::Leadership;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -33,8 +36,20 @@ async fn main() -> anyhow::Result<()> {
     let metrics_listener = http::bind(cli.metrics_listen, "--metrics-listen").await?;
 
     let identity = lease_identity();
+    let keys_namespace = cli.keys_namespace.clone().unwrap_or_else(|| lease_namespace(client.default_namespace()));
+    let keys = ControllerKeys::load_or_create(&Api::namespaced(client.clone(), &keys_namespace), &keys_namespace)
+        .await
+        .context("cannot load the controller's keys")?;
+    let instances = HttpsInstances::new(&keys.ca_pem()).context("cannot build the instance managers' client")?;
     let (stores, writers) = stores();
-    let ctx = Arc::new(Context::new(client.clone(), Settings::from(&cli), stores, Some(identity.clone())));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Settings::from(&cli),
+        stores,
+        Some(identity.clone()),
+        Arc::new(keys),
+        Arc::new(instances),
+    ));
     let informers = Informers::new(&client, cli.namespace.as_deref(), writers);
 
     let shutdown = CancellationToken::new();

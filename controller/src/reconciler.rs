@@ -29,11 +29,12 @@ use tracing::{debug, info, warn};
 
 use crate::children::{self, ChildKind, ClusterView};
 use crate::context::Context;
-use crate::credentials::{credentials_secret, system_password};
+use crate::credentials::{Credentials, credentials_secret, system_password};
 use crate::diff::is_subset;
 use crate::error::{Error, backoff, foreign_owner, has_code, is_not_found};
 use crate::managed_fields;
-use crate::status::{Outcome, compute_status, needs_write};
+use crate::replication::converge;
+use crate::status::{Outcome, Replication, compute_status, needs_write};
 use crate::storage::{expansion_patch, expansions};
 
 /// Longest event note the API accepts.
@@ -103,14 +104,15 @@ pub fn error_policy(cluster: Arc<DatabaseCluster>, error: &Error, ctx: Arc<Conte
 
 /// The cluster exists and carries our finalizer.
 async fn apply(cluster: &DatabaseCluster, ctx: &Context) -> Result<Action, Error> {
-    let view = ClusterView::new(cluster)?;
+    let mut view = ClusterView::new(cluster)?;
+    view.instance_image.clone_from(&ctx.settings.instance_image);
     let resync = Action::requeue(ctx.settings.resync);
     let live_sts = cached(&ctx.stores.stateful_sets, &view, ChildKind::StatefulSet);
 
     // Guard: the webhook may be bypassed or absent. Judge as it would, touch nothing.
     let verdict = validate_create(cluster);
     if !verdict.is_allowed() {
-        let written = write_status(cluster, ctx, live_sts.as_deref(), Outcome::Invalid(&verdict), None).await?;
+        let written = write_status(cluster, ctx, live_sts.as_deref(), Outcome::Invalid(&verdict), None, None).await?;
         // Once per change of the verdict (and so once per generation), not on every resync.
         if written == StatusWrite::Written {
             publish(ctx, cluster, EventType::Warning, "InvalidSpec", "Validate", invalid_note(&verdict)).await;
@@ -119,7 +121,7 @@ async fn apply(cluster: &DatabaseCluster, ctx: &Context) -> Result<Action, Error
     }
 
     if view.spec.is_paused() {
-        let written = write_status(cluster, ctx, live_sts.as_deref(), Outcome::Reconciled, None).await?;
+        let written = write_status(cluster, ctx, live_sts.as_deref(), Outcome::Reconciled, None, None).await?;
         return Ok(if written == StatusWrite::Gone { Action::await_change() } else { resync });
     }
 
@@ -128,13 +130,22 @@ async fn apply(cluster: &DatabaseCluster, ctx: &Context) -> Result<Action, Error
         Ok(secret) => secret,
         Err(err) => return failed(cluster, ctx, &view, None, err).await,
     };
-    match apply_children(cluster, &view, ctx, live_sts).await {
-        Ok(sts) => {
-            let written = write_status(cluster, ctx, sts.as_deref(), Outcome::Reconciled, Some(&credentials)).await?;
-            Ok(if written == StatusWrite::Gone { Action::await_change() } else { resync })
-        }
-        Err(err) => failed(cluster, ctx, &view, Some(&credentials), err).await,
-    }
+    let sts = match apply_children(cluster, &view, ctx, live_sts).await {
+        Ok(sts) => sts,
+        Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
+    };
+    // The instances: roles, labels, bootstraps. Polled again soon, since
+    // replication health changes without any Kubernetes object changing.
+    let sts_uid = sts.as_ref().and_then(|s| s.metadata.uid.clone());
+    let topology = match converge(cluster, ctx, &view, sts_uid.as_deref()).await {
+        Ok(topology) => topology,
+        Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
+    };
+    let replication = Replication { topology: &topology, namespace: &view.namespace, port: view.port() };
+    let written =
+        write_status(cluster, ctx, sts.as_deref(), Outcome::Reconciled, Some(&credentials), Some(&replication)).await?;
+    let poll = Action::requeue(ctx.settings.poll);
+    Ok(if written == StatusWrite::Gone { Action::await_change() } else { poll })
 }
 
 /// Records a failed apply in the status (and an event, once per change), then returns the error.
@@ -146,7 +157,7 @@ async fn failed(
     err: Error,
 ) -> Result<Action, Error> {
     let sts = cached(&ctx.stores.stateful_sets, view, ChildKind::StatefulSet);
-    match write_status(cluster, ctx, sts.as_deref(), Outcome::Failed(&err), credentials).await {
+    match write_status(cluster, ctx, sts.as_deref(), Outcome::Failed(&err), credentials, None).await {
         Ok(StatusWrite::Written) => {
             publish(ctx, cluster, EventType::Warning, err.reason(), "Reconcile", err.to_string()).await;
         }
@@ -168,14 +179,27 @@ async fn ensure_credentials(cluster: &DatabaseCluster, ctx: &Context, view: &Clu
     if cluster.status.as_ref().and_then(|s| s.credentials_secret.as_deref()) == Some(name.as_str()) {
         return Ok(name);
     }
-    let password = system_password().map_err(|source| Error::Password {
-        namespace: view.namespace.clone(),
-        name: name.clone(),
-        source,
-    })?;
+    let random = || {
+        system_password().map_err(|source| Error::Password {
+            namespace: view.namespace.clone(),
+            name: name.clone(),
+            source,
+        })
+    };
+    let serving = ctx
+        .keys
+        .serving_certificate(&view.namespace, &view.name)
+        .map_err(|e| Error::Keys { cluster: format!("{}/{}", view.namespace, view.name), why: e.to_string() })?;
+    let credentials = Credentials {
+        password: random()?,
+        replication_password: random()?,
+        controller_token: ctx.keys.token(&view.namespace, &view.name),
+        serving,
+        ca_pem: ctx.keys.ca_pem(),
+    };
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &view.namespace);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
-    match api.create(&params, &credentials_secret(view, password)).await {
+    match api.create(&params, &credentials_secret(view, credentials)).await {
         Ok(created) => {
             ctx.metrics.count_apply("Secret");
             info!(cluster = %view.name, namespace = %view.namespace, secret = %name, "created credentials Secret");
@@ -210,27 +234,87 @@ async fn apply_children(
     live_sts: Option<Arc<StatefulSet>>,
 ) -> Result<Option<Arc<StatefulSet>>, Error> {
     let stores = &ctx.stores;
-    for kind in [ChildKind::HeadlessService, ChildKind::ClientService] {
-        let desired = match kind {
-            ChildKind::HeadlessService => children::headless_service(view),
-            _ => children::client_service(view),
-        };
-        ensure::<Service>(cluster, ctx, view, kind, desired, cached(&stores.services, view, kind)).await?;
+    let plan = children::plan(view, live_sts.as_deref())?;
+    let mut sts = live_sts;
+    for child in &plan {
+        let body = child.body.clone();
+        match child.kind {
+            ChildKind::StatefulSet => {
+                let live = cached(&stores.stateful_sets, view, child.kind);
+                sts = Some(ensure::<StatefulSet>(cluster, ctx, view, child.kind, body, live).await?);
+            }
+            ChildKind::PodDisruptionBudget => {
+                let live = cached(&stores.pdbs, view, child.kind);
+                ensure::<PodDisruptionBudget>(cluster, ctx, view, child.kind, body, live).await?;
+            }
+            ChildKind::HeadlessService
+            | ChildKind::PrimaryService
+            | ChildKind::ReplicaService
+            | ChildKind::AnyService => {
+                let live = cached(&stores.services, view, child.kind);
+                ensure::<Service>(cluster, ctx, view, child.kind, body, live).await?;
+            }
+        }
     }
-
-    let desired = children::stateful_set(view, live_sts.as_deref())?;
-    let sts = ensure::<StatefulSet>(cluster, ctx, view, ChildKind::StatefulSet, desired, live_sts).await?;
-
-    let live_pdb = cached(&stores.pdbs, view, ChildKind::PodDisruptionBudget);
-    if children::wants_pdb(view) {
-        let desired = children::pod_disruption_budget(view);
-        ensure::<PodDisruptionBudget>(cluster, ctx, view, ChildKind::PodDisruptionBudget, desired, live_pdb).await?;
-    } else if let Some(pdb) = live_pdb {
-        remove_pdb(cluster, ctx, view, &pdb).await?;
-    }
+    let planned: Vec<(&str, String)> = plan.iter().map(|c| (c.kind.kind(), c.kind.name(&view.name))).collect();
+    remove_unplanned(cluster, ctx, view, &stores.services, &planned).await?;
+    remove_unplanned(cluster, ctx, view, &stores.pdbs, &planned).await?;
 
     expand_volumes(cluster, ctx, view).await?;
-    Ok(Some(sts))
+    Ok(sts)
+}
+
+/// Deletes the children this cluster controls that the plan no longer
+/// lists (the PDB of a cluster scaled to one replica, the all-pods Service
+/// of stead 0.1). Only objects in our cache, labelled for this cluster and
+/// controlled by it are candidates; the delete is conditional on the uid, so
+/// a recreated object of the same name is never hit.
+async fn remove_unplanned<K>(
+    cluster: &DatabaseCluster,
+    ctx: &Context,
+    view: &ClusterView,
+    store: &Store<K>,
+    planned: &[(&str, String)],
+) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let kind = K::kind(&()).into_owned();
+    let orphans: Vec<Arc<K>> = store
+        .state()
+        .into_iter()
+        .filter(|o| o.meta().namespace.as_deref() == Some(view.namespace.as_str()))
+        .filter(|o| o.labels().get("app.kubernetes.io/instance") == Some(&view.name))
+        .filter(|o| is_controlled_by(o.meta(), view))
+        .filter(|o| !planned.iter().any(|(k, n)| *k == kind && Some(n) == o.meta().name.as_ref()))
+        .collect();
+    for orphan in orphans {
+        let name = orphan.name_any();
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &view.namespace);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid: orphan.meta().uid.clone(), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) || has_code(&e, &[409]) => continue,
+            Err(e) => return Err(Error::kube(format!("delete {kind} {}/{name}", view.namespace), e)),
+        }
+        ctx.metrics.count_apply(&kind);
+        info!(cluster = %view.name, namespace = %view.namespace, child = %name, kind = %kind, "deleted child the plan no longer lists");
+        let why = if kind == "PodDisruptionBudget" {
+            "a single replica needs none"
+        } else {
+            "the cluster no longer needs it"
+        };
+        let note = format!("deleted {kind} {name}: {why}");
+        publish(ctx, cluster, EventType::Normal, "Deleted", "Delete", note).await;
+    }
+    Ok(())
+}
+
+fn is_controlled_by(meta: &kube::api::ObjectMeta, view: &ClusterView) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == view.uid)
 }
 
 /// Brings one child to `desired`: creates it when it is not in the cache,
@@ -379,32 +463,6 @@ fn foreign(meta: &kube::api::ObjectMeta, view: &ClusterView, child: ChildKind) -
     })
 }
 
-async fn remove_pdb(
-    cluster: &DatabaseCluster,
-    ctx: &Context,
-    view: &ClusterView,
-    pdb: &PodDisruptionBudget,
-) -> Result<(), Error> {
-    if let Some(foreign) = foreign(&pdb.metadata, view, ChildKind::PodDisruptionBudget) {
-        return Err(foreign);
-    }
-    let name = ChildKind::PodDisruptionBudget.name(&view.name);
-    let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &view.namespace);
-    let params = DeleteParams {
-        preconditions: Some(Preconditions { uid: pdb.metadata.uid.clone(), resource_version: None }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&name, &params).await {
-        Ok(_) => {}
-        Err(e) if is_not_found(&e) => return Ok(()),
-        Err(e) => return Err(Error::kube(format!("delete PodDisruptionBudget {}/{name}", view.namespace), e)),
-    }
-    ctx.metrics.count_apply("PodDisruptionBudget");
-    let note = format!("deleted PodDisruptionBudget {name}: a single replica needs none");
-    publish(ctx, cluster, EventType::Normal, "Deleted", "Delete", note).await;
-    Ok(())
-}
-
 /// Grows the claims the StatefulSet's immutable template cannot.
 async fn expand_volumes(cluster: &DatabaseCluster, ctx: &Context, view: &ClusterView) -> Result<(), Error> {
     // Look the claims up by name: cost per cluster, not per claim in the cluster.
@@ -515,8 +573,9 @@ async fn write_status(
     sts: Option<&StatefulSet>,
     outcome: Outcome<'_>,
     credentials: Option<&str>,
+    replication: Option<&Replication<'_>>,
 ) -> Result<StatusWrite, Error> {
-    let status = compute_status(cluster, sts, outcome, (ctx.now)(), credentials);
+    let status = compute_status(cluster, sts, outcome, (ctx.now)(), credentials, replication);
     if !needs_write(cluster.status.as_ref(), &status) {
         return Ok(StatusWrite::Unchanged);
     }
@@ -556,6 +615,18 @@ fn invalid_note(verdict: &Verdict) -> String {
 
 async fn publish(ctx: &Context, cluster: &DatabaseCluster, type_: EventType, reason: &str, action: &str, note: String) {
     publish_about(ctx, cluster, type_, reason, action, note, None).await;
+}
+
+/// Publishes an event about the cluster (for the other reconcile modules).
+pub(crate) async fn publish_event(
+    ctx: &Context,
+    cluster: &DatabaseCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    publish(ctx, cluster, type_, reason, action, note).await;
 }
 
 /// Publishes an event about the cluster; a failure to publish is logged, never fatal.

@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use http::Method;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::{Value, json};
+use stead_crds::instance_api::InstanceStatus;
 use stead_crds::names::FINALIZER;
 use stead_crds::{DatabaseCluster, DatabaseClusterSpec, StorageSpec};
 
-use crate::children::{self, ClusterView};
+use crate::children::{self, ChildKind, ClusterView};
 use crate::error::ErrorKind;
 use crate::fixtures::*;
 use crate::metrics::render;
@@ -34,7 +36,13 @@ fn metric(ctx: &crate::Context, line_start: &str) -> Option<String> {
     render(&ctx.registry).unwrap().lines().find(|l| l.starts_with(line_start)).map(str::to_owned)
 }
 
+/// A reconcile that applied the children polls the instances again soon.
 fn resync() -> Action {
+    Action::requeue(crate::cli::POLL)
+}
+
+/// Paused and invalid clusters are looked at again only on the slow resync.
+fn slow_resync() -> Action {
     Action::requeue(crate::cli::RESYNC)
 }
 
@@ -62,7 +70,17 @@ async fn first_apply_creates_every_child_then_writes_status() {
         assert_eq!(status["replicas"], 0, "the StatefulSet reports no pods yet");
         assert_eq!(status["readyReplicas"], 0);
         assert_eq!(status["selector"], "app.kubernetes.io/instance=orders,app.kubernetes.io/name=databasecluster");
-        assert_eq!(condition(status, "Available"), triple("False", "ReplicasNotReady", "0/3 replicas are ready"));
+        assert_eq!(
+            condition(status, "Available"),
+            triple("False", "NoPrimary", "no instance is the primary yet; 0/3 instances ready")
+        );
+        assert_eq!(condition(status, "ReplicationHealthy").1, "ReplicasStarting");
+        assert_eq!(status["endpoints"]["readWrite"], "orders-rw.shop.svc:5432");
+        assert_eq!(status["endpoints"]["readOnly"], "orders-ro.shop.svc:5432");
+        assert_eq!(status["endpoints"]["any"], "orders-r.shop.svc:5432");
+        let roles: Vec<&str> =
+            status["instances"].as_array().unwrap().iter().map(|i| i["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["pending", "pending", "pending"], "no pod has an IP yet");
         assert_eq!(condition(status, "Progressing").0, "True");
         assert_eq!(condition(status, "Degraded"), triple("False", "AsExpected", "no problems found"));
         assert_eq!(status["conditions"][0]["lastTransitionTime"], "2023-11-14T22:13:20Z");
@@ -80,10 +98,14 @@ async fn first_apply_creates_every_child_then_writes_status() {
         }),
         // Nothing is cached yet: every child is created with a POST of exactly its apply
         // body, which can never change an object that exists already.
-        create(service_create_uri(), children::headless_service(&view)),
+        create(service_create_uri(), children::service(&view, ChildKind::HeadlessService)),
         created("Service", "orders-headless"),
-        create(service_create_uri(), children::client_service(&view)),
-        created("Service", "orders"),
+        create(service_create_uri(), children::service(&view, ChildKind::PrimaryService)),
+        created("Service", "orders-rw"),
+        create(service_create_uri(), children::service(&view, ChildKind::ReplicaService)),
+        created("Service", "orders-ro"),
+        create(service_create_uri(), children::service(&view, ChildKind::AnyService)),
+        created("Service", "orders-r"),
         create(sts_create_uri(), children::stateful_set(&view, None).unwrap()),
         created("StatefulSet", "orders"),
         create(pdb_create_uri(), children::pod_disruption_budget(&view)),
@@ -164,24 +186,186 @@ async fn steady_state_is_radio_silence() {
     verify(server).await;
 }
 
-#[tokio::test]
-async fn readiness_change_updates_only_the_status() {
+/// A settled cluster whose three pods run: 0 primary, 1 and 2 replicas; labels as given.
+fn running(
+    labels: [Option<&'static str>; 3],
+) -> (DatabaseCluster, Arc<FakeInstances>, impl FnOnce(&mut crate::context::StoreWriters)) {
     let base = finalized(cluster(spec()));
-    // Stored status describes 1/3 ready; the StatefulSet now reports 3/3.
-    let c = settled(base.clone(), Some(&live_sts(&base, 1)));
-    let (ctx, server) = context_with(|w| {
-        w.seed([live_sts(&base, 3)], live_services(&base), [live_pdb(&base)], []);
-    });
-    let server = server.expect(vec![status_patch(&c, |status| {
-        assert_eq!(status["readyReplicas"], 3);
-        assert_eq!(condition(status, "Available"), triple("True", "AllReplicasReady", "3/3 replicas are ready"));
-        assert_eq!(
-            condition(status, "Progressing"),
-            triple("False", "Reconciled", "StatefulSet orders is up to date with 3 ready replicas")
-        );
-        assert_eq!(condition(status, "Degraded").0, "False");
-    })]);
+    let sts = live_sts(&base, 3);
+    let c = settled(base.clone(), Some(&sts));
+    let instances = instances_answering([primary_status(0), replica_status(1, 0, 0), replica_status(2, 0, 4096)]);
+    let fill = move |w: &mut crate::context::StoreWriters| {
+        w.seed([sts], live_services(&base), [live_pdb(&base)], []);
+        w.seed_pods([live_pod(0, true, labels[0]), live_pod(1, true, labels[1]), live_pod(2, true, labels[2])]);
+    };
+    (c, instances, fill)
+}
+
+#[tokio::test]
+async fn instances_reporting_roles_get_labelled_and_the_status_says_who_is_primary() {
+    let (c, instances, fill) = running([None, None, Some("replica")]);
+    let (ctx, server) = context_with_instances(fill, instances.clone());
+    let server = server.expect(vec![
+        label_pod(0, Some("primary")),
+        event("PrimaryLabelled", "Normal", |note| {
+            assert_eq!(note, "orders-0 is the primary: Service orders-rw routes to it");
+        }),
+        label_pod(1, Some("replica")),
+        status_patch(&c, |status| {
+            assert_eq!(status["currentPrimary"], "orders-0");
+            assert_eq!(status["targetPrimary"], "orders-0");
+            assert_eq!(
+                condition(status, "Available"),
+                triple("True", "PrimaryReady", "orders-0 is the primary and ready; 3/3 instances ready")
+            );
+            assert_eq!(
+                condition(status, "ReplicationHealthy"),
+                triple("True", "AllReplicasStreaming", "2 replica(s) streaming from the primary within the lag bound")
+            );
+            assert_eq!(condition(status, "Degraded").0, "False");
+            let instances = status["instances"].as_array().unwrap();
+            assert_eq!(
+                instances[0],
+                json!({"name": "orders-0", "role": "primary", "ready": true, "lsn": "0/3000060", "timeline": 1})
+            );
+            assert_eq!(
+                instances[2],
+                json!({"name": "orders-2", "role": "replica", "ready": true, "streaming": true, "lagging": false,
+                       "lagBytes": 4096, "lsn": "0/2FFF060", "timeline": 1})
+            );
+        }),
+    ]);
     assert_eq!(reconcile(Arc::new(c), ctx.clone()).await.unwrap(), resync());
+    assert_eq!(
+        *instances.calls.lock().unwrap(),
+        ["GET /status orders-0", "GET /status orders-1", "GET /status orders-2"],
+        "only status is asked: everyone already has data and streams from the right primary"
+    );
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_steady_replicated_cluster_is_radio_silence_even_while_the_wal_moves() {
+    let (c, instances, fill) = running([Some("primary"), Some("replica"), Some("replica")]);
+    // What the previous reconcile wrote.
+    let (ctx, server) = context_with_instances(fill, instances.clone());
+    let mut written = Value::Null;
+    {
+        let keep = Arc::new(std::sync::Mutex::new(Value::Null));
+        let k = keep.clone();
+        let server = server.expect(vec![status_patch(&c, move |s| *k.lock().unwrap() = s.clone())]);
+        reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap();
+        drop(ctx);
+        verify(server).await;
+        written.clone_from(&keep.lock().unwrap());
+    }
+    let mut stored = c;
+    stored.status = Some(serde_json::from_value(written).unwrap());
+    // The primary has written more WAL and a replica lags a little more: no write for that.
+    let busier = instances_answering([
+        InstanceStatus { current_lsn: Some(stead_crds::instance_api::Lsn(0x0400_0000)), ..primary_status(0) },
+        replica_status(1, 0, 10),
+        replica_status(2, 0, 8192),
+    ]);
+    let base = finalized(cluster(spec()));
+    let sts = live_sts(&base, 3);
+    let (ctx, server) = context_with_instances(
+        |w| {
+            w.seed([sts], live_services(&base), [live_pdb(&base)], []);
+            w.seed_pods([
+                live_pod(0, true, Some("primary")),
+                live_pod(1, true, Some("replica")),
+                live_pod(2, true, Some("replica")),
+            ]);
+        },
+        busier,
+    );
+    let server = server.expect(vec![]);
+    for _ in 0..3 {
+        assert_eq!(reconcile(Arc::new(stored.clone()), ctx.clone()).await.unwrap(), resync());
+    }
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_replica_beyond_the_lag_bound_degrades_the_cluster_by_name() {
+    let base = finalized(cluster(DatabaseClusterSpec {
+        replication: Some(stead_crds::cluster::ReplicationSpec { max_lag_bytes: Some(1024) }),
+        ..spec()
+    }));
+    let sts = live_sts(&base, 3);
+    let c = settled(base.clone(), Some(&sts));
+    let instances = instances_answering([primary_status(0), replica_status(1, 0, 0), replica_status(2, 0, 4096)]);
+    let (ctx, server) = context_with_instances(
+        |w| {
+            w.seed([sts], live_services(&base), [live_pdb(&base)], []);
+            w.seed_pods([
+                live_pod(0, true, Some("primary")),
+                live_pod(1, true, Some("replica")),
+                live_pod(2, true, Some("replica")),
+            ]);
+        },
+        instances,
+    );
+    let server = server.expect(vec![status_patch(&c, |status| {
+        let want = "orders-2 lags by 4096 bytes (spec.replication.maxLagBytes is 1024)";
+        assert_eq!(condition(status, "ReplicationHealthy"), triple("False", "ReplicaLagging", want));
+        assert_eq!(condition(status, "Degraded"), triple("True", "ReplicaLagging", want));
+        assert_eq!(condition(status, "Available").0, "True", "the primary still serves");
+        assert_eq!(status["instances"][2]["lagging"], true);
+    })]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_new_cluster_initialises_ordinal_0_then_clones_the_others_from_it() {
+    let base = finalized(cluster(spec()));
+    let sts = live_sts(&base, 0);
+    let c = settled(base.clone(), Some(&sts));
+    let fill = |pods: Vec<Pod>| {
+        let base = base.clone();
+        let sts = sts.clone();
+        move |w: &mut crate::context::StoreWriters| {
+            w.seed([sts], live_services(&base), [live_pdb(&base)], []);
+            w.seed_pods(pods);
+        }
+    };
+    // Only ordinal 0 runs, on an empty volume: it is told to initialise.
+    let instances = instances_answering([empty_status(0)]);
+    let (ctx, server) = context_with_instances(fill(vec![live_pod(0, false, None)]), instances.clone());
+    let server = server.expect(vec![
+        event("Bootstrapping", "Normal", |note| assert_eq!(note, "initialising orders-0 as the first primary")),
+        status_patch(&c, |status| assert_eq!(condition(status, "Available").1, "NoPrimary")),
+    ]);
+    reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap();
+    assert_eq!(
+        *instances.calls.lock().unwrap(),
+        ["GET /status orders-0", r#"POST /bootstrap orders-0 {"mode":"initdb"}"#]
+    );
+    drop(ctx);
+    verify(server).await;
+
+    // Ordinal 0 serves as primary; ordinal 1 is empty: it clones from 0's address.
+    let instances = instances_answering([primary_status(0), empty_status(1)]);
+    let (ctx, server) = context_with_instances(
+        fill(vec![live_pod(0, true, Some("primary")), live_pod(1, false, None)]),
+        instances.clone(),
+    );
+    let server = server.expect(vec![
+        event("Bootstrapping", "Normal", |note| {
+            assert_eq!(note, "cloning orders-1 from the primary at 10.244.0.10 and starting it as a replica");
+        }),
+        status_patch(&c, |status| assert_eq!(status["currentPrimary"], "orders-0")),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    assert_eq!(
+        instances.calls.lock().unwrap()[2],
+        r#"POST /bootstrap orders-1 {"mode":"clone","primaryHost":"10.244.0.10","primaryPort":5432}"#
+    );
     drop(ctx);
     verify(server).await;
 }
@@ -210,12 +394,31 @@ async fn transition_time_is_kept_when_status_does_not_flip() {
     for cond in &mut c.status.as_mut().unwrap().conditions {
         cond.last_transition_time = earlier.clone();
     }
-    let (ctx, server) = context_with(|w| w.seed([live_sts(&base, 2)], live_services(&base), [live_pdb(&base)], []));
+    // The pods got IPs but no instance answers yet: still no primary, still not available.
+    let instances = instances_answering([]);
+    let (ctx, server) = context_with_instances(
+        |w| {
+            w.seed([live_sts(&base, 2)], live_services(&base), [live_pdb(&base)], []);
+            w.seed_pods([live_pod(0, false, None), live_pod(1, false, None), live_pod(2, false, None)]);
+        },
+        instances,
+    );
     let server = server.expect(vec![status_patch(&c, |status| {
-        assert_eq!(condition(status, "Available"), triple("False", "ReplicasNotReady", "2/3 replicas are ready"));
+        assert_eq!(
+            condition(status, "Available"),
+            triple("False", "NoPrimary", "no instance is the primary yet; 0/3 instances ready")
+        );
+        assert_eq!(status["instances"][0]["role"], "unknown");
+        assert_eq!(
+            status["instances"][0]["message"],
+            "GET https://10.244.0.10:8000/status of pod orders-0: connection refused"
+        );
+        // Only Degraded flipped (nobody answers): every other condition keeps its time.
         for cond in status["conditions"].as_array().unwrap() {
-            assert_eq!(cond["lastTransitionTime"], "2023-11-14T21:13:20Z", "{cond}");
+            let kept = cond["type"] != "Degraded";
+            assert_eq!(cond["lastTransitionTime"] == "2023-11-14T21:13:20Z", kept, "{cond}");
         }
+        assert!(condition(status, "Degraded").2.starts_with("orders-0 does not answer (GET https://10.244.0.10"));
     })]);
     reconcile(Arc::new(c), ctx.clone()).await.unwrap();
     drop(ctx);
@@ -274,7 +477,7 @@ async fn invalid_spec_touches_no_child_and_reports_once() {
             );
         }),
     ]);
-    assert_eq!(reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap(), resync());
+    assert_eq!(reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap(), slow_resync());
     drop(ctx);
     verify(server).await;
 
@@ -352,7 +555,7 @@ async fn api_error_is_surfaced_recorded_and_retried_with_backoff() {
     let c = finalized(cluster(spec()));
     let view = ClusterView::new(&c).unwrap();
     let (ctx, server) = context();
-    let mut failing = create(service_create_uri(), children::headless_service(&view));
+    let mut failing = create(service_create_uri(), children::service(&view, ChildKind::HeadlessService));
     failing.reply = Reply::Status(503, "ServiceUnavailable");
     let server = server.expect(vec![
         create_secret(Reply::Echo),
@@ -573,7 +776,7 @@ fn users_service() -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": NAME, "namespace": NS, "uid": "uid-users", "resourceVersion": "3"},
+        "metadata": {"name": "orders-rw", "namespace": NS, "uid": "uid-users", "resourceVersion": "3"},
         "spec": {"ports": [{"name": "web", "port": 80, "protocol": "TCP", "targetPort": 80}], "type": "ClusterIP"},
     })
 }
@@ -586,30 +789,30 @@ async fn an_object_of_the_same_name_that_stead_did_not_create_is_never_written()
     let c = finalized(cluster(spec()));
     let view = ClusterView::new(&c).unwrap();
     let (ctx, server) = context();
-    let mut taken = create(service_create_uri(), children::client_service(&view));
+    let mut taken = create(service_create_uri(), children::service(&view, ChildKind::PrimaryService));
     taken.reply = Reply::Status(409, "AlreadyExists");
     let written = Arc::new(std::sync::Mutex::new(Value::Null));
     let keep = written.clone();
     let server = server.expect(vec![
         create_secret(Reply::Status(409, "AlreadyExists")),
-        create(service_create_uri(), children::headless_service(&view)),
+        create(service_create_uri(), children::service(&view, ChildKind::HeadlessService)),
         event("Created", "Normal", |_| {}),
         taken,
-        list(service_lookup_uri(NAME), &[users_service()]),
+        list(service_lookup_uri("orders-rw"), &[users_service()]),
         status_patch(&c, move |status| {
             let (s, reason, message) = condition(status, "Degraded");
             assert_eq!((s.as_str(), reason.as_str()), ("True", "ForeignChild"));
             assert_eq!(
                 message,
-                "Service shop/orders already exists and is not controlled by DatabaseCluster shop/orders (it has no \
+                "Service shop/orders-rw already exists and is not controlled by DatabaseCluster shop/orders (it has no \
                  controller, and it lacks the label app.kubernetes.io/managed-by=stead-controller); stead-controller \
                  never changes an object it did not create, so it left it as it is. To fix this, rename the \
-                 DatabaseCluster, or delete or rename Service shop/orders"
+                 DatabaseCluster, or delete or rename Service shop/orders-rw"
             );
             *keep.lock().unwrap() = status.clone();
         }),
         event("ForeignChild", "Warning", |note| {
-            assert!(note.starts_with("Service shop/orders already exists"), "{note}");
+            assert!(note.starts_with("Service shop/orders-rw already exists"), "{note}");
         }),
     ]);
     let err = reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap_err();
@@ -622,9 +825,9 @@ async fn an_object_of_the_same_name_that_stead_did_not_create_is_never_written()
     again.status = Some(serde_json::from_value(written.lock().unwrap().clone()).unwrap());
     let base = again.clone();
     let (ctx, server) = context_with(|w| w.seed([], [live_services(&base).remove(0)], [], []));
-    let mut taken = create(service_create_uri(), children::client_service(&view));
+    let mut taken = create(service_create_uri(), children::service(&view, ChildKind::PrimaryService));
     taken.reply = Reply::Status(409, "AlreadyExists");
-    let server = server.expect(vec![taken, list(service_lookup_uri(NAME), &[users_service()])]);
+    let server = server.expect(vec![taken, list(service_lookup_uri("orders-rw"), &[users_service()])]);
     let err = reconcile(Arc::new(again), ctx.clone()).await.unwrap_err();
     assert_eq!(err.reason(), "ForeignChild");
     drop(ctx);

@@ -10,7 +10,10 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use stead_crds::names::selector_string;
-use stead_crds::{DatabaseCluster, DatabaseClusterStatus, Verdict};
+use stead_crds::{DatabaseCluster, DatabaseClusterStatus, Endpoints, InstanceReport, Verdict};
+
+use crate::children::ChildKind;
+use crate::topology::Topology;
 
 use crate::error::Error;
 
@@ -18,6 +21,7 @@ use crate::error::Error;
 pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+pub const REPLICATION_HEALTHY: &str = "ReplicationHealthy";
 
 /// Reason of Degraded=True when a child's name is taken by an object stead did not create.
 pub const FOREIGN_CHILD: &str = "ForeignChild";
@@ -53,12 +57,20 @@ pub fn compute_status(
     outcome: Outcome<'_>,
     now: Timestamp,
     credentials: Option<&str>,
+    replication: Option<&Replication<'_>>,
 ) -> DatabaseClusterStatus {
     let name = cluster.metadata.name.as_deref().unwrap_or_default();
     let generation = cluster.metadata.generation;
     let observed = Observed::of(sts);
-    let proposed =
-        [available(name, &observed, outcome), progressing(cluster, name, &observed, outcome), degraded(outcome)];
+    let health = replication.map(|r| ReplicationHealth::of(r, cluster.spec.max_lag_bytes()));
+    let mut proposed = vec![
+        available(name, &observed, outcome, health.as_ref()),
+        progressing(cluster, name, &observed, outcome, health.as_ref()),
+        degraded(outcome, health.as_ref()),
+    ];
+    if let Some(health) = &health {
+        proposed.push(replication_healthy(health));
+    }
     let stored = cluster.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
     let ours: Vec<&str> = proposed.iter().map(|p| p.type_).collect();
@@ -75,12 +87,164 @@ pub fn compute_status(
         credentials_secret: credentials
             .map(str::to_owned)
             .or_else(|| cluster.status.as_ref().and_then(|s| s.credentials_secret.clone())),
+        ..replication_status(cluster, replication, health.as_ref())
     }
 }
 
-/// Whether `computed` must be written: any difference at all counts.
+/// What the instance managers reported this reconcile, for the status.
+#[derive(Debug, Clone, Copy)]
+pub struct Replication<'a> {
+    pub topology: &'a Topology,
+    /// `<name>` and `<namespace>` for the endpoints' DNS names.
+    pub namespace: &'a str,
+    pub port: i32,
+}
+
+/// Replication as the conditions judge it.
+#[derive(Debug, Default)]
+struct ReplicationHealth {
+    primary: Option<String>,
+    primary_ready: bool,
+    ready: usize,
+    instances: usize,
+    /// Replicas past their bootstrap that do not stream, with why.
+    not_streaming: Vec<String>,
+    /// Replicas streaming beyond the lag bound.
+    lagging: Vec<String>,
+    /// Instances still getting their data, or without a pod IP yet.
+    starting: Vec<String>,
+    reports: Vec<InstanceReport>,
+}
+
+impl ReplicationHealth {
+    fn of(replication: &Replication<'_>, max_lag_bytes: i64) -> Self {
+        let topology = replication.topology;
+        let mut health = Self { primary: topology.current_primary.clone(), ..Self::default() };
+        health.instances = topology.instances.len();
+        for instance in &topology.instances {
+            let is_primary = health.primary.as_deref() == Some(instance.pod.as_str()) && instance.role == "primary";
+            let lag = instance.lag_bytes.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+            let lagging = lag.is_some_and(|l| l > max_lag_bytes);
+            if instance.ready {
+                health.ready += 1;
+            }
+            if is_primary {
+                health.primary_ready = instance.ready;
+            } else {
+                match instance.role.as_str() {
+                    "bootstrapping" | "pending" => health.starting.push(instance.pod.clone()),
+                    "replica" if instance.streaming && lagging => health.lagging.push(format!(
+                        "{} lags by {} bytes (spec.replication.maxLagBytes is {max_lag_bytes})",
+                        instance.pod,
+                        lag.unwrap_or_default()
+                    )),
+                    "replica" if instance.streaming => {}
+                    "unknown" => health.not_streaming.push(format!(
+                        "{} does not answer ({})",
+                        instance.pod,
+                        instance.problem.as_deref().unwrap_or("no status")
+                    )),
+                    _ => health.not_streaming.push(format!(
+                        "{} is not streaming ({})",
+                        instance.pod,
+                        instance.problem.as_deref().unwrap_or(instance.role.as_str())
+                    )),
+                }
+            }
+            let replica = instance.role == "replica";
+            health.reports.push(InstanceReport {
+                name: instance.pod.clone(),
+                role: instance.role.clone(),
+                ready: instance.ready,
+                streaming: replica.then_some(instance.streaming),
+                lagging: replica.then_some(lagging),
+                lag_bytes: if replica { lag } else { None },
+                lsn: instance.lsn.clone(),
+                timeline: instance.timeline,
+                message: instance.problem.clone(),
+            });
+        }
+        health
+    }
+
+    fn replicas_healthy(&self) -> bool {
+        self.not_streaming.is_empty() && self.lagging.is_empty() && self.starting.is_empty()
+    }
+}
+
+fn replication_status(
+    cluster: &DatabaseCluster,
+    replication: Option<&Replication<'_>>,
+    health: Option<&ReplicationHealth>,
+) -> DatabaseClusterStatus {
+    let stored = cluster.status.clone().unwrap_or_default();
+    let (Some(replication), Some(health)) = (replication, health) else {
+        // Nothing was asked this time (paused, invalid, failed early): keep what was known.
+        return DatabaseClusterStatus {
+            current_primary: stored.current_primary,
+            target_primary: stored.target_primary,
+            instances: stored.instances,
+            endpoints: stored.endpoints,
+            ..DatabaseClusterStatus::default()
+        };
+    };
+    let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    let address = |kind: ChildKind| format!("{}.{}.svc:{}", kind.name(name), replication.namespace, replication.port);
+    DatabaseClusterStatus {
+        current_primary: health.primary.clone(),
+        target_primary: health.primary.clone(),
+        instances: health.reports.clone(),
+        endpoints: Some(Endpoints {
+            read_write: address(ChildKind::PrimaryService),
+            read_only: address(ChildKind::ReplicaService),
+            any: address(ChildKind::AnyService),
+        }),
+        ..DatabaseClusterStatus::default()
+    }
+}
+
+fn replication_healthy(health: &ReplicationHealth) -> Proposed {
+    if !health.not_streaming.is_empty() {
+        return proposed(REPLICATION_HEALTHY, false, "ReplicaNotStreaming", health.not_streaming.join("; "));
+    }
+    if !health.lagging.is_empty() {
+        return proposed(REPLICATION_HEALTHY, false, "ReplicaLagging", health.lagging.join("; "));
+    }
+    if !health.starting.is_empty() {
+        return proposed(
+            REPLICATION_HEALTHY,
+            false,
+            "ReplicasStarting",
+            format!("waiting for {} to get their data", health.starting.join(", ")),
+        );
+    }
+    let replicas = health.instances.saturating_sub(1);
+    proposed(
+        REPLICATION_HEALTHY,
+        true,
+        "AllReplicasStreaming",
+        format!("{replicas} replica(s) streaming from the primary within the lag bound"),
+    )
+}
+
+/// Whether `computed` must be written: any difference a user would notice.
+///
+/// WAL positions and byte lags move with every write to the database; they
+/// are carried along when something else changed (a role, readiness, the
+/// lag bound being crossed) but never cause a write on their own, so a busy
+/// cluster in a steady state still causes no writes.
 pub fn needs_write(stored: Option<&DatabaseClusterStatus>, computed: &DatabaseClusterStatus) -> bool {
-    stored != Some(computed)
+    let Some(stored) = stored else { return true };
+    without_positions(stored) != without_positions(computed)
+}
+
+fn without_positions(status: &DatabaseClusterStatus) -> DatabaseClusterStatus {
+    let mut status = status.clone();
+    for instance in &mut status.instances {
+        instance.lsn = None;
+        instance.lag_bytes = None;
+    }
+    status
 }
 
 /// The numbers the StatefulSet reports; all zero when it does not exist.
@@ -134,7 +298,22 @@ fn proposed(type_: &'static str, status: bool, reason: &'static str, message: im
     Proposed { type_, status, reason, message: message.into() }
 }
 
-fn available(name: &str, seen: &Observed, outcome: Outcome<'_>) -> Proposed {
+fn available(name: &str, seen: &Observed, outcome: Outcome<'_>, health: Option<&ReplicationHealth>) -> Proposed {
+    if let Some(health) = health {
+        let ratio = format!("{}/{} instances ready", health.ready, health.instances);
+        return match &health.primary {
+            Some(primary) if health.primary_ready => {
+                proposed(AVAILABLE, true, "PrimaryReady", format!("{primary} is the primary and ready; {ratio}"))
+            }
+            Some(primary) => proposed(
+                AVAILABLE,
+                false,
+                "PrimaryNotReady",
+                format!("{primary} is the primary but not ready; {ratio}"),
+            ),
+            None => proposed(AVAILABLE, false, "NoPrimary", format!("no instance is the primary yet; {ratio}")),
+        };
+    }
     if !seen.exists {
         return match outcome {
             Outcome::Invalid(_) => proposed(
@@ -155,7 +334,13 @@ fn available(name: &str, seen: &Observed, outcome: Outcome<'_>) -> Proposed {
     }
 }
 
-fn progressing(cluster: &DatabaseCluster, name: &str, seen: &Observed, outcome: Outcome<'_>) -> Proposed {
+fn progressing(
+    cluster: &DatabaseCluster,
+    name: &str,
+    seen: &Observed,
+    outcome: Outcome<'_>,
+    health: Option<&ReplicationHealth>,
+) -> Proposed {
     if let Outcome::Invalid(_) = outcome {
         return proposed(
             PROGRESSING,
@@ -183,6 +368,9 @@ fn progressing(cluster: &DatabaseCluster, name: &str, seen: &Observed, outcome: 
     if seen.ready < seen.want {
         return reconciling(format!("waiting for replicas to become ready: {}/{} ready", seen.ready, seen.want));
     }
+    if let Some(health) = health.filter(|h| !h.starting.is_empty()) {
+        return reconciling(format!("waiting for {} to get their data", health.starting.join(", ")));
+    }
     proposed(
         PROGRESSING,
         false,
@@ -191,7 +379,16 @@ fn progressing(cluster: &DatabaseCluster, name: &str, seen: &Observed, outcome: 
     )
 }
 
-fn degraded(outcome: Outcome<'_>) -> Proposed {
+fn degraded(outcome: Outcome<'_>, health: Option<&ReplicationHealth>) -> Proposed {
+    if let (Outcome::Reconciled, Some(health)) = (outcome, health)
+        && !health.replicas_healthy()
+        && (!health.not_streaming.is_empty() || !health.lagging.is_empty())
+    {
+        let mut problems = health.not_streaming.clone();
+        problems.extend(health.lagging.iter().cloned());
+        let reason = if health.not_streaming.is_empty() { "ReplicaLagging" } else { "ReplicaNotStreaming" };
+        return proposed(DEGRADED, true, reason, problems.join("; "));
+    }
     match outcome {
         Outcome::Invalid(verdict) => {
             let messages: Vec<String> = verdict.errors.iter().map(ToString::to_string).collect();
@@ -464,7 +661,7 @@ mod tests {
             ),
         ];
         for (case, cluster, sts, outcome, want_a, want_p, want_d) in rows {
-            let status = compute_status(&cluster, sts.as_ref(), outcome, t(0), None);
+            let status = compute_status(&cluster, sts.as_ref(), outcome, t(0), None, None);
             assert_eq!(srm(&status, AVAILABLE), want_a, "{case}: Available");
             assert_eq!(srm(&status, PROGRESSING), want_p, "{case}: Progressing");
             assert_eq!(srm(&status, DEGRADED), want_d, "{case}: Degraded");
@@ -479,7 +676,7 @@ mod tests {
 
     #[test]
     fn numbers_and_selector() {
-        let status = compute_status(&cluster(7, 3), Some(&sts(3, 3, 2, 3)), Outcome::Reconciled, t(0), None);
+        let status = compute_status(&cluster(7, 3), Some(&sts(3, 3, 2, 3)), Outcome::Reconciled, t(0), None, None);
         assert_eq!(status.observed_generation, Some(7));
         assert_eq!(status.replicas, Some(3));
         assert_eq!(status.ready_replicas, Some(2));
@@ -487,7 +684,7 @@ mod tests {
             status.selector.as_deref(),
             Some("app.kubernetes.io/instance=orders,app.kubernetes.io/name=databasecluster")
         );
-        let none = compute_status(&cluster(1, 3), None, Outcome::Reconciled, t(0), None);
+        let none = compute_status(&cluster(1, 3), None, Outcome::Reconciled, t(0), None, None);
         assert_eq!((none.replicas, none.ready_replicas), (Some(0), Some(0)));
     }
 
@@ -495,10 +692,10 @@ mod tests {
     fn transition_time_moves_only_when_status_flips() {
         let mut c = cluster(1, 3);
         // t0: one of three ready.
-        let s0 = compute_status(&c, Some(&sts(3, 3, 1, 3)), Outcome::Reconciled, t(0), None);
+        let s0 = compute_status(&c, Some(&sts(3, 3, 1, 3)), Outcome::Reconciled, t(0), None, None);
         c.status = Some(s0.clone());
         // t10: two of three: reason/message change, statuses do not: times stay.
-        let s1 = compute_status(&c, Some(&sts(3, 3, 2, 3)), Outcome::Reconciled, t(10), None);
+        let s1 = compute_status(&c, Some(&sts(3, 3, 2, 3)), Outcome::Reconciled, t(10), None, None);
         for type_ in [AVAILABLE, PROGRESSING, DEGRADED] {
             assert_eq!(
                 condition(&s1, type_).last_transition_time,
@@ -509,18 +706,18 @@ mod tests {
         assert_eq!(condition(&s1, AVAILABLE).message, "2/3 replicas are ready");
         c.status = Some(s1);
         // t20: all ready: Available and Progressing flip, Degraded does not.
-        let s2 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(20), None);
+        let s2 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(20), None, None);
         assert_eq!(condition(&s2, AVAILABLE).last_transition_time, Time(t(20)));
         assert_eq!(condition(&s2, PROGRESSING).last_transition_time, Time(t(20)));
         assert_eq!(condition(&s2, DEGRADED).last_transition_time, Time(t(0)));
         c.status = Some(s2.clone());
         // t30: nothing changed: the computed status equals the stored one, nothing to write.
-        let s3 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(30), None);
+        let s3 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(30), None, None);
         assert_eq!(s3, s2);
         assert!(!needs_write(c.status.as_ref(), &s3));
         // A new generation alone is a change to write.
         c.metadata.generation = Some(2);
-        let s4 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(40), None);
+        let s4 = compute_status(&c, Some(&sts(3, 3, 3, 3)), Outcome::Reconciled, t(40), None, None);
         assert!(needs_write(c.status.as_ref(), &s4));
         assert_eq!(condition(&s4, AVAILABLE).last_transition_time, Time(t(20)));
     }
@@ -528,7 +725,7 @@ mod tests {
     #[test]
     fn now_is_truncated_to_seconds() {
         let now = Timestamp::from_millisecond(1_700_000_000_750).unwrap();
-        let status = compute_status(&cluster(1, 1), None, Outcome::Reconciled, now, None);
+        let status = compute_status(&cluster(1, 1), None, Outcome::Reconciled, now, None, None);
         let written = serde_json::to_value(&status).unwrap();
         let read_back: DatabaseClusterStatus = serde_json::from_value(written).unwrap();
         assert_eq!(read_back, status);
@@ -537,8 +734,8 @@ mod tests {
     #[test]
     fn credentials_secret_is_set_once_then_kept() {
         let fresh = cluster(1, 1);
-        assert_eq!(compute_status(&fresh, None, Outcome::Reconciled, t(0), None).credentials_secret, None);
-        let ensured = compute_status(&fresh, None, Outcome::Reconciled, t(0), Some("orders-credentials"));
+        assert_eq!(compute_status(&fresh, None, Outcome::Reconciled, t(0), None, None).credentials_secret, None);
+        let ensured = compute_status(&fresh, None, Outcome::Reconciled, t(0), Some("orders-credentials"), None);
         assert_eq!(ensured.credentials_secret.as_deref(), Some("orders-credentials"));
         // Later reconciles that ensure nothing (invalid, paused, failed early) keep what is stored.
         let mut stored = fresh;
@@ -546,15 +743,18 @@ mod tests {
         let verdict = Verdict::default();
         let failed = Error::MissingMetadata { object: "shop/orders".into(), field: "metadata.uid" };
         for outcome in [Outcome::Reconciled, Outcome::Failed(&failed), Outcome::Invalid(&verdict)] {
-            let next = compute_status(&stored, None, outcome, t(0), None);
+            let next = compute_status(&stored, None, outcome, t(0), None, None);
             assert_eq!(next.credentials_secret.as_deref(), Some("orders-credentials"));
         }
-        assert!(!needs_write(stored.status.as_ref(), &compute_status(&stored, None, Outcome::Reconciled, t(0), None)));
+        assert!(!needs_write(
+            stored.status.as_ref(),
+            &compute_status(&stored, None, Outcome::Reconciled, t(0), None, None)
+        ));
     }
 
     #[test]
     fn no_stored_status_needs_a_write() {
-        let status = compute_status(&cluster(1, 1), None, Outcome::Reconciled, t(0), None);
+        let status = compute_status(&cluster(1, 1), None, Outcome::Reconciled, t(0), None, None);
         assert!(needs_write(None, &status));
     }
 
@@ -564,7 +764,7 @@ mod tests {
             "apply Service shop/orders",
             kube::Error::Api(Box::new(kube::core::Status::failure(&"x".repeat(40_000), "Invalid").with_code(422))),
         );
-        let status = compute_status(&cluster(1, 1), None, Outcome::Failed(&long), t(0), None);
+        let status = compute_status(&cluster(1, 1), None, Outcome::Failed(&long), t(0), None, None);
         let message = &condition(&status, DEGRADED).message;
         assert_eq!(message.len(), MAX_MESSAGE);
         assert!(message.ends_with("..."));
@@ -573,7 +773,7 @@ mod tests {
     #[test]
     fn conditions_of_other_tools_are_kept() {
         let mut with_foreign = cluster(1, 1);
-        let mut stored = compute_status(&with_foreign, None, Outcome::Reconciled, t(0), None);
+        let mut stored = compute_status(&with_foreign, None, Outcome::Reconciled, t(0), None, None);
         let backup = Condition {
             type_: "example.com/BackupReady".into(),
             status: "True".into(),
@@ -584,7 +784,7 @@ mod tests {
         };
         stored.conditions.push(backup.clone());
         with_foreign.status = Some(stored.clone());
-        let next = compute_status(&with_foreign, None, Outcome::Reconciled, t(60), None);
+        let next = compute_status(&with_foreign, None, Outcome::Reconciled, t(60), None, None);
         assert_eq!(next.conditions.len(), 4);
         assert_eq!(next.conditions[3], backup);
         assert!(!needs_write(Some(&stored), &next), "carrying a foreign condition over is not a change");

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use stead_crds::{DatabaseClusterSpec, StorageSpec};
 
-use crate::children::{self, APPLIED_HASH, ClusterView};
+use crate::children::{self, APPLIED_HASH, ChildKind, ClusterView};
 use crate::diff::is_subset;
 use crate::fixtures::{NAME, cluster, context_with, finalized, settled, verify};
 use crate::reconciler::reconcile;
@@ -24,7 +24,9 @@ use crate::storage::expansions;
 
 const STATEFUL_SET: &str = include_str!("../testdata/api-server/statefulset.json");
 const HEADLESS: &str = include_str!("../testdata/api-server/service-headless.json");
-const CLIENT: &str = include_str!("../testdata/api-server/service-client.json");
+const PRIMARY: &str = include_str!("../testdata/api-server/service-rw.json");
+const REPLICAS: &str = include_str!("../testdata/api-server/service-ro.json");
+const ANY: &str = include_str!("../testdata/api-server/service-r.json");
 const PDB: &str = include_str!("../testdata/api-server/pdb.json");
 const CLAIM: &str = include_str!("../testdata/api-server/pvc-0.json");
 
@@ -76,19 +78,22 @@ fn children_and_bodies() -> (Live, Vec<(&'static str, Value, Value)>) {
     let created = children::stateful_set(&view, None).unwrap();
     let (sts, sts_json): (StatefulSet, _) = cached(fixture(STATEFUL_SET, &created));
     let sts_body = children::stateful_set(&view, Some(&sts)).unwrap();
-    let headless_body = children::headless_service(&view);
-    let (headless, headless_json): (Service, _) = cached(fixture(HEADLESS, &headless_body));
-    let client_body = children::client_service(&view);
-    let (client, client_json): (Service, _) = cached(fixture(CLIENT, &client_body));
     let pdb_body = children::pod_disruption_budget(&view);
     let (pdb, pdb_json): (PodDisruptionBudget, _) = cached(fixture(PDB, &pdb_body));
-    let rows = vec![
-        ("StatefulSet", sts_body, sts_json),
-        ("headless Service", headless_body, headless_json),
-        ("client Service", client_body, client_json),
-        ("PodDisruptionBudget", pdb_body, pdb_json),
-    ];
-    (Live { sts, services: vec![headless, client], pdb }, rows)
+    let mut rows = vec![("StatefulSet", sts_body, sts_json), ("PodDisruptionBudget", pdb_body, pdb_json)];
+    let mut services = Vec::new();
+    for (what, kind, text) in [
+        ("headless Service", ChildKind::HeadlessService, HEADLESS),
+        ("-rw Service", ChildKind::PrimaryService, PRIMARY),
+        ("-ro Service", ChildKind::ReplicaService, REPLICAS),
+        ("-r Service", ChildKind::AnyService, ANY),
+    ] {
+        let body = children::service(&view, kind);
+        let (service, json): (Service, _) = cached(fixture(text, &body));
+        services.push(service);
+        rows.push((what, body, json));
+    }
+    (Live { sts, services, pdb }, rows)
 }
 
 #[test]
@@ -139,8 +144,8 @@ fn real_drift_in_api_server_objects_is_seen() {
             "/metadata/annotations/stead.dev~1applied-hash".to_owned(),
             json!("0"),
         ),
-        ("selector edited", "client Service", "/spec/selector/app.kubernetes.io~1instance".to_owned(), json!("x")),
-        ("numeric targetPort", "client Service", "/spec/ports/0/targetPort".to_owned(), json!(5432)),
+        ("selector edited", "-rw Service", "/spec/selector/app.kubernetes.io~1instance".to_owned(), json!("x")),
+        ("numeric targetPort", "-rw Service", "/spec/ports/0/targetPort".to_owned(), json!(5432)),
         ("publishNotReadyAddresses off", "headless Service", "/spec/publishNotReadyAddresses".to_owned(), json!(false)),
         ("maxUnavailable as a percentage", "PodDisruptionBudget", "/spec/maxUnavailable".to_owned(), json!("50%")),
     ];

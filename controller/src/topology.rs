@@ -100,6 +100,21 @@ pub struct Observed {
     pub problem: Option<String>,
 }
 
+/// The members of a cluster none of whose pods has an IP yet (nothing to ask).
+pub fn members_without_pods(cluster: &str, replicas: i32) -> Vec<Member> {
+    (0..replicas)
+        .map(|ordinal| Member {
+            pod: format!("{cluster}-{ordinal}"),
+            ordinal,
+            ip: None,
+            pod_ready: false,
+            terminating: false,
+            role_label: None,
+            report: Report::NotAsked,
+        })
+        .collect()
+}
+
 /// Decides roles, labels and instance calls for `members` (ordinals
 /// `0..replicas`, in order), given the primary recorded so far.
 ///

@@ -53,6 +53,12 @@ pub const PLURAL: &str = "databaseclusters";
         description = "Replicas ready to serve"
     ),
     printcolumn(
+        name = "Primary",
+        type_ = "string",
+        json_path = ".status.currentPrimary",
+        description = "The pod that is the primary"
+    ),
+    printcolumn(
         name = "Status",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Available\")].reason",
@@ -169,6 +175,70 @@ pub struct DatabaseClusterStatus {
     /// controller creates it at most once and never reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+
+    /// The pod that is the primary, as its instance manager reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_primary: Option<String>,
+
+    /// The pod that should be the primary; differs from `currentPrimary`
+    /// only while a failover or switchover moves the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_primary: Option<String>,
+
+    /// Every instance, by ordinal: its role, readiness and replication.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub instances: Vec<InstanceReport>,
+
+    /// Where clients connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Endpoints>,
+}
+
+/// One instance as the controller last saw it.
+///
+/// `lsn` and `lagBytes` are a snapshot taken when the status was last
+/// written for another reason (a role, readiness or the lag bound
+/// changing); they are not rewritten on every poll.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceReport {
+    /// The pod.
+    pub name: String,
+    /// `primary`, `replica`, `bootstrapping`, `stopped`, `fenced`, `pending`, `terminating` or `unknown`.
+    pub role: String,
+    /// Ready to serve its role.
+    pub ready: bool,
+    /// A replica streams WAL from the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<bool>,
+    /// A replica lags the primary by more than `spec.replication.maxLagBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lagging: Option<bool>,
+    /// Bytes of WAL a replica has yet to replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+    /// WAL position: a primary's write position, a replica's replay position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// PostgreSQL timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    /// Why it does not serve, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The DNS names and port of the cluster's Services.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// The primary: writes and reads that must be current (`<name>-rw`).
+    pub read_write: String,
+    /// Ready replicas: reads that may lag (`<name>-ro`).
+    pub read_only: String,
+    /// Any ready instance (`<name>-r`).
+    pub any: String,
 }
 
 impl DatabaseClusterSpec {

@@ -14,5 +14,7 @@ pub mod names;
 pub mod quantity;
 pub mod validation;
 
-pub use cluster::{DatabaseCluster, DatabaseClusterSpec, DatabaseClusterStatus, StorageSpec};
+pub use cluster::{
+    DatabaseCluster, DatabaseClusterSpec, DatabaseClusterStatus, Endpoints, InstanceReport, StorageSpec,
+};
 pub use field_error::{ErrorKind, FieldError, Verdict};

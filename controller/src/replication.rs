@@ -1,0 +1,185 @@
+//! Carries out the topology decision: asks every instance manager for its
+//! status, labels pods with their role, and sends the bootstraps and
+//! repoints [`crate::topology`] decided.
+//!
+//! Reading is free of API calls: pods come from the cache, and the
+//! instance managers are asked over HTTPS. Writes happen only when the
+//! decision differs from what is there, so a steady cluster costs one
+//! `GET /status` per pod per poll and no API request at all.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+use stead_crds::DatabaseCluster;
+use stead_crds::instance_api::Bootstrap;
+use stead_crds::names::FIELD_MANAGER;
+use tracing::{info, warn};
+
+use crate::children::{ChildKind, ClusterView};
+use crate::context::Context;
+use crate::error::Error;
+use crate::instances::Target;
+use crate::keys::ControllerKeys;
+use crate::topology::{Call, Member, ROLE_LABEL, Report, Topology, decide};
+
+/// Observes the instances of `view`, decides, and acts; returns the decision for the status.
+pub async fn converge(
+    cluster: &DatabaseCluster,
+    ctx: &Context,
+    view: &ClusterView,
+    sts_uid: Option<&str>,
+) -> Result<Topology, Error> {
+    let pods: Vec<Option<Arc<Pod>>> = (0..view.replicas())
+        .map(|i| ctx.stores.pods.get(&ObjectRef::new(&format!("{}-{i}", view.name)).within(&view.namespace)))
+        .collect();
+    let token = ctx.keys.token(&view.namespace, &view.name);
+    let server_name = ControllerKeys::server_name(&view.namespace, &view.name);
+    let members = join_all(pods.iter().enumerate().map(|(ordinal, pod)| {
+        let target = pod.as_deref().and_then(pod_ip).map(|ip| Target {
+            pod: format!("{}-{ordinal}", view.name),
+            ip,
+            server_name: server_name.clone(),
+            token: token.clone(),
+        });
+        observe(ctx, view, ordinal, pod.as_deref(), target)
+    }))
+    .await;
+    let recorded = cluster.status.as_ref().and_then(|s| s.current_primary.as_deref());
+    let port = u16::try_from(view.port()).unwrap_or(5432);
+    let topology = decide(recorded, &members, port);
+
+    for (pod_name, role) in &topology.labels {
+        let Some(pod) = pods.iter().flatten().find(|p| p.name_any() == *pod_name) else { continue };
+        label(ctx, view, pod, sts_uid, *role).await?;
+        if *role == Some("primary") {
+            let note = format!(
+                "{pod_name} is the primary: Service {} routes to it",
+                ChildKind::PrimaryService.name(&view.name)
+            );
+            publish(ctx, cluster, EventType::Normal, "PrimaryLabelled", note).await;
+        }
+    }
+    for call in &topology.calls {
+        act(cluster, ctx, call, &token, &server_name).await;
+    }
+    Ok(topology)
+}
+
+fn pod_ip(pod: &Pod) -> Option<String> {
+    pod.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty())
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn observe(
+    ctx: &Context,
+    view: &ClusterView,
+    ordinal: usize,
+    pod: Option<&Pod>,
+    target: Option<Target>,
+) -> Member {
+    let report = match &target {
+        None => Report::NotAsked,
+        Some(target) => match ctx.instances.status(target).await {
+            Ok(status) => Report::Status(Box::new(status)),
+            Err(e) => Report::Unreachable(e.to_string()),
+        },
+    };
+    Member {
+        pod: format!("{}-{ordinal}", view.name),
+        ordinal: i32::try_from(ordinal).unwrap_or(i32::MAX),
+        ip: target.map(|t| t.ip),
+        pod_ready: pod.is_some_and(pod_ready),
+        terminating: pod.is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+        role_label: pod.and_then(|p| p.labels().get(ROLE_LABEL).cloned()),
+        report,
+    }
+}
+
+/// Sets (or removes) the role label of a pod of our StatefulSet; a pod
+/// controlled by anything else is never written.
+async fn label(
+    ctx: &Context,
+    view: &ClusterView,
+    pod: &Pod,
+    sts_uid: Option<&str>,
+    role: Option<&str>,
+) -> Result<(), Error> {
+    let name = pod.name_any();
+    let ours = pod
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.kind == "StatefulSet" && Some(o.uid.as_str()) == sts_uid);
+    if !ours {
+        warn!(cluster = %view.name, namespace = %view.namespace, pod = %name, "pod is not controlled by the cluster's StatefulSet; not labelling it");
+        return Ok(());
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &view.namespace);
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+    // A merge patch: `null` removes the label. It is conditional on the
+    // version that was judged, so a pod recreated under the same name in the
+    // meantime is judged afresh at the next poll instead of getting a stale role.
+    let patch =
+        json!({ "metadata": { "resourceVersion": pod.metadata.resource_version, "labels": { ROLE_LABEL: role } } });
+    match api.patch(&name, &params, &Patch::Merge(patch)).await {
+        Ok(_) => {
+            ctx.metrics.count_apply("Pod");
+            info!(cluster = %view.name, namespace = %view.namespace, pod = %name, role = role.unwrap_or("<none>"), "labelled pod");
+            Ok(())
+        }
+        Err(e) if crate::error::is_not_found(&e) || crate::error::has_code(&e, &[409]) => Ok(()),
+        Err(e) => Err(Error::kube(format!("label Pod {}/{name} with {ROLE_LABEL}", view.namespace), e)),
+    }
+}
+
+/// Sends one instruction; a failure is reported as an event and retried at the next poll.
+async fn act(cluster: &DatabaseCluster, ctx: &Context, call: &Call, token: &str, server_name: &str) {
+    let target = |pod: &str, ip: &str| Target {
+        pod: pod.to_owned(),
+        ip: ip.to_owned(),
+        server_name: server_name.to_owned(),
+        token: token.to_owned(),
+    };
+    let (result, reason, note) = match call {
+        Call::Bootstrap { pod, ip, request } => {
+            let note = match request {
+                Bootstrap::Initdb => format!("initialising {pod} as the first primary"),
+                Bootstrap::Clone { primary_host, .. } => format!(
+                    "cloning {pod} from the primary at {} and starting it as a replica",
+                    primary_host.as_deref().unwrap_or("?")
+                ),
+            };
+            (ctx.instances.bootstrap(&target(pod, ip), request).await, "Bootstrapping", note)
+        }
+        Call::Repoint { pod, ip, request } => {
+            let note =
+                format!("pointing replica {pod} at the primary at {}", request.primary_host.as_deref().unwrap_or("?"));
+            (ctx.instances.demote(&target(pod, ip), request).await, "Repointing", note)
+        }
+    };
+    match result {
+        Ok(_) => {
+            info!(cluster = %cluster.name_any(), reason, note = %note, "instance manager accepted");
+            publish(ctx, cluster, EventType::Normal, reason, note).await;
+        }
+        Err(e) => {
+            warn!(cluster = %cluster.name_any(), reason, error = %e, "instance manager refused");
+            publish(ctx, cluster, EventType::Warning, reason, format!("{note} failed: {e}")).await;
+        }
+    }
+}
+
+async fn publish(ctx: &Context, cluster: &DatabaseCluster, type_: EventType, reason: &str, note: String) {
+    crate::reconciler::publish_event(ctx, cluster, type_, reason, "Replicate", note).await;
+}
