@@ -44,7 +44,8 @@ pub struct Cli {
     /// default: `pg_config --bindir`, else the newest `/usr/lib/postgresql/<major>/bin`, else PATH.
     #[arg(long, env = "STEAD_PG_BIN")]
     pub pg_bin: Option<PathBuf>,
-    /// The mounted credentials Secret (files username, password, replication-password, controller-token).
+    /// The mounted credentials Secret (files username, password, replication-password,
+    /// controller-token; tls.crt and tls.key, when present, are the API's certificate).
     #[arg(long, env = "STEAD_SECRET_DIR", default_value = DEFAULT_SECRET_DIR)]
     pub secret_dir: PathBuf,
     /// Host replicas stream from unless the controller named another (the cluster's -rw Service).

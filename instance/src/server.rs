@@ -1,9 +1,12 @@
-//! The API's TLS: a certificate made at start, in memory, and the HTTPS server.
+//! The API's TLS and the HTTPS server.
 //!
-//! Each start makes a fresh CA and a leaf for the pod's names (stead-certs),
-//! and nothing is written to disk. Clients do not verify it against a CA
-//! they know (there is none to distribute); the bearer token authenticates
-//! the controller and TLS keeps the token and the answers private.
+//! The serving certificate is the pair the controller put in the mounted
+//! credentials Secret (`tls.crt` / `tls.key`, issued by its instance CA),
+//! reloaded when the kubelet rotates the mount. Without that pair (a
+//! Secret made by hand, the tests) a certificate is generated at start, in
+//! memory, for the pod's names; nothing is written to disk, and clients then
+//! cannot verify it against a CA they know: the bearer token still
+//! authenticates the controller, and TLS keeps the token and answers private.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -12,7 +15,10 @@ use std::time::Duration;
 use axum::Router;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
-use stead_certs::{ALPN_H2, ALPN_HTTP1, CertificateAuthority, PROTOCOL_VERSIONS, crypto_provider, pem};
+use stead_certs::{
+    ALPN_H2, ALPN_HTTP1, CERT_FILE, CertificateAuthority, DEFAULT_POLL_INTERVAL, KEY_FILE, PROTOCOL_VERSIONS,
+    ReloadingCertResolver, crypto_provider, pem,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -38,6 +44,8 @@ pub fn serving_names(settings: &Settings) -> (Vec<String>, Vec<IpAddr>) {
         format!("{pod}.{headless}.{ns}"),
         format!("{pod}.{headless}.{ns}.svc"),
         format!("{pod}.{headless}.{ns}.svc.cluster.local"),
+        // The name the controller verifies an instance under.
+        format!("instance.{headless}.{ns}.svc"),
         "localhost".to_owned(),
     ];
     let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
@@ -48,8 +56,38 @@ pub fn serving_names(settings: &Settings) -> (Vec<String>, Vec<IpAddr>) {
     (dns, ips)
 }
 
+/// Where the serving certificate comes from.
+pub enum ServingCert {
+    /// `tls.crt` / `tls.key` in the Secret directory, watched for rotation.
+    Mounted(Arc<ReloadingCertResolver>),
+    /// Generated at start, in memory.
+    Generated,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServingCert::Mounted(resolver) => write!(f, "Mounted({})", resolver.dir().display()),
+            ServingCert::Generated => f.write_str("Generated"),
+        }
+    }
+}
+
+/// The server configuration: the mounted pair when the Secret has
+/// `tls.crt`, else a generated one. A mounted pair that is incomplete or
+/// unusable is an error, never silently replaced.
+pub fn tls_config(settings: &Settings) -> Result<(rustls::ServerConfig, ServingCert), Error> {
+    let dir = &settings.secret_dir;
+    if dir.join(CERT_FILE).exists() || dir.join(KEY_FILE).exists() {
+        let resolver = ReloadingCertResolver::load(dir)?;
+        let config = stead_certs::server_config(Arc::clone(&resolver))?;
+        return Ok((config, ServingCert::Mounted(resolver)));
+    }
+    Ok((generated_config(settings)?, ServingCert::Generated))
+}
+
 /// A rustls server configuration with a freshly generated certificate.
-pub fn tls_config(settings: &Settings) -> Result<rustls::ServerConfig, Error> {
+pub fn generated_config(settings: &Settings) -> Result<rustls::ServerConfig, Error> {
     let ca = CertificateAuthority::generate("stead-instance", CERT_VALIDITY_DAYS)?;
     let (dns, ips) = serving_names(settings);
     let leaf = ca.issue_serving(&dns, &ips, CERT_VALIDITY_DAYS)?;
@@ -66,13 +104,24 @@ pub fn tls_config(settings: &Settings) -> Result<rustls::ServerConfig, Error> {
     Ok(config)
 }
 
-/// Serves `router` over HTTPS on `listener` until `stop` is cancelled.
+/// Serves `router` over HTTPS on `listener` until `stop` is cancelled; a
+/// mounted certificate is re-read every [`DEFAULT_POLL_INTERVAL`] meanwhile.
 pub async fn serve(
     listener: std::net::TcpListener,
-    config: rustls::ServerConfig,
+    (config, cert): (rustls::ServerConfig, ServingCert),
     router: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    if let ServingCert::Mounted(resolver) = &cert {
+        let (flag, watching) = tokio::sync::watch::channel(false);
+        let _watcher = resolver.spawn_watcher(DEFAULT_POLL_INTERVAL, watching);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            let _ = flag.send(true);
+        });
+    }
+    info!(certificate = ?cert, "serving certificate");
     listener.set_nonblocking(true)?;
     let address: Option<SocketAddr> = listener.local_addr().ok();
     let handle: Handle<SocketAddr> = Handle::new();

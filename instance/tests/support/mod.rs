@@ -98,12 +98,17 @@ impl Sandbox {
             ("replication-password", REPLICATION_PASSWORD),
             ("controller-token", TOKEN),
         ] {
-            let path = secret.join(key);
             // Kubernetes writes Secret files without a trailing newline; a newline is tolerated.
-            fs::File::create(&path).unwrap().write_all(format!("{value}\n").as_bytes()).unwrap();
-            sandbox.own(&path, 0o600);
+            sandbox.write_secret(key, &format!("{value}\n"));
         }
         sandbox
+    }
+
+    /// Writes one key of the mounted credentials Secret.
+    pub fn write_secret(&self, key: &str, value: &str) {
+        let path = self.path().join("secret").join(key);
+        fs::File::create(&path).unwrap().write_all(value.as_bytes()).unwrap();
+        self.own(&path, 0o600);
     }
 
     pub fn path(&self) -> &Path {
@@ -126,8 +131,20 @@ impl Sandbox {
         format!("{}-{ordinal}", self.cluster)
     }
 
-    /// Starts a manager for pod `ordinal` with its own PGDATA and ports.
+    /// Starts a manager for pod `ordinal` with its own PGDATA and ports, and
+    /// waits for its API to listen.
     pub fn start(&self, ordinal: u32, extra_env: &[(&str, &str)]) -> Manager {
+        let manager = self.spawn(ordinal, extra_env);
+        manager.wait_api();
+        manager
+    }
+
+    /// [`Sandbox::start`] without waiting for the API (for managers expected to fail).
+    pub fn start_unchecked(&self, ordinal: u32) -> Manager {
+        self.spawn(ordinal, &[])
+    }
+
+    fn spawn(&self, ordinal: u32, extra_env: &[(&str, &str)]) -> Manager {
         let node = self.path().join(format!("n{ordinal}"));
         self.mkdir(&node);
         let pg_port = free_port();
@@ -166,16 +183,14 @@ impl Sandbox {
             command.env(key, value);
         }
         let child = command.spawn().expect("start stead-instance");
-        let manager = Manager {
+        Manager {
             child: Some(child),
             pod,
             pgdata: node.join("pgdata"),
             log_path,
             pg_port,
             api: SocketAddr::from(([127, 0, 0, 1], api_port)),
-        };
-        manager.wait_api();
-        manager
+        }
     }
 }
 
@@ -298,8 +313,13 @@ impl Manager {
 
     /// Sends SIGTERM and waits for the manager to exit; returns its exit code.
     pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
+        signal(self.child.as_ref()?.id(), rustix::process::Signal::TERM);
+        self.wait_exit(limit)
+    }
+
+    /// Waits for the manager to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let mut child = self.child.take()?;
-        signal(child.id(), rustix::process::Signal::TERM);
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -308,7 +328,7 @@ impl Manager {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{}: did not exit within {limit:?} of SIGTERM; log:\n{}", self.pod, self.log());
+                panic!("{}: did not exit within {limit:?}; log:\n{}", self.pod, self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -428,12 +448,27 @@ fn client_config() -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// One HTTPS request over a fresh connection (HTTP/1.1).
+/// One HTTPS request over a fresh connection (HTTP/1.1), accepting any certificate.
 pub async fn request(address: SocketAddr, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Answer {
+    request_with(client_config(), "localhost", address, method, path, body, token).await.unwrap()
+}
+
+/// One HTTPS request with the given client configuration and server name;
+/// `Err` when the TLS handshake fails.
+pub async fn request_with(
+    config: Arc<rustls::ClientConfig>,
+    server_name: &str,
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Result<Answer, std::io::Error> {
+    let server_name = ServerName::try_from(server_name.to_owned()).unwrap();
     let attempt = async {
         let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(client_config());
-        let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = connector.connect(server_name, tcp).await?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
         tokio::spawn(connection);
@@ -448,7 +483,7 @@ pub async fn request(address: SocketAddr, method: &str, path: &str, body: Option
         let response = sender.send_request(request).await.unwrap();
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        Answer { status, body: String::from_utf8_lossy(&bytes).into_owned() }
+        Ok(Answer { status, body: String::from_utf8_lossy(&bytes).into_owned() })
     };
     tokio::time::timeout(Duration::from_secs(180), attempt).await.expect("the API answered within 180s")
 }
