@@ -1,7 +1,11 @@
 # syntax=docker/dockerfile:1.7
-# One image, both binaries:
+# One image, three binaries:
 #   /usr/local/bin/stead-webhook     (manifests/webhook)
 #   /usr/local/bin/stead-controller  (manifests/controller)
+#   /usr/local/bin/stead-instance    (copied into every database pod by its init
+#                                     container, and run from the user's PostgreSQL
+#                                     image; built against Debian bookworm's glibc,
+#                                     so that image must be glibc 2.36 or newer)
 # Build: make image   (docker build -t ghcr.io/stead-dev/stead:0.1.0 .)
 # The manifests name the binary in `command:`; the image sets no entrypoint.
 
@@ -21,8 +25,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     cargo build --release --locked \
         --package stead-webhook --bin stead-webhook \
         --package stead-controller --bin stead-controller \
+        --package stead-instance --bin stead-instance \
  && mkdir -p /out \
- && install -m 0755 target/release/stead-webhook target/release/stead-controller /out/
+ && install -m 0755 target/release/stead-webhook target/release/stead-controller target/release/stead-instance /out/
 
 # distroless/cc: glibc and libgcc for the Rust binaries, CA certificates,
 # no shell and no package manager; the :nonroot tag runs as uid 65532.
@@ -33,6 +38,6 @@ LABEL org.opencontainers.image.title="stead" \
       org.opencontainers.image.source="https://github.com/stead-dev/stead" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /out/stead-webhook /out/stead-controller /usr/local/bin/
+COPY --from=build /out/stead-webhook /out/stead-controller /out/stead-instance /usr/local/bin/
 # Numeric, so the kubelet can verify runAsNonRoot without a passwd lookup.
 USER 65532:65532

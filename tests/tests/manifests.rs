@@ -631,12 +631,13 @@ fn check_certificate_chain(objects: &[Value], p: &mut Problems) {
 
 /// The controller's verbs, exactly: the API calls stead-controller makes.
 fn controller_permissions() -> BTreeSet<(String, String, String)> {
-    let grants: [(&str, &str, &[&str]); 9] = [
+    let grants: [(&str, &str, &[&str]); 10] = [
         ("stead.dev", "databaseclusters", &["list", "watch", "patch"]),
         ("stead.dev", "databaseclusters/status", &["patch"]),
         ("stead.dev", "databaseclusters/finalizers", &["update"]),
         ("apps", "statefulsets", &["list", "watch", "create", "patch"]),
-        ("", "services", &["list", "watch", "create", "patch"]),
+        ("", "services", &["list", "watch", "create", "patch", "delete"]),
+        ("", "pods", &["list", "watch", "patch"]),
         ("policy", "poddisruptionbudgets", &["list", "watch", "create", "patch", "delete"]),
         ("", "persistentvolumeclaims", &["list", "watch", "patch"]),
         ("events.k8s.io", "events", &["create", "patch"]),
@@ -693,7 +694,7 @@ fn roles_of<'a>(objects: &'a [Value], sa_name: &str, sa_ns: &str) -> Vec<(&'a Va
 }
 
 fn check_rbac(objects: &[Value], p: &mut Problems) {
-    // No wildcards, and nobody reads Secrets: create is the one verb on them
+    // No wildcards, and no Secret is read but the controller's own keys: create is the one verb on them
     // (the controller's credentials Secret), so no token can see a password.
     for role in objects.iter().filter(|o| matches!(kind(o), "Role" | "ClusterRole")) {
         for rule in role["rules"].as_array().into_iter().flatten() {
@@ -703,8 +704,16 @@ fn check_rbac(objects: &[Value], p: &mut Problems) {
                 });
             }
             if strings(&rule["resources"]).contains(&"secrets") {
-                p.check(strings(&rule["verbs"]) == ["create"], || {
-                    format!("{}: grants {} on secrets; only create is allowed", id(role), rule["verbs"])
+                // The one read: the controller's own key Secret, by name, in its namespace.
+                let own_keys = kind(role) == "Role"
+                    && strings(&rule["verbs"]) == ["get"]
+                    && strings(&rule["resourceNames"]) == ["stead-controller-keys"];
+                p.check(strings(&rule["verbs"]) == ["create"] || own_keys, || {
+                    format!(
+                        "{}: grants {} on secrets; only create, and get of stead-controller-keys in a Role, are allowed",
+                        id(role),
+                        rule["verbs"]
+                    )
                 });
             }
         }
@@ -739,7 +748,11 @@ fn check_rbac(objects: &[Value], p: &mut Problems) {
     for (binding, role) in roles_of(objects, sa, ns) {
         for (grant, names) in grants(role) {
             let (group, resource, verb) = &grant;
-            if group == "coordination.k8s.io" && resource == "leases" {
+            if group.is_empty() && resource == "secrets" && verb == "get" {
+                p.check(kind(role) == "Role" && namespace(role) == ns && names == ["stead-controller-keys"], || {
+                    format!("{}: Secrets may be read only by name (stead-controller-keys) in {ns}", id(role))
+                });
+            } else if group == "coordination.k8s.io" && resource == "leases" {
                 p.check(kind(role) == "Role" && namespace(role) == ns && kind(binding) == "RoleBinding", || {
                     format!("{}: leases must be granted by a Role in {ns} only", id(role))
                 });
