@@ -127,6 +127,16 @@ impl Cli {
         }
         let parameters = crate::conf::parse_parameters(&self.parameters)?;
         let run_dir = self.run_dir.unwrap_or_else(|| default_run_dir(&self.pgdata));
+        if !settings::socket_path_fits(&run_dir, self.pg_port) {
+            return Err(Error::Setting {
+                setting: "STEAD_RUN_DIR",
+                reason: format!(
+                    "{} is too long: postgres's unix socket path in it must fit in {} bytes",
+                    run_dir.display(),
+                    settings::MAX_SOCKET_PATH
+                ),
+            });
+        }
         let secs = Duration::from_secs;
         let defaults = Timeouts::default();
         Ok(Settings {

@@ -93,6 +93,15 @@ impl Settings {
     }
 }
 
+/// Longest unix socket path Linux accepts (`sun_path` minus its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Whether postgres's socket (and its lock file) fits in `run_dir`.
+pub fn socket_path_fits(run_dir: &Path, port: u16) -> bool {
+    // `.s.PGSQL.<port>.lock` is the longest name postgres puts there.
+    run_dir.as_os_str().len() + format!("/.s.PGSQL.{port}.lock").len() <= MAX_SOCKET_PATH
+}
+
 /// The ordinal of a StatefulSet pod name (`orders-1` → 1).
 pub fn ordinal(pod_name: &str) -> Option<u32> {
     let (_, suffix) = pod_name.rsplit_once('-')?;
@@ -200,6 +209,13 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[test]
+    fn socket_paths_must_fit() {
+        assert!(socket_path_fits(Path::new("/run/stead"), 5432));
+        assert!(socket_path_fits(Path::new(&format!("/{}", "r".repeat(MAX_SOCKET_PATH - 20))), 5432));
+        assert!(!socket_path_fits(Path::new(&format!("/{}", "r".repeat(MAX_SOCKET_PATH - 19))), 5432));
+    }
 
     #[test]
     fn ordinal_table() {
