@@ -34,6 +34,9 @@ pub struct Cli {
     /// Pod name, e.g. orders-1; default: $HOSTNAME.
     #[arg(long, env = "STEAD_POD_NAME")]
     pub pod_name: Option<String>,
+    /// The pod's IP address, added to a generated certificate's names.
+    #[arg(long, env = "STEAD_POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
     /// The data directory.
     #[arg(long, env = "STEAD_PGDATA", default_value = DEFAULT_PGDATA)]
     pub pgdata: PathBuf,
@@ -144,6 +147,7 @@ impl Cli {
             cluster,
             namespace: self.namespace,
             pod_name,
+            pod_ip: self.pod_ip,
             pgdata: self.pgdata,
             pg_port: self.pg_port,
             pg_bin,

@@ -37,33 +37,9 @@ use crate::supervisor::{Launch, Phase, Supervisor};
 /// pg_controldata only reads one file; it runs inside a status request.
 const CONTROLDATA_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How a new instance gets its data (`POST /bootstrap`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Bootstrap {
-    /// A new database: this instance becomes the primary.
-    Initdb,
-    /// A copy of the primary's: this instance becomes its replica.
-    #[serde(rename_all = "camelCase")]
-    Clone { primary_host: Option<String>, primary_port: Option<u16> },
-}
-
-impl Bootstrap {
-    fn name(&self) -> &'static str {
-        match self {
-            Bootstrap::Initdb => "initdb",
-            Bootstrap::Clone { .. } => "clone",
-        }
-    }
-}
-
-/// Where to stream from after `POST /demote`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Demote {
-    pub primary_host: Option<String>,
-    pub primary_port: Option<u16>,
-}
+/// The bodies of `POST /bootstrap` and `POST /demote`, defined once for both
+/// sides in [`stead_crds::instance_api`].
+pub use stead_crds::instance_api::{Bootstrap, Demote};
 
 /// The running instance; shared by the API and the manager's main task.
 pub struct Instance {

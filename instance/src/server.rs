@@ -49,9 +49,10 @@ pub fn serving_names(settings: &Settings) -> (Vec<String>, Vec<IpAddr>) {
         "localhost".to_owned(),
     ];
     let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
-    let listen = settings.api_listen.ip();
-    if !listen.is_unspecified() && !ips.contains(&listen) {
-        ips.push(listen);
+    for ip in [Some(settings.api_listen.ip()), settings.pod_ip].into_iter().flatten() {
+        if !ip.is_unspecified() && !ips.contains(&ip) {
+            ips.push(ip);
+        }
     }
     (dns, ips)
 }
@@ -136,4 +137,54 @@ pub async fn serve(
         .first_request_timeout(FIRST_REQUEST_TIMEOUT)
         .serve(router.into_make_service())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn settings(listen: &str, pod_ip: Option<&str>) -> Settings {
+        Settings {
+            cluster: "orders".into(),
+            namespace: "shop".into(),
+            pod_name: "orders-1".into(),
+            ordinal: Some(1),
+            pod_ip: pod_ip.map(|ip| ip.parse().unwrap()),
+            pgdata: PathBuf::from("/data/pgdata"),
+            pg_port: 5432,
+            pg_bin: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            secret_dir: PathBuf::from("/nonexistent-secret"),
+            primary_host: None,
+            parameters: BTreeMap::new(),
+            api_listen: listen.parse().unwrap(),
+            run_dir: PathBuf::from("/run/stead"),
+            shutdown: Default::default(),
+            restart: Default::default(),
+            timeouts: Default::default(),
+        }
+    }
+
+    #[test]
+    fn generated_certificate_names_the_pod_every_way_it_is_reached() {
+        let (dns, ips) = serving_names(&settings("0.0.0.0:8000", Some("10.1.2.3")));
+        assert!(dns.contains(&"orders-1.orders-headless.shop.svc".to_owned()), "{dns:?}");
+        assert!(dns.contains(&"instance.orders-headless.shop.svc".to_owned()), "{dns:?}");
+        assert!(dns.contains(&"localhost".to_owned()));
+        let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+        assert_eq!(ips, ["127.0.0.1", "::1", "10.1.2.3"]);
+        let (_, ips) = serving_names(&settings("127.0.0.5:8000", None));
+        assert_eq!(ips.last().map(ToString::to_string).as_deref(), Some("127.0.0.5"));
+    }
+
+    #[test]
+    fn without_a_mounted_pair_a_certificate_is_generated() {
+        let (config, cert) = tls_config(&settings("127.0.0.1:8000", None)).unwrap();
+        assert!(matches!(cert, ServingCert::Generated));
+        assert_eq!(config.alpn_protocols, [ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()]);
+    }
 }

@@ -57,6 +57,7 @@ pub struct Settings {
     pub pod_name: String,
     /// The StatefulSet ordinal from the pod name's `-<n>` suffix.
     pub ordinal: Option<u32>,
+    pub pod_ip: Option<std::net::IpAddr>,
     pub pgdata: PathBuf,
     pub pg_port: u16,
     pub pg_bin: PathBuf,

@@ -25,51 +25,14 @@
 //! - `timeline`: a primary's current timeline; a replica's received
 //!   timeline; else the latest checkpoint's (also when postgres is down).
 
-use serde::{Deserialize, Serialize};
-
 use crate::conf::Upstream;
 use crate::datadir::{ControlData, DataDir, DataRole};
-use crate::lsn::Lsn;
 use crate::pg::{Probe, ProbeError};
 use crate::supervisor::Phase;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Primary,
-    Replica,
-    Bootstrapping,
-    Stopped,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Postmaster {
-    Running,
-    Starting,
-    Stopped,
-    Crashed,
-}
-
-/// The body of `GET /status` (and of successful operations).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    pub pod_name: String,
-    pub role: Role,
-    pub postmaster: Postmaster,
-    pub ready: bool,
-    pub timeline: Option<u32>,
-    pub system_identifier: Option<String>,
-    pub current_lsn: Option<Lsn>,
-    pub received_lsn: Option<Lsn>,
-    pub replayed_lsn: Option<Lsn>,
-    pub lag_bytes: Option<u64>,
-    pub streaming: bool,
-    pub primary_host: Option<String>,
-    pub restarts: u32,
-    pub pending_restart: bool,
-}
+/// The body of `GET /status` (and of successful operations), defined once
+/// for both sides in [`stead_crds::instance_api`].
+pub use stead_crds::instance_api::{InstanceStatus as Status, Postmaster, Role};
 
 /// Everything the status is derived from.
 #[derive(Debug, Clone)]
@@ -237,6 +200,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::lsn::Lsn;
 
     fn lsn(text: &str) -> Lsn {
         text.parse().unwrap()
