@@ -62,6 +62,8 @@ pub fn refuse_root() -> Result<(), Error> {
 /// Runs the manager until SIGTERM or SIGINT, then stops postgres in stages
 /// and returns once it has exited.
 pub async fn run(settings: Settings) -> Result<(), Error> {
+    // An incomplete Secret is a deployment error: say which key, before anything starts.
+    settings.secrets().check()?;
     let reaper = process::Reaper::start().map_err(Error::io("watch SIGCHLD for", "child processes"))?;
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::io("handle SIGTERM for", "the manager"))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::io("handle SIGINT for", "the manager"))?;

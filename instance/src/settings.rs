@@ -190,6 +190,16 @@ impl Secrets {
         self.read(CONTROLLER_TOKEN_KEY)
     }
 
+    /// Every key the manager needs is there and not empty (`username` may be
+    /// absent); the error names the first one missing.
+    pub fn check(&self) -> Result<(), Error> {
+        self.superuser()?;
+        self.superuser_password()?;
+        self.replication_password()?;
+        self.controller_token()?;
+        Ok(())
+    }
+
     /// The pgpass file's text: replication role and superuser, any host.
     pub fn pgpass(&self) -> Result<String, Error> {
         let superuser = self.superuser()?;
@@ -240,6 +250,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secrets = Secrets::new(dir.path());
         assert_eq!(secrets.superuser().unwrap(), "postgres");
+        assert!(secrets.check().unwrap_err().to_string().contains("the password key"));
         let err = secrets.superuser_password().unwrap_err().to_string();
         assert!(err.contains("password") && err.contains("credentials Secret"), "{err}");
         fs::write(dir.path().join("password"), "s3cret\n").unwrap();
@@ -248,5 +259,8 @@ mod tests {
         assert_eq!(secrets.superuser_password().unwrap(), "s3cret");
         assert!(secrets.controller_token().unwrap_err().to_string().contains("empty"));
         assert_eq!(secrets.pgpass().unwrap(), "*:*:*:streaming_replica:r\\:pl\n*:*:*:postgres:s3cret\n");
+        assert!(secrets.check().unwrap_err().to_string().contains("the controller-token key"));
+        fs::write(dir.path().join("controller-token"), "t").unwrap();
+        secrets.check().unwrap();
     }
 }

@@ -106,3 +106,15 @@ fn refuses_to_run_as_root() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("must not run as root"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_secret_is_refused_at_start() {
+    let Some(pg_bin) = support::require_postgres("an_incomplete_secret_is_refused_at_start") else { return };
+    let sandbox = Sandbox::new(pg_bin, "secret");
+    std::fs::remove_file(sandbox.path().join("secret").join("replication-password")).unwrap();
+    let mut manager = sandbox.start_unchecked(0);
+    assert_eq!(manager.wait_exit(WAIT), Some(1), "{}", manager.log());
+    let log = manager.log();
+    assert!(log.contains("the replication-password key of the credentials Secret"), "{log}");
+    assert!(!manager.pgdata.exists(), "nothing was started or created");
+}
