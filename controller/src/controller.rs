@@ -56,11 +56,14 @@ pub enum StartupError {
          install it with `kubectl apply -k manifests/crds` and start the controller again"
     )]
     CrdMissing,
+    /// The kube error is rendered into the message, not exposed as `source()`:
+    /// kube's `Display` of an API error carries the Status in `Debug` form,
+    /// and `main` prints every cause.
     #[error(
         "cannot list DatabaseClusters: {}; check the kubeconfig (or the service account) and its RBAC",
         crate::error::describe(.0)
     )]
-    Api(#[source] kube::Error),
+    Api(kube::Error),
 }
 
 /// Fails fast when the CRD is missing, instead of retrying watches forever.
@@ -483,6 +486,26 @@ mod tests {
         assert!(err.to_string().contains("kubectl apply -k manifests/crds"), "{err}");
         drop(ctx);
         crate::fixtures::verify(server).await;
+    }
+
+    #[test]
+    fn a_refused_startup_list_is_printed_without_debug_output() {
+        let refused = kube::Error::Api(Box::new(
+            kube::core::Status::failure(
+                "databaseclusters.stead.dev is forbidden: User \"x\" cannot list resource \"databaseclusters\"",
+                "Forbidden",
+            )
+            .with_code(403),
+        ));
+        // What main prints on exit: the error and each of its causes.
+        let printed: Vec<String> =
+            anyhow::Error::new(StartupError::Api(refused)).chain().map(ToString::to_string).collect();
+        assert_eq!(
+            printed,
+            ["cannot list DatabaseClusters: the API server refused (403 Forbidden): databaseclusters.stead.dev is \
+             forbidden: User \"x\" cannot list resource \"databaseclusters\"; check the kubeconfig (or the service \
+             account) and its RBAC"]
+        );
     }
 
     #[test]

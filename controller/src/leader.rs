@@ -75,16 +75,19 @@ impl Default for Timing {
 }
 
 /// The Lease could not be read at startup.
+///
+/// The kube error is rendered into the message and deliberately not exposed
+/// as `source()`: `main` prints the whole chain of causes, and kube's own
+/// `Display` of an API error carries the Status in `Debug` form.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "cannot read the Lease {namespace}/{LEASE_NAME}: {}; the controller needs get, create and update on it \
      (manifests/rbac/leader-election-role.yaml) in the namespace POD_NAMESPACE names",
-    describe(.source)
+    describe(.error)
 )]
 pub struct LeaseError {
     namespace: String,
-    #[source]
-    source: kube::Error,
+    error: kube::Error,
 }
 
 /// A channel that says whether this replica leads, plus what keeps it alive.
@@ -123,11 +126,7 @@ impl Leadership {
         timing: Timing,
     ) -> Result<Self, LeaseError> {
         let elector = Elector { api: Api::namespaced(client, namespace), identity: identity.to_owned(), timing };
-        elector
-            .api
-            .get_opt(LEASE_NAME)
-            .await
-            .map_err(|source| LeaseError { namespace: namespace.to_owned(), source })?;
+        elector.api.get_opt(LEASE_NAME).await.map_err(|error| LeaseError { namespace: namespace.to_owned(), error })?;
         let (tx, rx) = watch::channel(false);
         info!(lease = LEASE_NAME, namespace, identity, "competing for the lease");
         Ok(Self { rx, guard: Guard::Lease(tokio::spawn(compete(elector, tx))) })
@@ -672,13 +671,19 @@ mod tests {
         });
         let err = match Leadership::elect(Client::new(service, NS), NS, "a").await {
             Ok(_) => panic!("a forbidden Lease must fail the start"),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
+        // What main prints on exit: the error and each of its causes.
+        let printed: Vec<String> = anyhow::Error::new(err).chain().map(ToString::to_string).collect();
+        assert!(
+            !printed.iter().any(|p| p.contains("Status {") || p.contains("ApiError")),
+            "Debug output in: {printed:?}"
+        );
         assert_eq!(
-            err,
-            "cannot read the Lease stead-system/stead-controller: the API server refused (403 Forbidden): mock \
+            printed,
+            ["cannot read the Lease stead-system/stead-controller: the API server refused (403 Forbidden): mock \
              Forbidden; the controller needs get, create and update on it (manifests/rbac/leader-election-role.yaml) \
-             in the namespace POD_NAMESPACE names"
+             in the namespace POD_NAMESPACE names"]
         );
         server.await.unwrap();
     }
