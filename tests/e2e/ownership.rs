@@ -20,18 +20,19 @@ use crate::support::say;
 use crate::support::stead::{Controller, ControllerOptions, LeaderElection};
 use crate::support::wait::{self, Poll};
 
-/// The user's own Service `shop`, as `kubectl apply` makes it: one port, nothing else.
-///
-/// `shop` is the name of a child of the cluster `shop` (its client Service).
-/// Should the children's names change, this must stay the name of one.
-fn users_service(namespace: &str) -> Value {
+/// A Service of the user's, as `kubectl apply` makes it from one port and nothing else.
+fn users_service(namespace: &str, name: &str) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": "shop", "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"ports": [{"name": "web", "port": 80}]}
     })
 }
+
+/// The name of a Service child of the cluster `shop`: its primary (read-write)
+/// Service. It must stay the name of one of the cluster's Services.
+const SHOP_CHILD_SERVICE: &str = "shop-rw";
 
 /// The user's own StatefulSet `ledger` (no pods), unrelated to any DatabaseCluster.
 fn users_statefulset(namespace: &str) -> Value {
@@ -113,44 +114,58 @@ fn ensure_foreign_message(cluster: &Value, object: &str) -> anyhow::Result<()> {
 /// A user's Service and StatefulSet with a child's name are left exactly as
 /// they are: the cluster reports Degraded=True/ForeignChild, neither object
 /// gains an ownerReference or a field, and deleting the cluster leaves them.
-/// Once the user deletes their Service, the cluster creates its own.
+/// Once the user deletes their Service, the cluster creates its own. The
+/// user's Service `shop` of the original report (the name of stead 0.1's
+/// all-pods Service) is left alone throughout as well.
 pub fn foreign_objects_are_never_adopted(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let ns = "e2e-foreign";
     create_namespace(&ctx.kubectl, ns)?;
     let k = ctx.kubectl.clone();
-    expect_ok(k.apply(&users_service(ns), &[])?)?;
+    expect_ok(k.apply(&users_service(ns, "shop"), &[])?)?;
+    expect_ok(k.apply(&users_service(ns, SHOP_CHILD_SERVICE), &[])?)?;
     expect_ok(k.apply(&users_statefulset(ns), &[])?)?;
-    let service = k.get("service", ns, "shop")?.context("the user's Service is not there")?;
+    let shop_service = k.get("service", ns, "shop")?.context("the user's Service shop is not there")?;
+    let service = k.get("service", ns, SHOP_CHILD_SERVICE)?.context("the user's Service is not there")?;
     let statefulset = k.get("statefulset", ns, "ledger")?.context("the user's StatefulSet is not there")?;
 
     expect_ok(k.apply(&cluster(ns, "shop", spec_with_replicas(1)), &[])?)?;
     expect_ok(k.apply(&cluster(ns, "ledger", spec_with_replicas(1)), &[])?)?;
     let shop = wait_for_condition(&k, ns, "shop", "Degraded", "True", "ForeignChild")?;
-    ensure_foreign_message(&shop, &format!("Service {ns}/shop"))?;
+    ensure_foreign_message(&shop, &format!("Service {ns}/{SHOP_CHILD_SERVICE}"))?;
     let ledger = wait_for_condition(&k, ns, "ledger", "Degraded", "True", "ForeignChild")?;
     ensure_foreign_message(&ledger, &format!("StatefulSet {ns}/ledger"))?;
-    ensure_untouched(ctx, "service", "services", ns, &service)?;
-    ensure_untouched(ctx, "statefulset", "statefulsets", ns, &statefulset)?;
+    let untouched = |ctx: &Ctx<'_>| -> anyhow::Result<()> {
+        ensure_untouched(ctx, "service", "services", ns, &shop_service)?;
+        ensure_untouched(ctx, "service", "services", ns, &service)?;
+        ensure_untouched(ctx, "statefulset", "statefulsets", ns, &statefulset)
+    };
+    untouched(ctx)?;
     // The controller retries with backoff (1 s, 2 s, …): still nothing written after a few.
     thread::sleep(Duration::from_secs(4));
-    ensure_untouched(ctx, "service", "services", ns, &service)?;
-    ensure_untouched(ctx, "statefulset", "statefulsets", ns, &statefulset)?;
+    untouched(ctx)?;
 
     // The fix the message gives: without the user's Service, the cluster makes its own.
-    expect_ok(k.run(&["delete", "service", "shop", "-n", ns])?)?;
-    wait_for_condition(&k, ns, "shop", "Degraded", "False", "AsExpected")
-        .context("after the user's Service is deleted, the cluster should create its own")?;
-    let own = k.get("service", ns, "shop")?.context("the cluster's Service shop is not there")?;
-    let owner = own.pointer("/metadata/ownerReferences/0/name").and_then(Value::as_str);
-    ensure!(owner == Some("shop"), "Service {ns}/shop is not the cluster's: ownerReferences {}", own["metadata"]);
+    expect_ok(k.run(&["delete", "service", SHOP_CHILD_SERVICE, "-n", ns])?)?;
+    wait::until(&format!("the cluster shop to create its own Service {SHOP_CHILD_SERVICE}"), REACT_TIMEOUT, || {
+        let own = k.get("service", ns, SHOP_CHILD_SERVICE)?;
+        let owner = own.as_ref().and_then(|s| s.pointer("/metadata/ownerReferences/0/name")).and_then(Value::as_str);
+        Ok(if owner == Some("shop") { Poll::Ready(()) } else { Poll::Pending(format!("owner {owner:?}")) })
+    })?;
+    wait::until("the cluster shop to leave Degraded/ForeignChild", REACT_TIMEOUT, || {
+        let shop = k.get("dbc", ns, "shop")?.context("the cluster shop is gone")?;
+        let reason = condition(&shop, "Degraded").map_or_else(String::new, |c| text(c, "/reason"));
+        Ok(if reason == "ForeignChild" { Poll::Pending(reason) } else { Poll::Ready(()) })
+    })?;
+    ensure_untouched(ctx, "service", "services", ns, &shop_service)?;
 
-    // Deleting the other cluster leaves the user's StatefulSet alone (with garbage collection running too).
+    // Deleting the clusters leaves the user's objects alone (with garbage collection running too).
     expect_ok(k.run(&["delete", "dbc", "shop", "ledger", "-n", ns, "--wait=false"])?)?;
     wait_until_gone(&k, "dbc", ns, "ledger")?;
     wait_until_gone(&k, "dbc", ns, "shop")?;
     if ctx.garbage_collection {
         wait_until_gone(&k, "service", ns, "ledger-headless").context("the cluster's own children are collected")?;
     }
+    ensure_untouched(ctx, "service", "services", ns, &shop_service)?;
     ensure_untouched(ctx, "statefulset", "statefulsets", ns, &statefulset)
 }
 
