@@ -25,6 +25,9 @@ pub const DEFAULT_RUN_DIR: &str = "/run/stead";
     about = "The stead instance manager: runs PostgreSQL in a database pod and answers the controller over HTTPS"
 )]
 pub struct Cli {
+    /// `install <path>`: copy this binary to `path` and exit (the pod's init container).
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Cluster name; default: the pod name without its ordinal.
     #[arg(long, env = "STEAD_CLUSTER")]
     pub cluster: Option<String>,
@@ -57,9 +60,9 @@ pub struct Cli {
     /// User postgresql.conf parameters, a JSON object of names to string values.
     #[arg(long, env = "STEAD_PARAMETERS", default_value = "{}")]
     pub parameters: String,
-    /// Address of the HTTPS API.
-    #[arg(long, env = "STEAD_API_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], stead_crds::names::INSTANCE_API_PORT)))]
-    pub api_listen: SocketAddr,
+    /// Address of the HTTPS API; default: the pod's address (STEAD_POD_IP), else every address, on port 8000.
+    #[arg(long, env = "STEAD_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
     /// Private run directory (unix socket, pgpass); default /run/stead when
     /// writable, else stead-run beside PGDATA.
     #[arg(long, env = "STEAD_RUN_DIR")]
@@ -91,6 +94,16 @@ pub struct Cli {
     /// Seconds an operation waits for postgres to accept connections after starting it.
     #[arg(long, env = "STEAD_READY_TIMEOUT_SECONDS", default_value_t = 120)]
     pub ready_timeout_seconds: u64,
+}
+
+/// What to do instead of running an instance.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Copy this executable to PATH (mode 0755), so a container of another image can run it.
+    Install {
+        /// Where to put the copy, e.g. /stead/bin/stead-instance.
+        path: PathBuf,
+    },
 }
 
 impl Cli {
@@ -154,7 +167,10 @@ impl Cli {
             secret_dir: self.secret_dir,
             primary_host: self.primary_host.filter(|h| !h.trim().is_empty()),
             parameters,
-            api_listen: self.api_listen,
+            api_listen: self.api_listen.unwrap_or_else(|| {
+                let ip = self.pod_ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+                SocketAddr::new(ip, stead_crds::names::INSTANCE_API_PORT)
+            }),
             run_dir,
             shutdown: ShutdownTimeouts {
                 smart: secs(self.smart_shutdown_seconds),

@@ -237,6 +237,22 @@ pub struct Owned<'a> {
     pub instance_name: &'a str,
     /// `primary_conninfo` of a replica; `None` on a primary.
     pub primary_conninfo: Option<String>,
+    /// The pod's own address; postgres listens on it and on localhost
+    /// (for `kubectl port-forward`) only. `None`: every address.
+    pub pod_ip: Option<std::net::IpAddr>,
+}
+
+/// `listen_addresses` for an instance at `pod_ip`.
+///
+/// Binding the pod's address keeps instances that share a network (several
+/// on one host) from taking each other's port; localhost stays, because
+/// `kubectl port-forward` connects to it inside the pod. postgres starts as
+/// long as one of the addresses can be bound.
+pub fn listen_addresses(pod_ip: Option<std::net::IpAddr>) -> String {
+    match pod_ip {
+        Some(ip) => format!("{ip},localhost"),
+        None => "*".to_owned(),
+    }
 }
 
 /// Every owned parameter with its value, in [`OWNED_PARAMETERS`] order
@@ -248,7 +264,7 @@ pub fn owned_parameters(owned: &Owned<'_>) -> Vec<(&'static str, String)> {
         ("config_file", path(USER_CONF_FILE)),
         ("hba_file", path(HBA_FILE)),
         ("hot_standby", "on".to_owned()),
-        ("listen_addresses", "*".to_owned()),
+        ("listen_addresses", listen_addresses(owned.pod_ip)),
         ("max_replication_slots", MAX_REPLICATION_SLOTS.to_string()),
         ("max_wal_senders", MAX_WAL_SENDERS.to_string()),
         ("port", owned.port.to_string()),
@@ -386,6 +402,7 @@ mod tests {
             run_dir: &run_dir,
             instance_name: "orders-1",
             primary_conninfo: conninfo,
+            pod_ip: Some("10.244.1.7".parse().unwrap()),
         };
         let names: Vec<&str> = owned_parameters(&owned).iter().map(|(name, _)| *name).collect();
         let expected: Vec<&str> = OWNED_PARAMETERS.iter().copied().filter(|p| *p != "data_directory").collect();
@@ -400,16 +417,24 @@ mod tests {
         assert!(args.contains(&"unix_socket_directories=/run/stead".to_owned()));
         assert!(args.contains(&"primary_conninfo=host='x'".to_owned()));
         assert!(args.contains(&"wal_log_hints=on".to_owned()));
+        assert!(args.contains(&"listen_addresses=10.244.1.7,localhost".to_owned()));
         assert_eq!(args.iter().filter(|a| *a == "-c").count(), expected.len());
     }
 
     #[test]
     fn a_primary_clears_any_primary_conninfo() {
         let (pgdata, run_dir, _) = owned(None);
-        let owned =
-            Owned { pgdata: &pgdata, port: 5432, run_dir: &run_dir, instance_name: "orders-0", primary_conninfo: None };
+        let owned = Owned {
+            pgdata: &pgdata,
+            port: 5432,
+            run_dir: &run_dir,
+            instance_name: "orders-0",
+            primary_conninfo: None,
+            pod_ip: None,
+        };
         let args: Vec<String> = postmaster_args(&owned).iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert!(args.contains(&"primary_conninfo=".to_owned()));
         assert!(args.contains(&"primary_slot_name=".to_owned()));
+        assert!(args.contains(&"listen_addresses=*".to_owned()), "no pod address: every address");
     }
 }

@@ -584,6 +584,7 @@ fn postmaster_command(settings: &Settings) -> Result<Command, Error> {
         run_dir: &settings.run_dir,
         instance_name: &settings.pod_name,
         primary_conninfo,
+        pod_ip: settings.pod_ip,
     };
     let mut command = Command::new(settings.program("postgres"));
     command.args(conf::postmaster_args(&owned));

@@ -46,6 +46,24 @@ pub use instance::Instance;
 pub use settings::Settings;
 pub use status::Status;
 
+/// Copies the running executable to `path` (mode 0755): the database pod's
+/// init container, from the stead image, puts stead-instance where the
+/// user's PostgreSQL image can run it. The copy is written beside `path`
+/// and renamed, so a reader never sees half a binary.
+pub fn install(path: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |action: &'static str, path: &std::path::Path| {
+        let path = path.to_owned();
+        move |cause| Error::Io { action, path, cause }
+    };
+    let me = std::env::current_exe().map_err(io("find", std::path::Path::new("/proc/self/exe")))?;
+    let partial = path.with_extension("partial");
+    std::fs::copy(&me, &partial).map_err(io("copy the instance manager to", &partial))?;
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))
+        .map_err(io("make executable", &partial))?;
+    std::fs::rename(&partial, path).map_err(io("move the instance manager into", path))
+}
+
 /// postgres refuses to run as root, and so does the manager, before it starts anything.
 pub fn refuse_root() -> Result<(), Error> {
     if rustix::process::geteuid().is_root() {

@@ -3,11 +3,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use stead_instance::cli::Cli;
+use stead_instance::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Install { path }) = &cli.command {
+        return match stead_instance::install(path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(err) = stead_instance::refuse_root() {
         eprintln!("error: {err}");
         return ExitCode::from(2);

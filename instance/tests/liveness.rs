@@ -118,3 +118,20 @@ async fn an_incomplete_secret_is_refused_at_start() {
     assert!(log.contains("the replication-password key of the credentials Secret"), "{log}");
     assert!(!manager.pgdata.exists(), "nothing was started or created");
 }
+
+#[test]
+fn install_copies_the_binary_where_another_image_can_run_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("stead-instance");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_stead-instance"))
+        .args(["install", target.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let meta = std::fs::metadata(&target).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o755);
+    assert_eq!(meta.len(), std::fs::metadata(env!("CARGO_BIN_EXE_stead-instance")).unwrap().len());
+    // The copy runs: it prints its version.
+    let out = std::process::Command::new(&target).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("stead-instance "), "{out:?}");
+}
