@@ -144,6 +144,8 @@ pub struct Context {
     /// The instance managers' API.
     pub instances: Arc<dyn InstanceApi>,
     failures: Mutex<HashMap<ObjectRef<DatabaseCluster>, u32>>,
+    /// Pods (`namespace/name`) with an instance operation (bootstrap, demote) under way.
+    operations: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -172,6 +174,7 @@ impl Context {
             keys,
             instances,
             failures: Mutex::new(HashMap::new()),
+            operations: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -186,6 +189,16 @@ impl Context {
     /// Forgets the failures of `obj` after a successful reconcile.
     pub fn reset_failures(&self, obj: &ObjectRef<DatabaseCluster>) {
         self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(obj);
+    }
+
+    /// Marks an operation on `pod` as started; false when one is under way already.
+    pub fn start_operation(&self, pod: &str) -> bool {
+        self.operations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(pod.to_owned())
+    }
+
+    /// Marks the operation on `pod` as finished.
+    pub fn finish_operation(&self, pod: &str) {
+        self.operations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(pod);
     }
 
     /// Consecutive failures of `obj` so far.

@@ -91,9 +91,27 @@ pub struct FakeInstances {
     pub statuses: Mutex<HashMap<String, InstanceStatus>>,
     /// Every call, as `<method> <path> <pod> [body]`.
     pub calls: Mutex<Vec<String>>,
+    /// While true, operations (bootstrap, demote, promote) do not answer until [`Self::release`].
+    pub hold: std::sync::atomic::AtomicBool,
+    released: tokio::sync::Notify,
 }
 
 impl FakeInstances {
+    /// Lets held operations answer.
+    pub fn release(&self) {
+        self.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.released.notify_waiters();
+    }
+
+    async fn operation(&self, target: &Target, what: String) -> Result<InstanceStatus, CallError> {
+        let notified = self.released.notified();
+        let answer = self.answer(target, what);
+        if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            notified.await;
+        }
+        answer
+    }
+
     fn answer(&self, target: &Target, what: String) -> Result<InstanceStatus, CallError> {
         assert_eq!(target.token, keys().token(NS, NAME), "every call carries the cluster's token");
         self.calls.lock().unwrap().push(what);
@@ -114,16 +132,16 @@ impl InstanceApi for FakeInstances {
 
     fn bootstrap<'a>(&'a self, target: &'a Target, request: &'a Bootstrap) -> InstanceAnswer<'a> {
         let body = serde_json::to_string(request).unwrap();
-        Box::pin(async move { self.answer(target, format!("POST /bootstrap {} {body}", target.pod)) })
+        Box::pin(async move { self.operation(target, format!("POST /bootstrap {} {body}", target.pod)).await })
     }
 
     fn demote<'a>(&'a self, target: &'a Target, request: &'a Demote) -> InstanceAnswer<'a> {
         let body = serde_json::to_string(request).unwrap();
-        Box::pin(async move { self.answer(target, format!("POST /demote {} {body}", target.pod)) })
+        Box::pin(async move { self.operation(target, format!("POST /demote {} {body}", target.pod)).await })
     }
 
     fn promote<'a>(&'a self, target: &'a Target) -> InstanceAnswer<'a> {
-        Box::pin(async move { self.answer(target, format!("POST /promote {}", target.pod)) })
+        Box::pin(async move { self.operation(target, format!("POST /promote {}", target.pod)).await })
     }
 }
 
@@ -195,6 +213,17 @@ impl ApiServer {
             }
         })
     }
+}
+
+/// Waits (bounded) until `done` holds.
+pub async fn eventually(done: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the condition never held within 2 s");
 }
 
 /// Awaits the verifier, failing when it hangs (a call that never came).

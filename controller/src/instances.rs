@@ -24,9 +24,12 @@ use stead_crds::instance_api::{ApiError, Bootstrap, Demote, InstanceStatus};
 use stead_crds::names::INSTANCE_API_PORT;
 use tokio_rustls::TlsConnector;
 
-/// Longest an answer may take; bootstraps and demotions answer when they
-/// have started, so this bounds waiting on a stuck pod, not the work.
+/// Longest a status answer may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest an operation may take: bootstraps, promotions and demotions
+/// answer when they are done, and a clone of a large database takes hours
+/// (stead-instance's own pg_basebackup bound is 6 hours).
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(6 * 3600 + 600);
 /// The body of an operation that takes no arguments.
 #[derive(Serialize)]
 struct Empty {}
@@ -73,6 +76,7 @@ pub trait InstanceApi: Send + Sync {
 pub struct HttpsInstances {
     tls: TlsConnector,
     timeout: Duration,
+    operation_timeout: Duration,
 }
 
 impl std::fmt::Debug for HttpsInstances {
@@ -85,7 +89,11 @@ impl HttpsInstances {
     /// A client trusting only `ca_pem`, the controller's instance CA.
     pub fn new(ca_pem: &str) -> Result<Self, stead_certs::CertError> {
         let config: ClientConfig = stead_certs::client_config(ca_pem, &[stead_certs::ALPN_HTTP1])?;
-        Ok(Self { tls: TlsConnector::from(Arc::new(config)), timeout: CALL_TIMEOUT })
+        Ok(Self {
+            tls: TlsConnector::from(Arc::new(config)),
+            timeout: CALL_TIMEOUT,
+            operation_timeout: OPERATION_TIMEOUT,
+        })
     }
 
     async fn call<B: Serialize + Sync, T: DeserializeOwned>(
@@ -129,9 +137,10 @@ impl HttpsInstances {
                 .to_bytes();
             Ok::<_, CallError>((status, body))
         };
-        let (status, body) = tokio::time::timeout(self.timeout, exchange)
+        let timeout = if method == "GET" { self.timeout } else { self.operation_timeout };
+        let (status, body) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))??;
+            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
         if status != StatusCode::OK {
             let message = serde_json::from_slice::<ApiError>(&body)
                 .map(|e| e.message)

@@ -103,7 +103,7 @@ pub fn error_policy(cluster: Arc<DatabaseCluster>, error: &Error, ctx: Arc<Conte
 }
 
 /// The cluster exists and carries our finalizer.
-async fn apply(cluster: &DatabaseCluster, ctx: &Context) -> Result<Action, Error> {
+async fn apply(cluster: &DatabaseCluster, ctx: &Arc<Context>) -> Result<Action, Error> {
     let mut view = ClusterView::new(cluster)?;
     view.instance_image.clone_from(&ctx.settings.instance_image);
     let resync = Action::requeue(ctx.settings.resync);

@@ -336,16 +336,24 @@ async fn a_new_cluster_initialises_ordinal_0_then_clones_the_others_from_it() {
     };
     // Only ordinal 0 runs, on an empty volume: it is told to initialise.
     let instances = instances_answering([empty_status(0)]);
+    instances.hold.store(true, std::sync::atomic::Ordering::SeqCst);
     let (ctx, server) = context_with_instances(fill(vec![live_pod(0, false, None)]), instances.clone());
     let server = server.expect(vec![
         event("Bootstrapping", "Normal", |note| assert_eq!(note, "initialising orders-0 as the first primary")),
         status_patch(&c, |status| assert_eq!(condition(status, "Available").1, "NoPrimary")),
+        // The next poll, while initdb still runs: no second bootstrap, no second event.
+        status_patch(&c, |_| {}),
     ]);
+    reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap();
+    // The bootstrap runs in the background: it answers when done, which may take hours.
+    eventually(|| instances.calls.lock().unwrap().len() == 2).await;
     reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap();
     assert_eq!(
         *instances.calls.lock().unwrap(),
-        ["GET /status orders-0", r#"POST /bootstrap orders-0 {"mode":"initdb"}"#]
+        ["GET /status orders-0", r#"POST /bootstrap orders-0 {"mode":"initdb"}"#, "GET /status orders-0"]
     );
+    instances.release();
+    eventually(|| Arc::strong_count(&ctx) == 1).await;
     drop(ctx);
     verify(server).await;
 
@@ -362,6 +370,8 @@ async fn a_new_cluster_initialises_ordinal_0_then_clones_the_others_from_it() {
         status_patch(&c, |status| assert_eq!(status["currentPrimary"], "orders-0")),
     ]);
     reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    eventually(|| instances.calls.lock().unwrap().len() == 3).await;
+    eventually(|| Arc::strong_count(&ctx) == 1).await;
     assert_eq!(
         instances.calls.lock().unwrap()[2],
         r#"POST /bootstrap orders-1 {"mode":"clone","primaryHost":"10.244.0.10","primaryPort":5432}"#

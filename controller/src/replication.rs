@@ -19,19 +19,19 @@ use serde_json::json;
 use stead_crds::DatabaseCluster;
 use stead_crds::instance_api::Bootstrap;
 use stead_crds::names::FIELD_MANAGER;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::children::{ChildKind, ClusterView};
 use crate::context::Context;
 use crate::error::Error;
-use crate::instances::Target;
+use crate::instances::{CallError, Target};
 use crate::keys::ControllerKeys;
 use crate::topology::{Call, Member, ROLE_LABEL, Report, Topology, decide};
 
 /// Observes the instances of `view`, decides, and acts; returns the decision for the status.
 pub async fn converge(
     cluster: &DatabaseCluster,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     view: &ClusterView,
     sts_uid: Option<&str>,
 ) -> Result<Topology, Error> {
@@ -66,7 +66,7 @@ pub async fn converge(
         }
     }
     for call in &topology.calls {
-        act(cluster, ctx, call, &token, &server_name).await;
+        start(cluster, ctx, &view.namespace, call, &token, &server_name).await;
     }
     Ok(topology)
 }
@@ -143,7 +143,38 @@ async fn label(
     }
 }
 
-/// Sends one instruction; a failure is reported as an event and retried at the next poll.
+/// Sends one instruction in the background: a bootstrap or a rewind can
+/// take hours, and answers only when done. At most one operation per pod is
+/// under way; polls go on meanwhile (the instance reports `bootstrapping`).
+/// The outcome is an event; a failure is retried at the next poll. A 409
+/// means the instance is busy with an operation already (a controller that
+/// restarted lost track of it), which is not worth a warning.
+async fn start(
+    cluster: &DatabaseCluster,
+    ctx: &Arc<Context>,
+    namespace: &str,
+    call: &Call,
+    token: &str,
+    server_name: &str,
+) {
+    let pod = match call {
+        Call::Bootstrap { pod, .. } | Call::Repoint { pod, .. } => pod.clone(),
+    };
+    let key = format!("{namespace}/{pod}");
+    if !ctx.start_operation(&key) {
+        debug!(pod = %key, "an operation is under way; not asking again");
+        return;
+    }
+    let (reason, note) = describe_call(call);
+    publish(ctx, cluster, EventType::Normal, reason, note).await;
+    let (ctx, cluster, call) = (Arc::clone(ctx), cluster.clone(), call.clone());
+    let (token, server_name) = (token.to_owned(), server_name.to_owned());
+    tokio::spawn(async move {
+        act(&cluster, &ctx, &call, &token, &server_name).await;
+        ctx.finish_operation(&key);
+    });
+}
+
 async fn act(cluster: &DatabaseCluster, ctx: &Context, call: &Call, token: &str, server_name: &str) {
     let target = |pod: &str, ip: &str| Target {
         pod: pod.to_owned(),
@@ -151,32 +182,40 @@ async fn act(cluster: &DatabaseCluster, ctx: &Context, call: &Call, token: &str,
         server_name: server_name.to_owned(),
         token: token.to_owned(),
     };
-    let (result, reason, note) = match call {
-        Call::Bootstrap { pod, ip, request } => {
-            let note = match request {
-                Bootstrap::Initdb => format!("initialising {pod} as the first primary"),
-                Bootstrap::Clone { primary_host, .. } => format!(
-                    "cloning {pod} from the primary at {} and starting it as a replica",
-                    primary_host.as_deref().unwrap_or("?")
-                ),
-            };
-            (ctx.instances.bootstrap(&target(pod, ip), request).await, "Bootstrapping", note)
-        }
-        Call::Repoint { pod, ip, request } => {
-            let note =
-                format!("pointing replica {pod} at the primary at {}", request.primary_host.as_deref().unwrap_or("?"));
-            (ctx.instances.demote(&target(pod, ip), request).await, "Repointing", note)
-        }
+    let (reason, note) = describe_call(call);
+    let result = match call {
+        Call::Bootstrap { pod, ip, request } => ctx.instances.bootstrap(&target(pod, ip), request).await,
+        Call::Repoint { pod, ip, request } => ctx.instances.demote(&target(pod, ip), request).await,
     };
     match result {
-        Ok(_) => {
-            info!(cluster = %cluster.name_any(), reason, note = %note, "instance manager accepted");
-            publish(ctx, cluster, EventType::Normal, reason, note).await;
+        Ok(_) => info!(cluster = %cluster.name_any(), reason, note = %note, "instance manager done"),
+        Err(CallError::Refused { status: 409, message, .. }) => {
+            debug!(cluster = %cluster.name_any(), reason, message = %message, "instance manager is busy");
         }
         Err(e) => {
             warn!(cluster = %cluster.name_any(), reason, error = %e, "instance manager refused");
             publish(ctx, cluster, EventType::Warning, reason, format!("{note} failed: {e}")).await;
         }
+    }
+}
+
+/// The event reason and note announcing a call.
+fn describe_call(call: &Call) -> (&'static str, String) {
+    match call {
+        Call::Bootstrap { pod, request: Bootstrap::Initdb, .. } => {
+            ("Bootstrapping", format!("initialising {pod} as the first primary"))
+        }
+        Call::Bootstrap { pod, request: Bootstrap::Clone { primary_host, .. }, .. } => (
+            "Bootstrapping",
+            format!(
+                "cloning {pod} from the primary at {} and starting it as a replica",
+                primary_host.as_deref().unwrap_or("?")
+            ),
+        ),
+        Call::Repoint { pod, request, .. } => (
+            "Repointing",
+            format!("pointing replica {pod} at the primary at {}", request.primary_host.as_deref().unwrap_or("?")),
+        ),
     }
 }
 
