@@ -42,8 +42,14 @@ pub fn pg_bin() -> Option<PathBuf> {
 }
 
 /// Prints why the test is skipped and returns `None` when postgres is absent.
+///
+/// In CI (`CI=true`), where `.ci/run` installs PostgreSQL, a missing binary
+/// fails the test instead: a green run must have run real PostgreSQL.
 pub fn require_postgres(test: &str) -> Option<PathBuf> {
     let found = pg_bin();
+    if found.is_none() && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: no PostgreSQL binaries, but CI=true: .ci/run should have installed postgresql-15");
+    }
     if found.is_none() {
         println!("{test}: skipped: no PostgreSQL binaries (pg_config --bindir, /usr/lib/postgresql/*/bin, PATH)");
     }
