@@ -28,6 +28,7 @@ use stead_controller::context::{Context, stores};
 use stead_controller::instances::{CallError, InstanceApi, Target};
 use stead_controller::keys::ControllerKeys;
 use stead_controller::reconciler::reconcile;
+use stead_controller::replication::FailoverState;
 use stead_controller::status::{Outcome, Replication, compute_status};
 use stead_controller::topology::{decide, members_without_pods};
 use stead_crds::instance_api::{Bootstrap, Demote, InstanceStatus};
@@ -200,7 +201,9 @@ async fn main() {
                 let now = k8s_openapi::jiff::Timestamp::now();
                 let secret = credentials_secret_name(&c.name_any());
                 let topology = decide(None, &members_without_pods(&c.name_any(), 3), 5432);
-                let replication = Replication { topology: &topology, namespace: NAMESPACE, port: 5432 };
+                let failover = FailoverState { phase: "Healthy", ..FailoverState::default() };
+                let replication =
+                    Replication { topology: &topology, failover: Some(&failover), namespace: NAMESPACE, port: 5432 };
                 c.status =
                     Some(compute_status(&c, Some(s), Outcome::Reconciled, now, Some(&secret), Some(&replication)));
                 Arc::new(c)

@@ -34,6 +34,7 @@ use crate::cli::Settings;
 use crate::context::{Context, StoreWriters, stores};
 use crate::instances::{CallError, InstanceApi, Target};
 use crate::keys::ControllerKeys;
+use crate::replication::FailoverState;
 use crate::status::{Outcome, Replication, compute_status};
 use crate::topology::{decide, members_without_pods};
 
@@ -141,7 +142,13 @@ impl InstanceApi for FakeInstances {
     }
 
     fn promote<'a>(&'a self, target: &'a Target) -> InstanceAnswer<'a> {
-        Box::pin(async move { self.operation(target, format!("POST /promote {}", target.pod)).await })
+        Box::pin(async move {
+            // A promotion makes the instance a primary, as stead-instance's does.
+            if let Some(status) = self.statuses.lock().unwrap().get_mut(&target.pod) {
+                *status = InstanceStatus { pod_name: status.pod_name.clone(), ..primary_status(0) };
+            }
+            self.operation(target, format!("POST /promote {}", target.pod)).await
+        })
     }
 }
 
@@ -575,7 +582,8 @@ pub fn finalized(mut c: DatabaseCluster) -> DatabaseCluster {
 pub fn settled(mut c: DatabaseCluster, sts: Option<&StatefulSet>) -> DatabaseCluster {
     let view = ClusterView::new(&c).unwrap();
     let topology = decide(None, &members_without_pods(NAME, view.replicas()), 5432);
-    let replication = Replication { topology: &topology, namespace: NS, port: view.port() };
+    let failover = FailoverState { phase: "Healthy", ..FailoverState::default() };
+    let replication = Replication { topology: &topology, failover: Some(&failover), namespace: NS, port: view.port() };
     c.status = Some(compute_status(&c, sts, Outcome::Reconciled, now(), Some(SECRET), Some(&replication)));
     c
 }

@@ -12,6 +12,7 @@ pub mod controller;
 pub mod credentials;
 pub mod diff;
 pub mod error;
+pub mod failover;
 pub mod http;
 pub mod instances;
 pub mod keys;

@@ -137,11 +137,18 @@ async fn apply(cluster: &DatabaseCluster, ctx: &Arc<Context>) -> Result<Action, 
     // The instances: roles, labels, bootstraps. Polled again soon, since
     // replication health changes without any Kubernetes object changing.
     let sts_uid = sts.as_ref().and_then(|s| s.metadata.uid.clone());
-    let topology = match converge(cluster, ctx, &view, sts_uid.as_deref()).await {
-        Ok(topology) => topology,
+    let converged = match converge(cluster, ctx, &view, sts_uid.as_deref()).await {
+        Ok(converged) => converged,
         Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
     };
-    let replication = Replication { topology: &topology, namespace: &view.namespace, port: view.port() };
+    let replication = Replication {
+        topology: &converged.topology,
+        failover: Some(&converged.failover),
+        namespace: &view.namespace,
+        port: view.port(),
+    };
+    // After a recorded failover step, the status write is conditional on that version.
+    let cluster = converged.recorded.as_ref().unwrap_or(cluster);
     let written =
         write_status(cluster, ctx, sts.as_deref(), Outcome::Reconciled, Some(&credentials), Some(&replication)).await?;
     let poll = Action::requeue(ctx.settings.poll);

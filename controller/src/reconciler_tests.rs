@@ -1056,3 +1056,163 @@ async fn a_refused_expansion_is_reported_once_and_retried_slowly() {
     drop(ctx);
     verify(server).await;
 }
+
+/// The cluster of `running()`, but orders-0 (the recorded primary) is down.
+fn primary_down(
+    failing_since: Option<i64>,
+) -> (DatabaseCluster, Arc<FakeInstances>, impl FnOnce(&mut crate::context::StoreWriters)) {
+    let base = finalized(cluster(spec()));
+    let sts = live_sts(&base, 3);
+    let mut c = settled(base.clone(), Some(&sts));
+    let status = c.status.as_mut().unwrap();
+    status.current_primary = Some("orders-0".into());
+    status.target_primary = Some("orders-0".into());
+    status.primary_failing_since =
+        failing_since.map(|s| Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + s).unwrap()));
+    // orders-0 does not answer; orders-2 has received more WAL than orders-1.
+    let instances = instances_answering([replica_status(1, 0, 0), {
+        let mut ahead = replica_status(2, 0, 0);
+        ahead.received_lsn = Some(stead_crds::instance_api::Lsn(0x0400_0000));
+        ahead
+    }]);
+    let fill = move |w: &mut crate::context::StoreWriters| {
+        w.seed([sts], live_services(&base), [live_pdb(&base)], []);
+        w.seed_pods([
+            live_pod(0, false, Some("primary")),
+            live_pod(1, true, Some("replica")),
+            live_pod(2, true, Some("replica")),
+        ]);
+    };
+    (c, instances, fill)
+}
+
+#[tokio::test]
+async fn a_failing_primary_is_waited_out_for_the_failover_delay_and_said_so() {
+    let (c, instances, fill) = primary_down(None);
+    let (ctx, server) = context_with_instances(fill, instances.clone());
+    let server = server.expect(vec![
+        event("PrimaryFailing", "Warning", |note| {
+            assert!(note.starts_with("primary orders-0 is failing: its instance manager does not answer"), "{note}");
+            assert!(note.ends_with("a replica is promoted if it still fails after 30s (spec.failoverDelay)"), "{note}");
+        }),
+        label_pod(0, None),
+        status_patch(&c, |status| {
+            assert_eq!(status["phase"], "PrimaryFailing");
+            assert_eq!(status["primaryFailingSince"], "2023-11-14T22:13:20Z");
+            assert_eq!(status["currentPrimary"], "orders-0", "nobody is promoted within the delay");
+            assert_eq!(condition(status, "Degraded").1, "PrimaryFailing");
+            assert_eq!(condition(status, "Available").1, "PrimaryNotReady");
+        }),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    assert!(!instances.calls.lock().unwrap().iter().any(|c| c.starts_with("POST")), "{:?}", instances.calls);
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn past_the_delay_the_most_advanced_replica_is_promoted_after_the_step_is_recorded() {
+    // Failing since 60 s before the fixed clock: past the 30 s delay.
+    let (c, instances, fill) = primary_down(Some(-60));
+    let (ctx, server) = context_with_instances(fill, instances.clone());
+    let recorded = Arc::new(std::sync::Mutex::new(Value::Null));
+    let keep = recorded.clone();
+    let server = server.expect(vec![
+        // 1. The step is recorded before anything is done.
+        status_patch(&c, move |status| {
+            assert_eq!(
+                status,
+                &json!({
+                    "targetPrimary": "orders-2",
+                    "phase": "FailingOver",
+                    "primaryFailingSince": "2023-11-14T22:12:20Z",
+                })
+            );
+            *keep.lock().unwrap() = status.clone();
+        }),
+        event("FailingOver", "Warning", |note| {
+            assert!(
+                note.starts_with("failing over: promoting orders-2 (primary orders-0 has been failing for 60s"),
+                "{note}"
+            );
+        }),
+        // 2. The old primary is fenced: out of -rw.
+        label_pod(0, None),
+        // 3. The promotion happened (through the instance manager): announced.
+        event("FailedOver", "Normal", |note| {
+            assert!(note.starts_with("orders-2 is the primary now (failover 1)"), "{note}")
+        }),
+        // The new primary gets the label -rw selects.
+        label_pod(2, Some("primary")),
+        event("PrimaryLabelled", "Normal", |_| {}),
+        // 4. The other replica is pointed at the new primary.
+        event("Repointing", "Normal", |note| {
+            assert_eq!(note, "pointing replica orders-1 at the primary at 10.244.0.12");
+        }),
+        status_patch(&c, |status| {
+            assert_eq!(status["currentPrimary"], "orders-2");
+            assert_eq!(status["targetPrimary"], "orders-2");
+            assert_eq!(status["phase"], "Healthy");
+            assert_eq!(status["failoverCount"], 1);
+            assert_eq!(status["lastFailoverTime"], "2023-11-14T22:13:20Z");
+            assert!(status.get("primaryFailingSince").is_none(), "{status}");
+        }),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    eventually(|| instances.calls.lock().unwrap().iter().any(|c| c.starts_with("POST /demote orders-1"))).await;
+    let calls = instances.calls.lock().unwrap().clone();
+    assert_eq!(calls.iter().filter(|c| c.starts_with("POST /promote")).collect::<Vec<_>>(), ["POST /promote orders-2"]);
+    eventually(|| Arc::strong_count(&ctx) == 1).await;
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_controller_restarted_mid_failover_finishes_it_without_a_second_promotion() {
+    // The status says orders-1 was being promoted when the controller died; orders-2 is further ahead now.
+    let (mut c, instances, fill) = primary_down(Some(-60));
+    let status = c.status.as_mut().unwrap();
+    status.target_primary = Some("orders-1".into());
+    status.phase = Some("FailingOver".into());
+    let (ctx, server) = context_with_instances(fill, instances.clone());
+    let server = server.expect(vec![
+        status_patch(&c, |status| assert_eq!(status["targetPrimary"], "orders-1")),
+        label_pod(0, None),
+        event("FailedOver", "Normal", |note| assert!(note.starts_with("orders-1 is the primary now"), "{note}")),
+        label_pod(1, Some("primary")),
+        event("PrimaryLabelled", "Normal", |_| {}),
+        event("Repointing", "Normal", |note| {
+            assert_eq!(note, "pointing replica orders-2 at the primary at 10.244.0.11")
+        }),
+        status_patch(&c, |status| assert_eq!(status["currentPrimary"], "orders-1")),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    eventually(|| Arc::strong_count(&ctx) == 1).await;
+    let calls = instances.calls.lock().unwrap().clone();
+    assert_eq!(calls.iter().filter(|c| c.starts_with("POST /promote")).collect::<Vec<_>>(), ["POST /promote orders-1"]);
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_replica_beyond_the_failover_lag_bound_is_not_promoted() {
+    let (mut c, _, fill) = primary_down(Some(-60));
+    c.spec.failover = Some(stead_crds::cluster::FailoverSpec { max_lag_bytes: Some(100), allow_data_loss: None });
+    let instances = instances_answering([replica_status(1, 0, 5000), replica_status(2, 0, 7000)]);
+    let (ctx, server) = context_with_instances(fill, instances.clone());
+    let server = server.expect(vec![
+        event("FailoverBlocked", "Warning", |note| assert!(note.contains("lags by 5000 bytes"), "{note}")),
+        label_pod(0, None),
+        status_patch(&c, |status| {
+            assert_eq!(status["phase"], "FailoverBlocked");
+            assert_eq!(status["currentPrimary"], "orders-0");
+            let (s, reason, message) = condition(status, "Degraded");
+            assert_eq!((s.as_str(), reason.as_str()), ("True", "FailoverBlocked"));
+            assert!(message.contains("beyond spec.failover.maxLagBytes (100)"), "{message}");
+        }),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    assert!(!instances.calls.lock().unwrap().iter().any(|c| c.starts_with("POST")));
+    drop(ctx);
+    verify(server).await;
+}

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -24,36 +26,178 @@ use tracing::{debug, info, warn};
 use crate::children::{ChildKind, ClusterView};
 use crate::context::Context;
 use crate::error::Error;
+use crate::failover::{self, Decision, Policy, Recorded};
 use crate::instances::{CallError, Target};
 use crate::keys::ControllerKeys;
 use crate::topology::{Call, Member, ROLE_LABEL, Report, Topology, decide};
 
-/// Observes the instances of `view`, decides, and acts; returns the decision for the status.
+/// What this reconcile decided about replication, for the status.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Convergence {
+    pub topology: Topology,
+    pub failover: FailoverState,
+    /// The cluster as the API server returned it after a failover step was
+    /// recorded; later writes of this reconcile are conditional on it.
+    pub recorded: Option<DatabaseCluster>,
+}
+
+/// Failover as the status reports it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FailoverState {
+    /// `Healthy`, `PrimaryFailing`, `FailoverBlocked` or `FailingOver`.
+    pub phase: &'static str,
+    pub failing_since: Option<Timestamp>,
+    pub target_primary: Option<String>,
+    pub last_failover_time: Option<Timestamp>,
+    pub failover_count: Option<i32>,
+    /// Why the primary fails, or why the failover is blocked.
+    pub reason: Option<String>,
+}
+
+/// Observes the instances of `view`, fails over when the primary has
+/// failed, decides roles, and acts; returns the decisions for the status.
 pub async fn converge(
     cluster: &DatabaseCluster,
     ctx: &Arc<Context>,
     view: &ClusterView,
     sts_uid: Option<&str>,
-) -> Result<Topology, Error> {
+) -> Result<Convergence, Error> {
     let pods: Vec<Option<Arc<Pod>>> = (0..view.replicas())
         .map(|i| ctx.stores.pods.get(&ObjectRef::new(&format!("{}-{i}", view.name)).within(&view.namespace)))
         .collect();
     let token = ctx.keys.token(&view.namespace, &view.name);
     let server_name = ControllerKeys::server_name(&view.namespace, &view.name);
-    let members = join_all(pods.iter().enumerate().map(|(ordinal, pod)| {
-        let target = pod.as_deref().and_then(pod_ip).map(|ip| Target {
-            pod: format!("{}-{ordinal}", view.name),
-            ip,
-            server_name: server_name.clone(),
-            token: token.clone(),
-        });
+    let target_of = |ordinal: usize, ip: String| Target {
+        pod: format!("{}-{ordinal}", view.name),
+        ip,
+        server_name: server_name.clone(),
+        token: token.clone(),
+    };
+    let mut members = join_all(pods.iter().enumerate().map(|(ordinal, pod)| {
+        let target = pod.as_deref().and_then(pod_ip).map(|ip| target_of(ordinal, ip));
         observe(ctx, view, ordinal, pod.as_deref(), target)
     }))
     .await;
-    let recorded = cluster.status.as_ref().and_then(|s| s.current_primary.as_deref());
-    let port = u16::try_from(view.port()).unwrap_or(5432);
-    let topology = decide(recorded, &members, port);
 
+    let stored = cluster.status.clone().unwrap_or_default();
+    let mut state = FailoverState {
+        phase: "Healthy",
+        failing_since: None,
+        target_primary: stored.current_primary.clone(),
+        last_failover_time: stored.last_failover_time.as_ref().map(|t| t.0),
+        failover_count: stored.failover_count,
+        reason: None,
+    };
+    let mut current = stored.current_primary.clone();
+    let mut recorded_cluster = None;
+    let recorded = Recorded {
+        current_primary: stored.current_primary.clone(),
+        target_primary: stored.target_primary.clone(),
+        failing_since: stored.primary_failing_since.as_ref().map(|t| t.0),
+    };
+    let policy = Policy {
+        delay: view.spec.failover_delay().unwrap_or(stead_crds::defaults::DEFAULT_FAILOVER_DELAY),
+        max_lag_bytes: view.spec.failover_max_lag_bytes(),
+        allow_data_loss: view.spec.failover_allows_data_loss(),
+    };
+    let now = (ctx.now)();
+    match failover::decide(&recorded, &members, policy, now) {
+        Decision::Healthy => {}
+        Decision::Failing { since, reason } => {
+            if recorded.failing_since.is_none() {
+                let note = format!(
+                    "primary {} is failing: {reason}; a replica is promoted if it still fails after {}s \
+                     (spec.failoverDelay)",
+                    current.as_deref().unwrap_or("?"),
+                    policy.delay.as_secs()
+                );
+                publish(ctx, cluster, EventType::Warning, "PrimaryFailing", note).await;
+            }
+            state =
+                FailoverState { phase: "PrimaryFailing", failing_since: Some(since), reason: Some(reason), ..state };
+        }
+        Decision::Blocked { since, reason } => {
+            if stored.phase.as_deref() != Some("FailoverBlocked") {
+                publish(ctx, cluster, EventType::Warning, "FailoverBlocked", reason.clone()).await;
+            }
+            state =
+                FailoverState { phase: "FailoverBlocked", failing_since: Some(since), reason: Some(reason), ..state };
+        }
+        Decision::Promote { target, reason } => {
+            // 1. Recorded before anything is done: a controller that restarts from here resumes this promotion.
+            let since = recorded.failing_since.unwrap_or(now);
+            let step = json!({
+                "metadata": { "resourceVersion": cluster.metadata.resource_version },
+                "status": {
+                    "targetPrimary": target,
+                    "phase": "FailingOver",
+                    "primaryFailingSince": Time(since),
+                },
+            });
+            let written = record(ctx, cluster, step).await?;
+            if recorded.target_primary.as_deref() != Some(target.as_str()) {
+                let note = format!("failing over: promoting {target} ({reason})");
+                publish(ctx, cluster, EventType::Warning, "FailingOver", note).await;
+            }
+            state = FailoverState {
+                phase: "FailingOver",
+                failing_since: Some(since),
+                target_primary: Some(target.clone()),
+                reason: Some(reason.clone()),
+                ..state
+            };
+            recorded_cluster = Some(written);
+            // 2. Fence the old primary: out of -rw at once, whatever it does next.
+            if let Some(old) = current.as_deref()
+                && let Some(pod) = pods.iter().flatten().find(|p| p.name_any() == old)
+                && pod.labels().get(ROLE_LABEL).is_some()
+            {
+                label(ctx, view, pod, sts_uid, None).await?;
+                if let Some(member) = members.iter_mut().find(|m| m.pod == old) {
+                    member.role_label = None;
+                }
+            }
+            // 3. Promote the target through its instance manager (idempotent).
+            if let Some(member) = members.iter_mut().find(|m| m.pod == target)
+                && let Some(ip) = member.ip.clone()
+            {
+                match ctx.instances.promote(&target_of(usize::try_from(member.ordinal).unwrap_or(0), ip)).await {
+                    Ok(promoted) if promoted.role == stead_crds::instance_api::Role::Primary => {
+                        member.report = Report::Status(Box::new(promoted));
+                        let count = stored.failover_count.unwrap_or(0).saturating_add(1);
+                        let note = format!("{target} is the primary now (failover {count}): {reason}");
+                        publish(ctx, cluster, EventType::Normal, "FailedOver", note).await;
+                        current = Some(target.clone());
+                        state = FailoverState {
+                            phase: "Healthy",
+                            failing_since: None,
+                            target_primary: Some(target.clone()),
+                            last_failover_time: Some(now),
+                            failover_count: Some(count),
+                            reason: None,
+                        };
+                    }
+                    Ok(other) => {
+                        let note = format!("promoting {target}: it still reports itself {}", other.role.as_str());
+                        publish(ctx, cluster, EventType::Warning, "FailingOver", note).await;
+                    }
+                    Err(e) => {
+                        publish(
+                            ctx,
+                            cluster,
+                            EventType::Warning,
+                            "FailingOver",
+                            format!("promoting {target} failed: {e}"),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
+    let port = u16::try_from(view.port()).unwrap_or(5432);
+    let topology = decide(current.as_deref(), &members, port);
     for (pod_name, role) in &topology.labels {
         let Some(pod) = pods.iter().flatten().find(|p| p.name_any() == *pod_name) else { continue };
         label(ctx, view, pod, sts_uid, *role).await?;
@@ -65,10 +209,28 @@ pub async fn converge(
             publish(ctx, cluster, EventType::Normal, "PrimaryLabelled", note).await;
         }
     }
-    for call in &topology.calls {
-        start(cluster, ctx, &view.namespace, call, &token, &server_name).await;
+    // No instance is told anything while a promotion is unfinished.
+    if state.phase != "FailingOver" {
+        for call in &topology.calls {
+            start(cluster, ctx, &view.namespace, call, &token, &server_name).await;
+        }
     }
-    Ok(topology)
+    Ok(Convergence { topology, failover: state, recorded: recorded_cluster })
+}
+
+/// Writes one failover step into the status before it is acted on,
+/// conditional on the version that was judged.
+async fn record(ctx: &Context, cluster: &DatabaseCluster, step: serde_json::Value) -> Result<DatabaseCluster, Error> {
+    let name = cluster.name_any();
+    let namespace = cluster.namespace().unwrap_or_default();
+    let api: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+    let written = api
+        .patch_status(&name, &params, &Patch::Merge(step))
+        .await
+        .map_err(|e| Error::kube(format!("record the failover of DatabaseCluster {namespace}/{name}"), e))?;
+    ctx.metrics.status_writes.inc();
+    Ok(written)
 }
 
 fn pod_ip(pod: &Pod) -> Option<String> {
@@ -158,7 +320,7 @@ async fn start(
     server_name: &str,
 ) {
     let pod = match call {
-        Call::Bootstrap { pod, .. } | Call::Repoint { pod, .. } => pod.clone(),
+        Call::Bootstrap { pod, .. } | Call::Repoint { pod, .. } | Call::Rejoin { pod, .. } => pod.clone(),
     };
     let key = format!("{namespace}/{pod}");
     if !ctx.start_operation(&key) {
@@ -185,7 +347,9 @@ async fn act(cluster: &DatabaseCluster, ctx: &Context, call: &Call, token: &str,
     let (reason, note) = describe_call(call);
     let result = match call {
         Call::Bootstrap { pod, ip, request } => ctx.instances.bootstrap(&target(pod, ip), request).await,
-        Call::Repoint { pod, ip, request } => ctx.instances.demote(&target(pod, ip), request).await,
+        Call::Repoint { pod, ip, request } | Call::Rejoin { pod, ip, request } => {
+            ctx.instances.demote(&target(pod, ip), request).await
+        }
     };
     match result {
         Ok(_) => info!(cluster = %cluster.name_any(), reason, note = %note, "instance manager done"),
@@ -215,6 +379,13 @@ fn describe_call(call: &Call) -> (&'static str, String) {
         Call::Repoint { pod, request, .. } => (
             "Repointing",
             format!("pointing replica {pod} at the primary at {}", request.primary_host.as_deref().unwrap_or("?")),
+        ),
+        Call::Rejoin { pod, request, .. } => (
+            "Rejoining",
+            format!(
+                "{pod} claims to be primary but is not: rewinding it onto the primary at {} to stream as a replica",
+                request.primary_host.as_deref().unwrap_or("?")
+            ),
         ),
     }
 }

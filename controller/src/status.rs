@@ -13,6 +13,7 @@ use stead_crds::names::selector_string;
 use stead_crds::{DatabaseCluster, DatabaseClusterStatus, Endpoints, InstanceReport, Verdict};
 
 use crate::children::ChildKind;
+use crate::replication::FailoverState;
 use crate::topology::Topology;
 
 use crate::error::Error;
@@ -95,6 +96,8 @@ pub fn compute_status(
 #[derive(Debug, Clone, Copy)]
 pub struct Replication<'a> {
     pub topology: &'a Topology,
+    /// What failover decided; `None` where it was not asked (tests of roles alone).
+    pub failover: Option<&'a FailoverState>,
     /// `<name>` and `<namespace>` for the endpoints' DNS names.
     pub namespace: &'a str,
     pub port: i32,
@@ -103,6 +106,8 @@ pub struct Replication<'a> {
 /// Replication as the conditions judge it.
 #[derive(Debug, Default)]
 struct ReplicationHealth {
+    /// The failover phase when it is not `Healthy`, and why.
+    failover: Option<(&'static str, String)>,
     primary: Option<String>,
     primary_ready: bool,
     ready: usize,
@@ -120,6 +125,10 @@ impl ReplicationHealth {
     fn of(replication: &Replication<'_>, max_lag_bytes: i64) -> Self {
         let topology = replication.topology;
         let mut health = Self { primary: topology.current_primary.clone(), ..Self::default() };
+        health.failover = replication
+            .failover
+            .filter(|f| f.phase != "Healthy")
+            .map(|f| (f.phase, f.reason.clone().unwrap_or_else(|| f.phase.to_owned())));
         health.instances = topology.instances.len();
         for instance in &topology.instances {
             let is_primary = health.primary.as_deref() == Some(instance.pod.as_str()) && instance.role == "primary";
@@ -185,14 +194,24 @@ fn replication_status(
             target_primary: stored.target_primary,
             instances: stored.instances,
             endpoints: stored.endpoints,
+            phase: stored.phase,
+            primary_failing_since: stored.primary_failing_since,
+            last_failover_time: stored.last_failover_time,
+            failover_count: stored.failover_count,
             ..DatabaseClusterStatus::default()
         };
     };
     let name = cluster.metadata.name.as_deref().unwrap_or_default();
     let address = |kind: ChildKind| format!("{}.{}.svc:{}", kind.name(name), replication.namespace, replication.port);
+    let failover = replication.failover;
+    let time = |t: Option<Timestamp>| t.map(|t| Time(Timestamp::from_second(t.as_second()).unwrap_or(t)));
     DatabaseClusterStatus {
         current_primary: health.primary.clone(),
-        target_primary: health.primary.clone(),
+        target_primary: failover.and_then(|f| f.target_primary.clone()).or_else(|| health.primary.clone()),
+        phase: failover.map(|f| f.phase.to_owned()),
+        primary_failing_since: time(failover.and_then(|f| f.failing_since)),
+        last_failover_time: time(failover.and_then(|f| f.last_failover_time)),
+        failover_count: failover.and_then(|f| f.failover_count),
         instances: health.reports.clone(),
         endpoints: Some(Endpoints {
             read_write: address(ChildKind::PrimaryService),
@@ -380,6 +399,11 @@ fn progressing(
 }
 
 fn degraded(outcome: Outcome<'_>, health: Option<&ReplicationHealth>) -> Proposed {
+    if let (Outcome::Reconciled, Some(failover)) = (outcome, health.and_then(|h| h.failover.as_ref()))
+        && matches!(failover.0, "FailoverBlocked" | "PrimaryFailing" | "FailingOver")
+    {
+        return proposed(DEGRADED, true, failover.0, failover.1.clone());
+    }
     if let (Outcome::Reconciled, Some(health)) = (outcome, health)
         && !health.replicas_healthy()
         && (!health.not_streaming.is_empty() || !health.lagging.is_empty())

@@ -70,6 +70,9 @@ pub enum Call {
     Bootstrap { pod: String, ip: String, request: Bootstrap },
     /// `POST /demote`: stream from the primary at this address (a repoint of a replica).
     Repoint { pod: String, ip: String, request: Demote },
+    /// `POST /demote` of an instance that still claims to be primary (the old
+    /// primary, back after a failover): rewind it onto the primary and stream.
+    Rejoin { pod: String, ip: String, request: Demote },
 }
 
 /// The decision for one cluster.
@@ -189,6 +192,16 @@ fn next_call(
         Role::Replica => {
             let source = primary?.ip.clone()?;
             (status.primary_host.as_deref() != Some(source.as_str())).then(|| Call::Repoint {
+                pod: member.pod.clone(),
+                ip,
+                request: Demote { primary_host: Some(source), primary_port: Some(port) },
+            })
+        }
+        // A second primary (the old one, back after a failover) while the
+        // recorded one serves: it is rewound onto the primary and streams.
+        Role::Primary if !is_primary => {
+            let source = primary?.ip.clone()?;
+            Some(Call::Rejoin {
                 pod: member.pod.clone(),
                 ip,
                 request: Demote { primary_host: Some(source), primary_port: Some(port) },
@@ -334,6 +347,9 @@ mod tests {
                     Call::Repoint { pod, request, .. } => {
                         format!("repoint {pod} to {}", request.primary_host.as_deref().unwrap_or("?"))
                     }
+                    Call::Rejoin { pod, request, .. } => {
+                        format!("rejoin {pod} to {}", request.primary_host.as_deref().unwrap_or("?"))
+                    }
                 })
                 .collect()
         };
@@ -363,7 +379,7 @@ mod tests {
                 calls: vec!["repoint orders-1 to 10.0.0.12"],
             },
             Row {
-                case: "two report primary: only the recorded one is labelled, the other loses its label",
+                case: "two report primary: only the recorded one is labelled, the other loses its label and rejoins",
                 recorded: Some("orders-1"),
                 members: vec![
                     member(0, reports(Role::Primary), Some("primary")),
@@ -371,7 +387,7 @@ mod tests {
                 ],
                 primary: Some("orders-1"),
                 labels: vec![("orders-0", None)],
-                calls: vec![],
+                calls: vec!["rejoin orders-0 to 10.0.0.11"],
             },
             Row {
                 case: "the recorded primary is unreachable: nobody is promoted here, nobody is labelled primary",

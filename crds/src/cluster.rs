@@ -104,6 +104,35 @@ pub struct DatabaseClusterSpec {
     /// Streaming replication between the primary and the replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<ReplicationSpec>,
+
+    /// How long the primary must be failing (postgres down, its instance
+    /// manager unreachable, its pod not ready or gone) before a replica is
+    /// promoted, as a duration such as `30s` or `2m`; `0s` fails over at the
+    /// first failed poll. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub failover_delay: Option<String>,
+
+    /// Which replica may be promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverSpec>,
+}
+
+/// The guard of automatic failover.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// A replica that lags the failed primary by more than this many bytes
+    /// is not promoted (committed transactions would be lost); the cluster
+    /// reports `Degraded=True/FailoverBlocked` instead. Default 16 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_lag_bytes: Option<i64>,
+
+    /// Promote the most advanced replica even beyond `maxLagBytes`, losing
+    /// the transactions it lacks. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_data_loss: Option<bool>,
 }
 
 /// PostgreSQL server settings of every instance.
@@ -193,6 +222,23 @@ pub struct DatabaseClusterStatus {
     /// Where clients connect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Endpoints>,
+
+    /// `Healthy`, `PrimaryFailing` (waiting out `spec.failoverDelay`) or
+    /// `FailingOver` (a promotion of `targetPrimary` is under way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+
+    /// Since when the current primary has been failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_failing_since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+
+    /// When the last failover promoted a replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+
+    /// Failovers so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_count: Option<i32>,
 }
 
 /// One instance as the controller last saw it.
@@ -265,6 +311,24 @@ impl DatabaseClusterSpec {
     /// The replication lag bound, with its default.
     pub fn max_lag_bytes(&self) -> i64 {
         self.replication.as_ref().and_then(|r| r.max_lag_bytes).unwrap_or(crate::defaults::DEFAULT_MAX_LAG_BYTES)
+    }
+
+    /// The failover delay, with its default; `None` when `failoverDelay` is not a duration.
+    pub fn failover_delay(&self) -> Option<std::time::Duration> {
+        match &self.failover_delay {
+            None => Some(crate::defaults::DEFAULT_FAILOVER_DELAY),
+            Some(text) => crate::duration::parse(text).ok(),
+        }
+    }
+
+    /// The lag bound of a promotion, with its default.
+    pub fn failover_max_lag_bytes(&self) -> i64 {
+        self.failover.as_ref().and_then(|f| f.max_lag_bytes).unwrap_or(crate::defaults::DEFAULT_MAX_LAG_BYTES)
+    }
+
+    /// Whether a promotion beyond the lag bound is allowed.
+    pub fn failover_allows_data_loss(&self) -> bool {
+        self.failover.as_ref().and_then(|f| f.allow_data_loss).unwrap_or(false)
     }
 
     /// The user's postgresql.conf parameters (empty when none).

@@ -14,6 +14,8 @@ use crate::cluster::DatabaseClusterSpec;
 pub const DEFAULT_REPLICAS: i32 = 1;
 /// PostgreSQL's port, when the user wrote none.
 pub const DEFAULT_PORT: i32 = 5432;
+/// How long a primary must be failing before failover, when the user wrote nothing.
+pub const DEFAULT_FAILOVER_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
 /// Replication lag bound when the user wrote none: 16 MiB, one WAL segment.
 pub const DEFAULT_MAX_LAG_BYTES: i64 = 16 << 20;
 

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod crd;
 pub mod defaults;
+pub mod duration;
 pub mod field_error;
 pub mod image;
 pub mod instance_api;

@@ -156,6 +156,27 @@ pub fn validate_spec(spec: &DatabaseClusterSpec, verdict: &mut Verdict) {
         }
     }
     validate_parameters(spec.parameters(), verdict);
+    if let Some(delay) = &spec.failover_delay
+        && let Err(err) = crate::duration::parse(delay)
+    {
+        verdict.errors.push(FieldError::invalid("spec.failoverDelay", delay.as_str(), err.to_string()));
+    }
+    if let Some(lag) = spec.failover.as_ref().and_then(|f| f.max_lag_bytes)
+        && lag < 0
+    {
+        verdict.errors.push(FieldError::invalid(
+            "spec.failover.maxLagBytes",
+            lag,
+            "must be 0 or more bytes of WAL, such as 16777216 (16 MiB)",
+        ));
+    }
+    if spec.failover_allows_data_loss() {
+        verdict.warnings.push(
+            "spec.failover.allowDataLoss: true lets a failover promote a replica that lacks committed transactions; \
+             they are lost"
+                .to_owned(),
+        );
+    }
     if let Some(lag) = spec.replication.as_ref().and_then(|r| r.max_lag_bytes)
         && lag < 0
     {

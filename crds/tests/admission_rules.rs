@@ -138,6 +138,23 @@ fn create_rules_table() {
             vec![("spec.postgresql.parameters", "FieldValueInvalid")],
         ),
         ("lag bound 0", json!({"spec": {"replication": {"maxLagBytes": 0}}}), vec![]),
+        ("failover delay 0s", json!({"spec": {"failoverDelay": "0s"}}), vec![]),
+        ("failover delay 2m", json!({"spec": {"failoverDelay": "2m"}}), vec![]),
+        (
+            "failover delay without unit",
+            json!({"spec": {"failoverDelay": "30"}}),
+            vec![("spec.failoverDelay", "FieldValueInvalid")],
+        ),
+        (
+            "failover delay of a day and more",
+            json!({"spec": {"failoverDelay": "25h"}}),
+            vec![("spec.failoverDelay", "FieldValueInvalid")],
+        ),
+        (
+            "failover lag bound negative",
+            json!({"spec": {"failover": {"maxLagBytes": -1}}}),
+            vec![("spec.failover.maxLagBytes", "FieldValueInvalid")],
+        ),
         (
             "lag bound negative",
             json!({"spec": {"replication": {"maxLagBytes": -1}}}),

@@ -74,9 +74,10 @@ fn status_and_scale_subresources() {
 fn printer_columns() {
     let columns = crd()["spec"]["versions"][0]["additionalPrinterColumns"].clone();
     let names: Vec<&str> = columns.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["Replicas", "Ready", "Status", "Age"]);
-    assert_eq!(columns[2]["jsonPath"], ".status.conditions[?(@.type==\"Available\")].reason");
-    assert_eq!(columns[3]["type"], "date");
+    assert_eq!(names, ["Replicas", "Ready", "Primary", "Status", "Age"]);
+    assert_eq!(columns[2]["jsonPath"], ".status.currentPrimary");
+    assert_eq!(columns[3]["jsonPath"], ".status.conditions[?(@.type==\"Available\")].reason");
+    assert_eq!(columns[4]["type"], "date");
 }
 
 #[test]
