@@ -166,6 +166,7 @@ mod tests {
             pod_ready: true,
             terminating: false,
             role_label: None,
+            container_problem: None,
             report,
         }
     }

@@ -34,3 +34,6 @@ mod steady_state_tests;
 
 pub use context::Context;
 pub use error::Error;
+
+#[cfg(test)]
+mod replication_tests;

@@ -36,6 +36,9 @@ pub struct Member {
     pub terminating: bool,
     /// The current value of the `stead.dev/role` label.
     pub role_label: Option<String>,
+    /// What the pod's `database` container is stuck on (CrashLoopBackOff and
+    /// the like), as `kubectl describe` would tell it.
+    pub container_problem: Option<String>,
     /// What its instance manager answered.
     pub report: Report,
 }
@@ -113,6 +116,7 @@ pub fn members_without_pods(cluster: &str, replicas: i32) -> Vec<Member> {
             pod_ready: false,
             terminating: false,
             role_label: None,
+            container_problem: None,
             report: Report::NotAsked,
         })
         .collect()
@@ -238,6 +242,7 @@ fn observe(member: &Member, is_primary: bool, primary: Option<&Member>) -> Obser
         }
         (_, None) => ("unknown".to_owned(), None),
     };
+    let problem = member.container_problem.clone().or(problem);
     Observed {
         pod: member.pod.clone(),
         role,
@@ -285,6 +290,7 @@ mod tests {
             pod_ready: matches!(&report, Report::Status(s) if s.ready),
             terminating: false,
             role_label: label.map(str::to_owned),
+            container_problem: None,
             report,
         }
     }
@@ -436,6 +442,20 @@ mod tests {
             assert_eq!(t.labels, labels, "{}", row.case);
             assert_eq!(call_names(&t), row.calls, "{}", row.case);
         }
+    }
+
+    #[test]
+    fn a_stuck_container_is_reported_as_the_kubelet_says_it() {
+        let mut looping = member(1, Report::Unreachable("connection refused".into()), Some("replica"));
+        looping.container_problem = Some(
+            "CrashLoopBackOff: back-off 40s restarting failed container; last exit code 1 (Error); 4 restarts".into(),
+        );
+        let t = decide(Some("orders-0"), &[member(0, reports(Role::Primary), Some("primary")), looping], 5432);
+        assert_eq!(
+            t.instances[1].problem.as_deref(),
+            Some("CrashLoopBackOff: back-off 40s restarting failed container; last exit code 1 (Error); 4 restarts")
+        );
+        assert_eq!(t.labels, BTreeMap::from([("orders-1".to_owned(), None)]), "out of -ro while it does not answer");
     }
 
     #[test]

@@ -183,6 +183,17 @@ impl ImageReference {
     /// True when the reference has neither tag nor digest, or its only pin
     /// is the `latest` tag: pulls are not reproducible. A digest always pins,
     /// whatever the tag says.
+    /// The PostgreSQL major version the tag names: the leading number of
+    /// `17.2`, `17`, `17.2-bookworm` or `15-alpine`; `None` for a digest
+    /// only, `latest`, or a tag that does not start with a version.
+    pub fn major_version(&self) -> Option<u32> {
+        let tag = self.tag.as_deref()?;
+        let digits: String = tag.chars().take_while(char::is_ascii_digit).collect();
+        let rest = &tag[digits.len()..];
+        let ends_well = rest.is_empty() || rest.starts_with('.') || rest.starts_with('-');
+        if digits.is_empty() || digits.len() > 4 || !ends_well { None } else { digits.parse().ok() }
+    }
+
     pub fn is_floating(&self) -> bool {
         self.digest.is_none() && self.tag.as_deref().is_none_or(|tag| tag == "latest")
     }

@@ -424,6 +424,20 @@ fn dns1123_subdomain_error(value: &str) -> Option<String> {
 
 /// Rules that compare the old spec with the new one.
 fn validate_transition(old: &DatabaseClusterSpec, new: &DatabaseClusterSpec, verdict: &mut Verdict) {
+    let major = |image: &str| ImageReference::parse(image).ok().and_then(|r| r.major_version());
+    if let (Some(from), Some(to)) = (major(&old.image), major(&new.image))
+        && from != to
+    {
+        verdict.errors.push(FieldError::forbidden(
+            "spec.image",
+            format!(
+                "changes the PostgreSQL major version from {from} to {to} ({:?} to {:?}); a major upgrade needs \
+                 pg_upgrade or a dump and restore, which stead does not do yet. Keep major version {from} (a minor \
+                 update such as {from}.x is a rolling restart), or restore a backup into a new cluster of version {to}",
+                old.image, new.image
+            ),
+        ));
+    }
     if let (Ok(old_size), Ok(new_size)) = (Quantity::parse(&old.storage.size), Quantity::parse(&new.storage.size)) {
         if new_size < old_size {
             verdict.errors.push(FieldError::forbidden(

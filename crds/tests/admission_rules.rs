@@ -388,6 +388,31 @@ fn update_rules_table() {
 }
 
 #[test]
+fn a_major_version_change_is_refused_and_a_minor_one_admitted() {
+    let with = |image: &str| cluster(json!({"spec": {"image": image}}));
+    let rows = [
+        ("17.2 to 17.4: minor", "postgres:17.2", "postgres:17.4", true),
+        ("17.2 to 18.1: major", "postgres:17.2", "postgres:18.1", false),
+        ("15 to 16-bookworm: major", "postgres:15", "postgres:16-bookworm", false),
+        ("a digest names no version: admitted", "postgres:17.2", &format!("postgres@sha256:{}", "a".repeat(64)), true),
+        ("latest names no version: admitted (with the floating-tag warning)", "postgres:17.2", "postgres:latest", true),
+        ("another repository of the same major", "postgres:17.2", "registry.example.com/pg:17.2-custom", true),
+    ];
+    for (case, from, to, admitted) in rows {
+        let verdict = validate_update(&with(from), &with(to));
+        assert_eq!(verdict.is_allowed(), admitted, "{case}: {:?}", messages(&verdict));
+        if !admitted {
+            let message = verdict.errors[0].to_string();
+            assert!(
+                message.starts_with("spec.image: Forbidden: changes the PostgreSQL major version from"),
+                "{message}"
+            );
+            assert!(message.contains("restore a backup into a new cluster"), "{message}");
+        }
+    }
+}
+
+#[test]
 fn update_warnings() {
     let grow = validate_update(&cluster(json!({})), &cluster(json!({"spec": {"storage": {"size": "20Gi"}}})));
     assert!(grow.warnings.iter().any(|w| w.contains("growing from 10Gi to 20Gi")), "{:?}", grow.warnings);
