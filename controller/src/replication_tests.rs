@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::replication::container_problem;
 
-fn pod(statuses: serde_json::Value) -> Pod {
+fn pod(statuses: &serde_json::Value) -> Pod {
     serde_json::from_value(json!({"metadata": {"name": "orders-1"}, "status": statuses})).unwrap()
 }
 
@@ -58,6 +58,6 @@ fn container_states_table() {
         ),
     ];
     for (case, status, want) in rows {
-        assert_eq!(container_problem(&pod(status)).as_deref(), want, "{case}");
+        assert_eq!(container_problem(&pod(&status)).as_deref(), want, "{case}");
     }
 }
