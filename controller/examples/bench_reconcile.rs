@@ -202,8 +202,13 @@ async fn main() {
                 let secret = credentials_secret_name(&c.name_any());
                 let topology = decide(None, &members_without_pods(&c.name_any(), 3), 5432);
                 let failover = FailoverState { phase: "Healthy", ..FailoverState::default() };
-                let replication =
-                    Replication { topology: &topology, failover: Some(&failover), namespace: NAMESPACE, port: 5432 };
+                let replication = Replication {
+                    topology: &topology,
+                    failover: Some(&failover),
+                    rollout: None,
+                    namespace: NAMESPACE,
+                    port: 5432,
+                };
                 c.status =
                     Some(compute_status(&c, Some(s), Outcome::Reconciled, now, Some(&secret), Some(&replication)));
                 Arc::new(c)

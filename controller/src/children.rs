@@ -452,6 +452,8 @@ pub fn stateful_set(view: &ClusterView, live: Option<&StatefulSet>) -> Result<Va
             "podManagementPolicy": pod_management_policy,
             "selector": { "matchLabels": selector },
             "persistentVolumeClaimRetentionPolicy": { "whenDeleted": "Retain", "whenScaled": "Retain" },
+            // The controller restarts pods itself, replicas first and the primary last (see `rollout`).
+            "updateStrategy": { "type": "OnDelete" },
             "template": {
                 "metadata": { "labels": child_labels(&view.name) },
                 "spec": {
@@ -670,6 +672,7 @@ mod tests {
             "spec.selector.matchLabels.app.kubernetes.io/name".to_owned(),
             "spec.persistentVolumeClaimRetentionPolicy.whenDeleted".to_owned(),
             "spec.persistentVolumeClaimRetentionPolicy.whenScaled".to_owned(),
+            "spec.updateStrategy.type".to_owned(),
             "spec.template.metadata.labels.app.kubernetes.io/component".to_owned(),
             "spec.template.metadata.labels.app.kubernetes.io/instance".to_owned(),
             "spec.template.metadata.labels.app.kubernetes.io/managed-by".to_owned(),

@@ -461,6 +461,8 @@ pub fn pod_ip(ordinal: i32) -> String {
 /// A pod of the cluster's StatefulSet (uid `uid-sts`), as the pod cache holds it.
 pub fn live_pod(ordinal: i32, ready: bool, role: Option<&str>) -> Pod {
     let mut labels = stead_crds::names::child_labels(NAME);
+    // The revision of `live_sts`: the pod is up to date.
+    labels.insert("controller-revision-hash".to_owned(), format!("{NAME}-abc"));
     if let Some(role) = role {
         labels.insert(crate::topology::ROLE_LABEL.to_owned(), role.to_owned());
     }
@@ -583,7 +585,8 @@ pub fn settled(mut c: DatabaseCluster, sts: Option<&StatefulSet>) -> DatabaseClu
     let view = ClusterView::new(&c).unwrap();
     let topology = decide(None, &members_without_pods(NAME, view.replicas()), 5432);
     let failover = FailoverState { phase: "Healthy", ..FailoverState::default() };
-    let replication = Replication { topology: &topology, failover: Some(&failover), namespace: NS, port: view.port() };
+    let replication =
+        Replication { topology: &topology, failover: Some(&failover), rollout: None, namespace: NS, port: view.port() };
     c.status = Some(compute_status(&c, sts, Outcome::Reconciled, now(), Some(SECRET), Some(&replication)));
     c
 }

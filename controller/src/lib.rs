@@ -21,6 +21,7 @@ pub mod managed_fields;
 pub mod metrics;
 pub mod reconciler;
 pub mod replication;
+pub mod rollout;
 pub mod status;
 pub mod storage;
 pub mod topology;

@@ -141,9 +141,17 @@ async fn apply(cluster: &DatabaseCluster, ctx: &Arc<Context>) -> Result<Action, 
         Ok(converged) => converged,
         Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
     };
+    let rolling = match sts.as_deref() {
+        Some(sts) => match crate::replication::roll(cluster, ctx, &view, sts, &converged).await {
+            Ok(rolling) => rolling,
+            Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
+        },
+        None => None,
+    };
     let replication = Replication {
         topology: &converged.topology,
         failover: Some(&converged.failover),
+        rollout: rolling.as_deref(),
         namespace: &view.namespace,
         port: view.port(),
     };

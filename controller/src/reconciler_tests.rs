@@ -1216,3 +1216,42 @@ async fn a_replica_beyond_the_failover_lag_bound_is_not_promoted() {
     drop(ctx);
     verify(server).await;
 }
+
+#[tokio::test]
+async fn a_new_revision_restarts_the_highest_replica_first_and_one_at_a_time() {
+    let (c, instances, _) = running([Some("primary"), Some("replica"), Some("replica")]);
+    let base = finalized(cluster(spec()));
+    let mut sts = live_sts(&base, 3);
+    sts.status.as_mut().unwrap().update_revision = Some("orders-new".into());
+    let on = |ordinal: i32, revision: &str| {
+        let mut pod = live_pod(ordinal, true, Some(if ordinal == 0 { "primary" } else { "replica" }));
+        pod.metadata.labels.as_mut().unwrap().insert("controller-revision-hash".into(), revision.into());
+        pod
+    };
+    let (ctx, server) = context_with_instances(
+        |w| {
+            w.seed([sts], live_services(&base), [live_pdb(&base)], []);
+            w.seed_pods([on(0, "orders-old"), on(1, "orders-old"), on(2, "orders-old")]);
+        },
+        instances,
+    );
+    let server = server.expect(vec![
+        Call::new(
+            Method::DELETE,
+            format!("/api/v1/namespaces/{NS}/pods/orders-2?"),
+            |body| assert_eq!(body["preconditions"]["uid"], "uid-pod-2", "only the pod that was judged: {body}"),
+            Reply::Json(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orders-2", "namespace": NS}})),
+        ),
+        event("RollingUpdate", "Normal", |note| {
+            assert_eq!(
+                note,
+                "restarting orders-2 on revision orders-new: replica orders-2 runs an old revision; replicas restart \
+                 first, from the highest ordinal"
+            );
+        }),
+        status_patch(&c, |status| assert_eq!(condition(status, "Progressing").1, "RollingUpdate")),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+}

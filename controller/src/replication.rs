@@ -29,6 +29,7 @@ use crate::error::Error;
 use crate::failover::{self, Decision, Policy, Recorded};
 use crate::instances::{CallError, Target};
 use crate::keys::ControllerKeys;
+use crate::rollout::{self, Step};
 use crate::topology::{Call, Member, ROLE_LABEL, Report, Topology, decide};
 
 /// What this reconcile decided about replication, for the status.
@@ -216,6 +217,72 @@ pub async fn converge(
         }
     }
     Ok(Convergence { topology, failover: state, recorded: recorded_cluster })
+}
+
+/// Carries the rolling update one step further (see [`crate::rollout`]):
+/// restarts at most one pod, and only while no failover is under way.
+/// Returns what the rollout waits for, for the Progressing condition.
+pub async fn roll(
+    cluster: &DatabaseCluster,
+    ctx: &Context,
+    view: &ClusterView,
+    sts: &k8s_openapi::api::apps::v1::StatefulSet,
+    converged: &Convergence,
+) -> Result<Option<String>, Error> {
+    if converged.failover.phase != "Healthy" {
+        return Ok(None);
+    }
+    let update_revision = sts.status.as_ref().and_then(|s| s.update_revision.as_deref());
+    let primary = converged.topology.current_primary.as_deref();
+    let mut instances = Vec::new();
+    let mut pods = Vec::new();
+    for observed in &converged.topology.instances {
+        let Some(pod) = ctx.stores.pods.get(&ObjectRef::new(&observed.pod).within(&view.namespace)) else { continue };
+        let is_primary = primary == Some(observed.pod.as_str());
+        instances.push(rollout::Instance {
+            pod: observed.pod.clone(),
+            ordinal: observed.pod.rsplit('-').next().and_then(|o| o.parse().ok()).unwrap_or(0),
+            revision: pod.labels().get("controller-revision-hash").cloned(),
+            serving: observed.ready && (is_primary || observed.streaming),
+            primary: is_primary,
+        });
+        pods.push(pod);
+    }
+    let approved = cluster.annotations().get(rollout::APPROVE_PRIMARY_UPDATE).map(String::as_str);
+    match rollout::next(update_revision, &instances, view.spec.primary_update_is_supervised(), approved) {
+        Step::Done => Ok(None),
+        Step::Wait(why) => Ok(Some(why)),
+        Step::AwaitApproval { pod } => Ok(Some(format!(
+            "rolling update: every replica runs revision {rev}; the primary {pod} restarts once approved: kubectl \
+             annotate dbc/{name} {key}={rev} --overwrite",
+            rev = update_revision.unwrap_or("?"),
+            name = view.name,
+            key = rollout::APPROVE_PRIMARY_UPDATE
+        ))),
+        Step::Restart { pod: name, why } => {
+            let Some(pod) = pods.iter().find(|p| p.name_any() == name) else { return Ok(None) };
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &view.namespace);
+            let params = kube::api::DeleteParams {
+                preconditions: Some(kube::api::Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                ..kube::api::DeleteParams::default()
+            };
+            match api.delete(&name, &params).await {
+                Ok(_) => {}
+                Err(e) if crate::error::is_not_found(&e) || crate::error::has_code(&e, &[409]) => return Ok(None),
+                Err(e) => {
+                    return Err(Error::kube(
+                        format!("restart Pod {}/{name} for the rolling update", view.namespace),
+                        e,
+                    ));
+                }
+            }
+            ctx.metrics.count_apply("Pod");
+            let note = format!("restarting {name} on revision {}: {why}", update_revision.unwrap_or("?"));
+            info!(cluster = %view.name, namespace = %view.namespace, pod = %name, "rolling update: restarting pod");
+            publish(ctx, cluster, EventType::Normal, "RollingUpdate", note.clone()).await;
+            Ok(Some(format!("rolling update: {note}")))
+        }
+    }
 }
 
 /// Writes one failover step into the status before it is acted on,

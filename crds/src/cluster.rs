@@ -116,7 +116,17 @@ pub struct DatabaseClusterSpec {
     /// Which replica may be promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverSpec>,
+
+    /// How a rolling update treats the primary, which restarts last:
+    /// `unsupervised` (default) restarts it as soon as every replica runs the
+    /// new revision; `supervised` waits until the annotation
+    /// `stead.dev/approve-primary-update` names that revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_update_strategy: Option<String>,
 }
+
+/// The values of `spec.primaryUpdateStrategy`.
+pub const PRIMARY_UPDATE_STRATEGIES: [&str; 2] = ["unsupervised", "supervised"];
 
 /// The guard of automatic failover.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -329,6 +339,11 @@ impl DatabaseClusterSpec {
     /// Whether a promotion beyond the lag bound is allowed.
     pub fn failover_allows_data_loss(&self) -> bool {
         self.failover.as_ref().and_then(|f| f.allow_data_loss).unwrap_or(false)
+    }
+
+    /// Whether the primary's restart in a rolling update waits for approval.
+    pub fn primary_update_is_supervised(&self) -> bool {
+        self.primary_update_strategy.as_deref() == Some("supervised")
     }
 
     /// The user's postgresql.conf parameters (empty when none).

@@ -170,6 +170,15 @@ pub fn validate_spec(spec: &DatabaseClusterSpec, verdict: &mut Verdict) {
             "must be 0 or more bytes of WAL, such as 16777216 (16 MiB)",
         ));
     }
+    if let Some(strategy) = &spec.primary_update_strategy
+        && !crate::cluster::PRIMARY_UPDATE_STRATEGIES.contains(&strategy.as_str())
+    {
+        verdict.errors.push(FieldError::not_supported(
+            "spec.primaryUpdateStrategy",
+            strategy.as_str(),
+            &crate::cluster::PRIMARY_UPDATE_STRATEGIES,
+        ));
+    }
     if spec.failover_allows_data_loss() {
         verdict.warnings.push(
             "spec.failover.allowDataLoss: true lets a failover promote a replica that lacks committed transactions; \

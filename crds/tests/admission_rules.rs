@@ -139,6 +139,12 @@ fn create_rules_table() {
         ),
         ("lag bound 0", json!({"spec": {"replication": {"maxLagBytes": 0}}}), vec![]),
         ("failover delay 0s", json!({"spec": {"failoverDelay": "0s"}}), vec![]),
+        ("supervised primary update", json!({"spec": {"primaryUpdateStrategy": "supervised"}}), vec![]),
+        (
+            "unknown primary update strategy",
+            json!({"spec": {"primaryUpdateStrategy": "manual"}}),
+            vec![("spec.primaryUpdateStrategy", "FieldValueNotSupported")],
+        ),
         ("failover delay 2m", json!({"spec": {"failoverDelay": "2m"}}), vec![]),
         (
             "failover delay without unit",
@@ -259,7 +265,13 @@ fn create_rules_table() {
     let total = rows.len();
     for (case, patch, want) in rows {
         let verdict = validate_create(&cluster(patch));
-        assert!(verdict.errors.iter().all(|e| !e.detail.is_empty() || e.reason() == "FieldValueRequired"), "{case}");
+        assert!(
+            verdict
+                .errors
+                .iter()
+                .all(|e| !e.detail.is_empty() || matches!(e.reason(), "FieldValueRequired" | "FieldValueNotSupported")),
+            "{case}"
+        );
         let want: Vec<(String, &str)> = want.into_iter().map(|(f, r)| (f.to_owned(), r)).collect();
         assert_eq!(causes(&verdict), want, "{case}: {:?}", messages(&verdict));
     }

@@ -637,7 +637,7 @@ fn controller_permissions() -> BTreeSet<(String, String, String)> {
         ("stead.dev", "databaseclusters/finalizers", &["update"]),
         ("apps", "statefulsets", &["list", "watch", "create", "patch"]),
         ("", "services", &["list", "watch", "create", "patch", "delete"]),
-        ("", "pods", &["list", "watch", "patch"]),
+        ("", "pods", &["list", "watch", "patch", "delete"]),
         ("policy", "poddisruptionbudgets", &["list", "watch", "create", "patch", "delete"]),
         ("", "persistentvolumeclaims", &["list", "watch", "patch"]),
         ("events.k8s.io", "events", &["create", "patch"]),
