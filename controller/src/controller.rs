@@ -13,7 +13,7 @@
 //!   reconcile loop starts and stops with leadership.
 //!
 //! Noise filtering: the DatabaseCluster stream passes only changes of
-//! generation or finalizers (our own status writes do not re-trigger us;
+//! generation, finalizers or annotations (requests such as a switchover; our own status writes do not re-trigger us;
 //! deletion bumps the generation). Child streams are NOT filtered by
 //! generation: a StatefulSet status change (readyReplicas) must reach the
 //! parent's status.
@@ -111,7 +111,10 @@ impl Informers {
             )
             .default_backoff()
             .touched_objects()
-            .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default())
+            .predicate_filter(
+                predicates::generation.combine(predicates::finalizers).combine(predicates::annotations),
+                Default::default(),
+            )
             .map(|r| r.map(|c| vec![ObjectRef::from_obj(&c)]))
             .boxed(),
         );

@@ -111,6 +111,39 @@ pub fn decide(recorded: &Recorded, members: &[Member], policy: Policy, now: Time
     }
 }
 
+/// The annotation that asks for a switchover to the pod it names.
+pub const SWITCHOVER_TO: &str = "stead.dev/switchover-to";
+
+/// Whether a requested switchover to `target` can start now; `Err` says why not.
+///
+/// Only a healthy primary hands over (a failing one is failover's), and only
+/// to a replica that streams from it: the switchover waits until the target
+/// has replayed everything the old primary wrote, so no committed row is lost.
+pub fn switchover(target: &str, recorded: &Recorded, members: &[Member]) -> Result<(), String> {
+    let Some(current) = recorded.current_primary.as_deref() else {
+        return Err("no primary is recorded yet".to_owned());
+    };
+    if target == current {
+        return Err(format!("{target} is the primary already"));
+    }
+    if let Some(reason) = primary_failure(members.iter().find(|m| m.pod == current)) {
+        return Err(format!("the primary {current} is failing ({reason}); failover, not switchover, replaces it"));
+    }
+    let Some(member) = members.iter().find(|m| m.pod == target) else {
+        let names: Vec<&str> = members.iter().map(|m| m.pod.as_str()).collect();
+        return Err(format!("{target} is not an instance of this cluster; its instances are {}", names.join(", ")));
+    };
+    match &member.report {
+        Report::Status(s) if s.role == Role::Replica && s.streaming && member.pod_ready => Ok(()),
+        Report::Status(s) => Err(format!(
+            "{target} is {} and {}streaming; only a ready, streaming replica can take over",
+            s.role.as_str(),
+            if s.streaming { "" } else { "not " }
+        )),
+        _ => Err(format!("{target} does not answer; only a ready, streaming replica can take over")),
+    }
+}
+
 /// The reachable replica that received the most WAL (ties: the lowest
 /// ordinal), with its lag.
 fn candidate(current: &str, members: &[Member]) -> Option<(String, Option<u64>)> {
@@ -325,6 +358,50 @@ mod tests {
         ];
         for (case, recorded, members, policy, now, want) in rows {
             assert_eq!(kind(&decide(&recorded, &members, policy, at(now))), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn switchover_table() {
+        let healthy = || member(0, reports(Role::Primary, 100, 0));
+        let replica = |i| member(i, reports(Role::Replica, 100, 0));
+        type Row = (&'static str, &'static str, Vec<Member>, Result<(), &'static str>);
+        let rows: Vec<Row> = vec![
+            ("to a streaming replica", "orders-1", vec![healthy(), replica(1)], Ok(())),
+            ("to the primary itself", "orders-0", vec![healthy(), replica(1)], Err("orders-0 is the primary already")),
+            (
+                "to a pod that does not exist",
+                "orders-7",
+                vec![healthy(), replica(1)],
+                Err("orders-7 is not an instance of this cluster; its instances are orders-0, orders-1"),
+            ),
+            (
+                "to a replica that does not stream",
+                "orders-1",
+                vec![
+                    healthy(),
+                    member(
+                        1,
+                        Report::Status(Box::new(InstanceStatus { streaming: false, ..status(Role::Replica, 1, None) })),
+                    ),
+                ],
+                Err("orders-1 is replica and not streaming; only a ready, streaming replica can take over"),
+            ),
+            (
+                "while the primary fails",
+                "orders-1",
+                vec![member(0, Report::Unreachable("timeout".into())), replica(1)],
+                Err(
+                    "the primary orders-0 is failing (its instance manager does not answer: timeout); failover, not switchover, replaces it",
+                ),
+            ),
+        ];
+        for (case, target, members, want) in rows {
+            assert_eq!(
+                switchover(target, &recorded("orders-0", None), &members),
+                want.map_err(str::to_owned),
+                "{case}"
+            );
         }
     }
 

@@ -138,7 +138,18 @@ impl InstanceApi for FakeInstances {
 
     fn demote<'a>(&'a self, target: &'a Target, request: &'a Demote) -> InstanceAnswer<'a> {
         let body = serde_json::to_string(request).unwrap();
-        Box::pin(async move { self.operation(target, format!("POST /demote {} {body}", target.pod)).await })
+        Box::pin(async move {
+            // A demotion makes the instance a replica of the given host, as stead-instance's does.
+            if let Some(status) = self.statuses.lock().unwrap().get_mut(&target.pod) {
+                status.role = Role::Replica;
+                status.streaming = true;
+                status.primary_host.clone_from(&request.primary_host);
+                status.received_lsn = status.current_lsn;
+                status.replayed_lsn = status.current_lsn;
+                status.lag_bytes = Some(0);
+            }
+            self.operation(target, format!("POST /demote {} {body}", target.pod)).await
+        })
     }
 
     fn promote<'a>(&'a self, target: &'a Target) -> InstanceAnswer<'a> {

@@ -1255,3 +1255,94 @@ async fn a_new_revision_restarts_the_highest_replica_first_and_one_at_a_time() {
     drop(ctx);
     verify(server).await;
 }
+
+#[tokio::test]
+async fn a_requested_switchover_demotes_the_primary_first_and_loses_nothing() {
+    let (mut c, instances, fill) = running([Some("primary"), Some("replica"), Some("replica")]);
+    {
+        let status = c.status.as_mut().unwrap();
+        status.current_primary = Some("orders-0".into());
+        status.target_primary = Some("orders-0".into());
+        status.phase = Some("Healthy".into());
+    }
+    c.metadata.annotations = Some([("stead.dev/switchover-to".to_owned(), "orders-1".to_owned())].into());
+    let mut after_request = c.clone();
+    after_request.metadata.resource_version = Some("101".into());
+    after_request.metadata.annotations = None;
+    let (ctx, server) = context_with_instances(fill, instances.clone());
+    let server = server.expect(vec![
+        // 1. Recorded first.
+        status_patch(&c, |status| assert_eq!(status, &json!({"targetPrimary": "orders-1", "phase": "Switchover"}))),
+        event("Switchover", "Normal", |note| assert_eq!(note, "switching over: orders-1 takes over from orders-0")),
+        // 2. The old primary is fenced (demoted next, through its instance manager).
+        label_pod(0, None),
+        // 3. The target, caught up, is promoted; the request is removed.
+        event("SwitchedOver", "Normal", |note| {
+            assert_eq!(note, "orders-1 is the primary now: switchover done, no transaction lost");
+        }),
+        Call::new(
+            Method::PATCH,
+            format!("{}?&fieldManager=stead-controller", cluster_uri()),
+            |body| assert_eq!(body, &json!({"metadata": {"annotations": {"stead.dev/switchover-to": null}}})),
+            Reply::Json(serde_json::to_value(&after_request).unwrap()),
+        ),
+        // 4. Roles follow: the old primary is a replica of the new one.
+        label_pod(0, Some("replica")),
+        label_pod(1, Some("primary")),
+        event("PrimaryLabelled", "Normal", |_| {}),
+        event("Repointing", "Normal", |note| {
+            assert_eq!(note, "pointing replica orders-2 at the primary at 10.244.0.11")
+        }),
+        status_patch(&after_request, |status| {
+            assert_eq!(status["currentPrimary"], "orders-1");
+            assert_eq!(status["phase"], "Healthy");
+            assert!(status.get("failoverCount").is_none(), "a switchover is not a failover: {status}");
+        }),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    eventually(|| Arc::strong_count(&ctx) == 1).await;
+    let calls = instances.calls.lock().unwrap().clone();
+    let operations: Vec<&String> = calls.iter().filter(|c| c.starts_with("POST")).collect();
+    assert_eq!(
+        operations,
+        [
+            r#"POST /demote orders-0 {"primaryHost":"10.244.0.11","primaryPort":5432}"#,
+            "POST /promote orders-1",
+            r#"POST /demote orders-2 {"primaryHost":"10.244.0.11","primaryPort":5432}"#,
+        ],
+        "the old primary is demoted before the target is promoted"
+    );
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_switchover_to_a_pod_that_is_not_a_streaming_replica_is_refused_and_the_request_removed() {
+    let (mut c, instances, fill) = running([Some("primary"), Some("replica"), Some("replica")]);
+    c.status.as_mut().unwrap().current_primary = Some("orders-0".into());
+    c.metadata.annotations = Some([("stead.dev/switchover-to".to_owned(), "orders-9".to_owned())].into());
+    let mut after = c.clone();
+    after.metadata.resource_version = Some("101".into());
+    after.metadata.annotations = None;
+    let (ctx, server) = context_with_instances(fill, instances.clone());
+    let server = server.expect(vec![
+        event("SwitchoverRefused", "Warning", |note| {
+            assert_eq!(
+                note,
+                "switchover to orders-9 refused: orders-9 is not an instance of this cluster; its instances are \
+                 orders-0, orders-1, orders-2; the request is removed"
+            );
+        }),
+        Call::new(
+            Method::PATCH,
+            format!("{}?&fieldManager=stead-controller", cluster_uri()),
+            |body| assert_eq!(body["metadata"]["annotations"]["stead.dev/switchover-to"], Value::Null),
+            Reply::Json(serde_json::to_value(&after).unwrap()),
+        ),
+        status_patch(&after, |status| assert_eq!(status["currentPrimary"], "orders-0")),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    assert!(!instances.calls.lock().unwrap().iter().any(|c| c.starts_with("POST")), "nothing was demoted or promoted");
+    drop(ctx);
+    verify(server).await;
+}

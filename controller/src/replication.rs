@@ -19,14 +19,14 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 use stead_crds::DatabaseCluster;
-use stead_crds::instance_api::Bootstrap;
+use stead_crds::instance_api::{Bootstrap, Demote};
 use stead_crds::names::FIELD_MANAGER;
 use tracing::{debug, info, warn};
 
 use crate::children::{ChildKind, ClusterView};
 use crate::context::Context;
 use crate::error::Error;
-use crate::failover::{self, Decision, Policy, Recorded};
+use crate::failover::{self, Decision, Policy, Recorded, SWITCHOVER_TO};
 use crate::instances::{CallError, Target};
 use crate::keys::ControllerKeys;
 use crate::rollout::{self, Step};
@@ -102,7 +102,29 @@ pub async fn converge(
         allow_data_loss: view.spec.failover_allows_data_loss(),
     };
     let now = (ctx.now)();
-    match failover::decide(&recorded, &members, policy, now) {
+    let mut decision = failover::decide(&recorded, &members, policy, now);
+    // A switchover is asked for with an annotation; it runs only while the primary is healthy.
+    let requested = cluster.annotations().get(SWITCHOVER_TO).cloned();
+    let switching = match (&decision, requested.as_deref()) {
+        (Decision::Healthy, Some(target)) => match failover::switchover(target, &recorded, &members) {
+            Ok(()) => {
+                decision = Decision::Promote {
+                    target: target.to_owned(),
+                    reason: format!("switchover to {target} requested with {SWITCHOVER_TO}"),
+                };
+                true
+            }
+            Err(why) => {
+                let note = format!("switchover to {target} refused: {why}; the request is removed");
+                publish(ctx, cluster, EventType::Warning, "SwitchoverRefused", note).await;
+                recorded_cluster = clear_switchover_request(ctx, cluster).await?;
+                false
+            }
+        },
+        (Decision::Promote { .. }, _) => stored.phase.as_deref() == Some("Switchover"),
+        _ => false,
+    };
+    match decision {
         Decision::Healthy => {}
         Decision::Failing { since, reason } => {
             if recorded.failing_since.is_none() {
@@ -127,22 +149,27 @@ pub async fn converge(
         Decision::Promote { target, reason } => {
             // 1. Recorded before anything is done: a controller that restarts from here resumes this promotion.
             let since = recorded.failing_since.unwrap_or(now);
-            let step = json!({
-                "metadata": { "resourceVersion": cluster.metadata.resource_version },
-                "status": {
-                    "targetPrimary": target,
-                    "phase": "FailingOver",
-                    "primaryFailingSince": Time(since),
-                },
-            });
+            let phase = if switching { "Switchover" } else { "FailingOver" };
+            let mut status = json!({ "targetPrimary": target, "phase": phase });
+            if !switching {
+                status["primaryFailingSince"] = json!(Time(since));
+            }
+            let step =
+                json!({ "metadata": { "resourceVersion": cluster.metadata.resource_version }, "status": status });
             let written = record(ctx, cluster, step).await?;
             if recorded.target_primary.as_deref() != Some(target.as_str()) {
-                let note = format!("failing over: promoting {target} ({reason})");
-                publish(ctx, cluster, EventType::Warning, "FailingOver", note).await;
+                let (kind, reason_kind, note) = if switching {
+                    let note =
+                        format!("switching over: {target} takes over from {}", current.as_deref().unwrap_or("?"));
+                    (EventType::Normal, "Switchover", note)
+                } else {
+                    (EventType::Warning, "FailingOver", format!("failing over: promoting {target} ({reason})"))
+                };
+                publish(ctx, cluster, kind, reason_kind, note).await;
             }
             state = FailoverState {
-                phase: "FailingOver",
-                failing_since: Some(since),
+                phase,
+                failing_since: (!switching).then_some(since),
                 target_primary: Some(target.clone()),
                 reason: Some(reason.clone()),
                 ..state
@@ -158,25 +185,51 @@ pub async fn converge(
                     member.role_label = None;
                 }
             }
+            // A switchover hands over cleanly: the old primary stops (its last WAL
+            // reaches the target) and follows it; the target must have replayed
+            // everything before it is promoted, so no committed row is lost.
+            let handed_over = if switching {
+                hand_over(ctx, cluster, view, &mut members, current.as_deref(), &target, &target_of).await
+            } else {
+                true
+            };
             // 3. Promote the target through its instance manager (idempotent).
-            if let Some(member) = members.iter_mut().find(|m| m.pod == target)
+            if !handed_over {
+                // Resumed at the next poll (phase Switchover, targetPrimary recorded).
+            } else if let Some(member) = members.iter_mut().find(|m| m.pod == target)
                 && let Some(ip) = member.ip.clone()
             {
                 match ctx.instances.promote(&target_of(usize::try_from(member.ordinal).unwrap_or(0), ip)).await {
                     Ok(promoted) if promoted.role == stead_crds::instance_api::Role::Primary => {
                         member.report = Report::Status(Box::new(promoted));
-                        let count = stored.failover_count.unwrap_or(0).saturating_add(1);
-                        let note = format!("{target} is the primary now (failover {count}): {reason}");
-                        publish(ctx, cluster, EventType::Normal, "FailedOver", note).await;
+                        if switching {
+                            let note = format!("{target} is the primary now: switchover done, no transaction lost");
+                            publish(ctx, cluster, EventType::Normal, "SwitchedOver", note).await;
+                            let base = recorded_cluster.as_ref().unwrap_or(cluster);
+                            if let Some(updated) = clear_switchover_request(ctx, base).await? {
+                                recorded_cluster = Some(updated);
+                            }
+                            state = FailoverState {
+                                phase: "Healthy",
+                                failing_since: None,
+                                target_primary: Some(target.clone()),
+                                reason: None,
+                                ..state
+                            };
+                        } else {
+                            let count = stored.failover_count.unwrap_or(0).saturating_add(1);
+                            let note = format!("{target} is the primary now (failover {count}): {reason}");
+                            publish(ctx, cluster, EventType::Normal, "FailedOver", note).await;
+                            state = FailoverState {
+                                phase: "Healthy",
+                                failing_since: None,
+                                target_primary: Some(target.clone()),
+                                last_failover_time: Some(now),
+                                failover_count: Some(count),
+                                reason: None,
+                            };
+                        }
                         current = Some(target.clone());
-                        state = FailoverState {
-                            phase: "Healthy",
-                            failing_since: None,
-                            target_primary: Some(target.clone()),
-                            last_failover_time: Some(now),
-                            failover_count: Some(count),
-                            reason: None,
-                        };
                     }
                     Ok(other) => {
                         let note = format!("promoting {target}: it still reports itself {}", other.role.as_str());
@@ -211,7 +264,7 @@ pub async fn converge(
         }
     }
     // No instance is told anything while a promotion is unfinished.
-    if state.phase != "FailingOver" {
+    if !matches!(state.phase, "FailingOver" | "Switchover") {
         for call in &topology.calls {
             start(cluster, ctx, &view.namespace, call, &token, &server_name).await;
         }
@@ -282,6 +335,70 @@ pub async fn roll(
             publish(ctx, cluster, EventType::Normal, "RollingUpdate", note.clone()).await;
             Ok(Some(format!("rolling update: {note}")))
         }
+    }
+}
+
+/// The clean handover of a switchover: the old primary is demoted to a
+/// replica of the target (a fast shutdown sends its last WAL to the
+/// streaming target; pg_rewind finds nothing to undo), then the target is
+/// awaited until it has replayed all of it. `false` when that did not
+/// happen yet; the switchover resumes at the next poll.
+async fn hand_over(
+    ctx: &Context,
+    cluster: &DatabaseCluster,
+    view: &ClusterView,
+    members: &mut [Member],
+    old: Option<&str>,
+    target: &str,
+    target_of: &impl Fn(usize, String) -> Target,
+) -> bool {
+    let ordinal = |m: &Member| usize::try_from(m.ordinal).unwrap_or(0);
+    let Some(new) = members.iter().find(|m| m.pod == target).cloned() else { return false };
+    let Some(new_ip) = new.ip.clone() else { return false };
+    let port = u16::try_from(view.port()).unwrap_or(5432);
+    let mut last_lsn = None;
+    if let Some(old) = members.iter_mut().find(|m| Some(m.pod.as_str()) == old)
+        && let (Some(ip), Report::Status(status)) = (old.ip.clone(), &old.report)
+        && status.role == stead_crds::instance_api::Role::Primary
+    {
+        last_lsn = status.current_lsn;
+        let request = Demote { primary_host: Some(new_ip.clone()), primary_port: Some(port) };
+        match ctx.instances.demote(&target_of(ordinal(old), ip), &request).await {
+            Ok(demoted) => old.report = Report::Status(Box::new(demoted)),
+            Err(e) => {
+                let note = format!("switching over to {target}: demoting {} failed: {e}; retrying", old.pod);
+                publish(ctx, cluster, EventType::Warning, "Switchover", note).await;
+                return false;
+            }
+        }
+    }
+    // The target has replayed what the old primary last reported, and more.
+    let target_call = target_of(ordinal(&new), new_ip);
+    for _ in 0..40 {
+        match ctx.instances.status(&target_call).await {
+            Ok(status) if last_lsn.is_none_or(|lsn| status.replayed_lsn.or(status.current_lsn) >= Some(lsn)) => {
+                return true;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
+    let note = format!("switching over to {target}: it has not replayed the old primary's last WAL yet; retrying");
+    publish(ctx, cluster, EventType::Warning, "Switchover", note).await;
+    false
+}
+
+/// Removes the `stead.dev/switchover-to` request once it is done or refused;
+/// returns the cluster as stored afterwards, for the writes that follow.
+async fn clear_switchover_request(ctx: &Context, cluster: &DatabaseCluster) -> Result<Option<DatabaseCluster>, Error> {
+    let name = cluster.name_any();
+    let namespace = cluster.namespace().unwrap_or_default();
+    let api: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+    let patch = json!({ "metadata": { "annotations": { SWITCHOVER_TO: null } } });
+    match api.patch(&name, &params, &Patch::Merge(patch)).await {
+        Ok(updated) => Ok(Some(updated)),
+        Err(e) if crate::error::is_not_found(&e) => Ok(None),
+        Err(e) => Err(Error::kube(format!("remove {SWITCHOVER_TO} from DatabaseCluster {namespace}/{name}"), e)),
     }
 }
 
