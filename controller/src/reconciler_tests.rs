@@ -423,12 +423,13 @@ async fn transition_time_is_kept_when_status_does_not_flip() {
             status["instances"][0]["message"],
             "GET https://10.244.0.10:8000/status of pod orders-0: connection refused"
         );
-        // Only Degraded flipped (nobody answers): every other condition keeps its time.
+        // Pods starting (not Ready, their managers not answering yet) are progress, not a problem:
+        // no condition flipped, so every one keeps its time.
         for cond in status["conditions"].as_array().unwrap() {
-            let kept = cond["type"] != "Degraded";
-            assert_eq!(cond["lastTransitionTime"] == "2023-11-14T21:13:20Z", kept, "{cond}");
+            assert_eq!(cond["lastTransitionTime"], "2023-11-14T21:13:20Z", "{cond}");
         }
-        assert!(condition(status, "Degraded").2.starts_with("orders-0 does not answer (GET https://10.244.0.10"));
+        assert_eq!(condition(status, "Degraded").0, "False");
+        assert_eq!(condition(status, "ReplicationHealthy").1, "ReplicasStarting");
     })]);
     reconcile(Arc::new(c), ctx.clone()).await.unwrap();
     drop(ctx);
@@ -1343,6 +1344,36 @@ async fn a_switchover_to_a_pod_that_is_not_a_streaming_replica_is_refused_and_th
     ]);
     reconcile(Arc::new(c), ctx.clone()).await.unwrap();
     assert!(!instances.calls.lock().unwrap().iter().any(|c| c.starts_with("POST")), "nothing was demoted or promoted");
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_ready_pod_whose_instance_manager_does_not_answer_degrades_the_cluster() {
+    let base = finalized(cluster(spec()));
+    let c = settled(base.clone(), Some(&live_sts(&base, 3)));
+    // orders-2's pod is Ready, but its manager stopped answering the controller.
+    let instances = instances_answering([primary_status(0), replica_status(1, 0, 0)]);
+    let (ctx, server) = context_with_instances(
+        |w| {
+            w.seed([live_sts(&base, 3)], live_services(&base), [live_pdb(&base)], []);
+            w.seed_pods([
+                live_pod(0, true, Some("primary")),
+                live_pod(1, true, Some("replica")),
+                live_pod(2, true, Some("replica")),
+            ]);
+        },
+        instances,
+    );
+    let server = server.expect(vec![
+        label_pod(2, None),
+        status_patch(&c, |status| {
+            let (s, reason, message) = condition(status, "Degraded");
+            assert_eq!((s.as_str(), reason.as_str()), ("True", "ReplicaNotStreaming"));
+            assert!(message.starts_with("orders-2 does not answer (GET https://10.244.0.12:8000/status"), "{message}");
+        }),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
     drop(ctx);
     verify(server).await;
 }

@@ -147,6 +147,7 @@ impl ReplicationHealth {
             } else {
                 match instance.role.as_str() {
                     "bootstrapping" | "pending" => health.starting.push(instance.pod.clone()),
+                    "unknown" if instance.starting => health.starting.push(instance.pod.clone()),
                     "replica" if instance.streaming && lagging => health.lagging.push(format!(
                         "{} lags by {} bytes (spec.replication.maxLagBytes is {max_lag_bytes})",
                         instance.pod,

@@ -104,6 +104,9 @@ pub struct Observed {
     pub timeline: Option<u32>,
     /// Why it is not serving, for people (`kubectl describe` in one line).
     pub problem: Option<String>,
+    /// Its pod is starting: not Ready yet, its manager not answering yet, and
+    /// no container stuck. Such an instance is progress, not a problem.
+    pub starting: bool,
 }
 
 /// The members of a cluster none of whose pods has an IP yet (nothing to ask).
@@ -252,6 +255,10 @@ fn observe(member: &Member, is_primary: bool, primary: Option<&Member>) -> Obser
         lsn: status.and_then(|s| s.current_lsn).map(|l| l.to_string()),
         timeline: status.and_then(|s| s.timeline),
         problem,
+        starting: matches!(member.report, Report::Unreachable(_))
+            && !member.pod_ready
+            && member.container_problem.is_none()
+            && !member.terminating,
     }
 }
 
