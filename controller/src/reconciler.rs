@@ -628,12 +628,8 @@ fn invalid_note(verdict: &Verdict) -> String {
     format!("spec is invalid; no child was changed: {}", messages.join("; "))
 }
 
-async fn publish(ctx: &Context, cluster: &DatabaseCluster, type_: EventType, reason: &str, action: &str, note: String) {
-    publish_about(ctx, cluster, type_, reason, action, note, None).await;
-}
-
-/// Publishes an event about the cluster (for the other reconcile modules).
-pub(crate) async fn publish_event(
+/// Publishes an event about the cluster (also for the other reconcile modules).
+pub(crate) async fn publish(
     ctx: &Context,
     cluster: &DatabaseCluster,
     type_: EventType,
@@ -641,7 +637,7 @@ pub(crate) async fn publish_event(
     action: &str,
     note: String,
 ) {
-    publish(ctx, cluster, type_, reason, action, note).await;
+    publish_about(ctx, cluster, type_, reason, action, note, None).await;
 }
 
 /// Publishes an event about the cluster; a failure to publish is logged, never fatal.

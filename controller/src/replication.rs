@@ -602,5 +602,5 @@ fn describe_call(call: &Call) -> (&'static str, String) {
 }
 
 async fn publish(ctx: &Context, cluster: &DatabaseCluster, type_: EventType, reason: &str, note: String) {
-    crate::reconciler::publish_event(ctx, cluster, type_, reason, "Replicate", note).await;
+    crate::reconciler::publish(ctx, cluster, type_, reason, "Replicate", note).await;
 }
