@@ -78,10 +78,11 @@ undeploy:
 	fi
 	$(KUBECTL) delete -k manifests/default --ignore-not-found
 
-## e2e: envtest-style suite against a real kube-apiserver. Needs KUBEBUILDER_ASSETS (kube-apiserver,
+## e2e: envtest-style suite against a real kube-apiserver, with a stand-in kubelet that runs the database
+## pods as local processes (as root: it runs them as the postgres user). Needs KUBEBUILDER_ASSETS (kube-apiserver,
 ## etcd[, kube-controller-manager]) and kubectl; without them it prints why it skipped and passes.
 e2e:
-	$(CARGO) build -p stead-webhook -p stead-controller
+	$(CARGO) build -p stead-webhook -p stead-controller -p stead-instance
 	$(CARGO) test -p stead-tests --test e2e -- --nocapture
 
 ## bench: webhook and controller benchmarks (figures only, nothing asserted).
@@ -90,7 +91,7 @@ bench: bench-webhook bench-controller
 ## bench-controller: 100 and 1,000 clusters against the e2e control plane when KUBEBUILDER_ASSETS is
 ## set, otherwise the reconcile function against an in-process mock API.
 bench-controller:
-	$(CARGO) build --release -p stead-controller
+	$(CARGO) build --release -p stead-controller -p stead-instance
 	$(CARGO) run --release -p stead-tests --bin bench-controller
 
 ## certs: a development CA and serving certificate for localhost/127.0.0.1 in target/certs
