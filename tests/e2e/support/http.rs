@@ -1,7 +1,8 @@
 //! A small blocking HTTP/1.1 client for the endpoints the suite probes:
 //! etcd's `/health`, the API server's `/readyz`, the webhook's `/readyz`, the
-//! controller's `/readyz` and `/metrics`. GET only, one request per
-//! connection, so there is no async runtime in the suite.
+//! controller's `/readyz` and `/metrics`, and the stand-in kubelet's probes
+//! (which, like a kubelet, do not verify the certificate). GET only, one
+//! request per connection.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,6 +21,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Endpoint {
     addr: SocketAddr,
     tls: Option<Arc<ClientConfig>>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
 }
 
 /// Status and body of one response.
@@ -32,7 +35,7 @@ pub struct Response {
 impl Endpoint {
     /// Plain HTTP.
     pub fn plain(addr: SocketAddr) -> Self {
-        Self { addr, tls: None }
+        Self { addr, tls: None, connect_timeout: CONNECT_TIMEOUT, io_timeout: IO_TIMEOUT }
     }
 
     /// HTTPS, trusting only `ca_pem`; the server's certificate must name the
@@ -40,7 +43,29 @@ impl Endpoint {
     pub fn https(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<Self> {
         let config = stead_certs::client_config(ca_pem, &[b"http/1.1"])
             .context("building a TLS client that trusts the e2e CA")?;
-        Ok(Self { addr, tls: Some(Arc::new(config)) })
+        Ok(Self { addr, tls: Some(Arc::new(config)), connect_timeout: CONNECT_TIMEOUT, io_timeout: IO_TIMEOUT })
+    }
+
+    /// HTTPS without verifying the server's certificate, as a kubelet's
+    /// `httpGet` probe with `scheme: HTTPS` does.
+    pub fn https_unverified(addr: SocketAddr) -> anyhow::Result<Self> {
+        let provider = stead_certs::crypto_provider();
+        let verifier = Arc::new(AnyCertificate(provider.signature_verification_algorithms));
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("building a TLS client for probes")?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self { addr, tls: Some(Arc::new(config)), connect_timeout: CONNECT_TIMEOUT, io_timeout: IO_TIMEOUT })
+    }
+
+    /// The same endpoint with `timeout` for connecting and for each read or write.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self.io_timeout = timeout;
+        self
     }
 
     /// The URL of `path` on this endpoint, for messages.
@@ -56,9 +81,9 @@ impl Endpoint {
     }
 
     fn fetch(&self, path: &str, bearer: Option<&str>) -> anyhow::Result<Response> {
-        let tcp = TcpStream::connect_timeout(&self.addr, CONNECT_TIMEOUT)?;
-        tcp.set_read_timeout(Some(IO_TIMEOUT))?;
-        tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+        let tcp = TcpStream::connect_timeout(&self.addr, self.connect_timeout)?;
+        tcp.set_read_timeout(Some(self.io_timeout))?;
+        tcp.set_write_timeout(Some(self.io_timeout))?;
         let request = render_request(&self.addr.to_string(), path, bearer);
         let raw = match &self.tls {
             None => exchange(tcp, request.as_bytes())?,
@@ -69,6 +94,46 @@ impl Endpoint {
             }
         };
         parse_response(&raw)
+    }
+}
+
+/// Accepts any certificate, still checking that the handshake is signed by
+/// the key of the certificate presented (what a kubelet's probe does).
+#[derive(Debug)]
+struct AnyCertificate(rustls::crypto::WebPkiSupportedAlgorithms);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_schemes()
     }
 }
 
@@ -255,6 +320,12 @@ mod tests {
         let (addr, server) = tls_server(&ca);
         let response = Endpoint::https(addr, &ca.cert_pem()).unwrap().get("/readyz", None).unwrap();
         assert_eq!(response, Response { status: 200, body: "ready".to_owned() });
+        server.join().unwrap();
+
+        // A probe takes any certificate, as a kubelet's does.
+        let (addr, server) = tls_server(&ca);
+        let probe = Endpoint::https_unverified(addr).unwrap().with_timeout(Duration::from_secs(5));
+        assert_eq!(probe.get("/readyz", None).unwrap().status, 200);
         server.join().unwrap();
 
         let other = stead_certs::CertificateAuthority::generate("another CA", 1).unwrap();

@@ -1,6 +1,6 @@
 //! What the e2e suite and the controller benchmark share: finding binaries,
-//! running a control plane, stead's processes, kubectl, and reading health,
-//! metrics and audit data. Pure helpers carry their own unit tests.
+//! running a control plane, stead's processes, the stand-in kubelet, kubectl,
+//! and reading health, metrics and audit data. Pure helpers carry their own unit tests.
 
 pub mod assets;
 pub mod audit;
@@ -8,6 +8,7 @@ pub mod control_plane;
 pub mod credentials;
 pub mod http;
 pub mod kubectl;
+pub mod kubelet;
 pub mod metrics;
 pub mod ports;
 pub mod process;

@@ -1,0 +1,266 @@
+//! A pod's volumes as host directories, owned the way a kubelet leaves them:
+//!
+//! - `emptyDir` (any medium): a directory of the pod, removed with it;
+//!   root-owned, mode 0777, and with `fsGroup` group-owned by it with the
+//!   setgid bit (kubelet's `SetVolumeOwnership`).
+//! - `persistentVolumeClaim`: a directory per claim (`<namespace>/<claim>`)
+//!   that outlives pods, like a PV: a fresh volume root is root-owned, and
+//!   `fsGroup` makes it group-owned and group-writable (mode 2775).
+//! - `secret` and `configMap`: the object's keys (or `items`) as files,
+//!   with `defaultMode`/`mode`, group `fsGroup` (read-only volumes get
+//!   `g+r`). Files are written in place, not through `..data` symlinks.
+//!
+//! Anything else is refused with a message naming the volume.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{KeyToPath, Pod};
+
+use super::spec::Sources;
+
+/// The setgid bit a kubelet puts on directories it hands to `fsGroup`.
+const SETGID: u32 = 0o2000;
+
+/// Where a pod's own volumes and every claim live.
+#[derive(Debug, Clone)]
+pub struct VolumeDirs {
+    /// The pod's directory; its emptyDir, secret and configMap volumes go under `volumes/`.
+    pub pod: PathBuf,
+    /// The root of all claims (`<namespace>/<claim>` below it).
+    pub claims: PathBuf,
+    /// `(uid, gid)` to own emptyDir volumes instead of root (a deviation from
+    /// the kubelet, for namespaces served that way; see the README).
+    pub empty_dir_owner: Option<(u32, u32)>,
+}
+
+/// The host directory of each claim the pod mounts, `None` for no claims.
+pub fn claim_dirs(pod: &Pod, claims: &Path) -> Vec<PathBuf> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    pod.spec
+        .iter()
+        .flat_map(|spec| spec.volumes.iter().flatten())
+        .filter_map(|volume| volume.persistent_volume_claim.as_ref())
+        .map(|claim| claims.join(&namespace).join(&claim.claim_name))
+        .collect()
+}
+
+/// Creates every volume of `pod` and returns its host directory by volume
+/// name. `fs_group` is the host gid that stands for the pod's `fsGroup`.
+/// The error is what a kubelet's FailedMount event would say.
+pub fn prepare(
+    pod: &Pod,
+    dirs: &VolumeDirs,
+    fs_group: Option<u32>,
+    secrets: &Sources,
+    config_maps: &Sources,
+) -> Result<BTreeMap<String, PathBuf>, String> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let mut prepared = BTreeMap::new();
+    for volume in pod.spec.iter().flat_map(|spec| spec.volumes.iter().flatten()) {
+        let name = &volume.name;
+        let own = dirs.pod.join("volumes").join(name);
+        let failed = |why: String| format!("MountVolume.SetUp failed for volume {name:?}: {why}");
+        let path = if volume.empty_dir.is_some() {
+            make_dir(&own, 0o777, fs_group).map_err(failed)?;
+            if let Some((uid, gid)) = dirs.empty_dir_owner {
+                chown(&own, Some(uid), Some(gid)).map_err(|e| failed(format!("{}: {e}", own.display())))?;
+                fs::set_permissions(&own, fs::Permissions::from_mode(0o2777))
+                    .map_err(|e| failed(format!("{}: {e}", own.display())))?;
+            }
+            own
+        } else if let Some(claim) = &volume.persistent_volume_claim {
+            let dir = dirs.claims.join(&namespace).join(&claim.claim_name);
+            make_parents(&dir).map_err(failed)?;
+            if !dir.exists() {
+                make_dir(&dir, 0o775, fs_group).map_err(failed)?;
+            } else if fs_group.is_some() {
+                // fsGroupChangePolicy OnRootMismatch: only the root is looked at.
+                set_owner(&dir, 0o775, fs_group).map_err(failed)?;
+            }
+            dir
+        } else if let Some(secret) = &volume.secret {
+            let source = secret.secret_name.clone().unwrap_or_default();
+            let data = source_data(secrets, "secret", &source, secret.optional.unwrap_or(false)).map_err(failed)?;
+            let mode = secret.default_mode.map_or(0o644, mode_bits);
+            write_files(&own, &data, secret.items.as_deref(), mode, fs_group).map_err(failed)?;
+            own
+        } else if let Some(map) = &volume.config_map {
+            let data =
+                source_data(config_maps, "configmap", &map.name, map.optional.unwrap_or(false)).map_err(failed)?;
+            let mode = map.default_mode.map_or(0o644, mode_bits);
+            write_files(&own, &data, map.items.as_deref(), mode, fs_group).map_err(failed)?;
+            own
+        } else {
+            return Err(format!(
+                "volume {name:?} is of a kind the stand-in kubelet does not provide \
+                 (it provides emptyDir, persistentVolumeClaim, secret and configMap)"
+            ));
+        };
+        prepared.insert(name.clone(), path);
+    }
+    Ok(prepared)
+}
+
+fn mode_bits(mode: i32) -> u32 {
+    u32::try_from(mode).unwrap_or(0o644) & 0o777
+}
+
+fn source_data(sources: &Sources, kind: &str, name: &str, optional: bool) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    match sources.get(name) {
+        Some(Some(data)) => Ok(data.clone()),
+        _ if optional => Ok(BTreeMap::new()),
+        _ => Err(format!("{kind} {name:?} not found")),
+    }
+}
+
+fn make_parents(dir: &Path) -> Result<(), String> {
+    let Some(parent) = dir.parent() else { return Ok(()) };
+    fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    // Traversable by the pod's user, nothing more.
+    fs::set_permissions(parent, fs::Permissions::from_mode(0o711)).map_err(|e| format!("{}: {e}", parent.display()))
+}
+
+fn make_dir(dir: &Path, mode: u32, fs_group: Option<u32>) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    set_owner(dir, mode, fs_group)
+}
+
+/// Root-owned; with `fs_group`, group-owned by it with the setgid bit.
+fn set_owner(path: &Path, mode: u32, fs_group: Option<u32>) -> Result<(), String> {
+    let describe = |e: std::io::Error| format!("{}: {e}", path.display());
+    chown(path, Some(0), Some(fs_group.unwrap_or(0))).map_err(describe)?;
+    let mode = if fs_group.is_some() && path.is_dir() { mode | SETGID } else { mode };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(describe)
+}
+
+/// Writes the keys (all, or `items`) as files; a key named in `items` that
+/// the data lacks is an error, as it is for the kubelet.
+fn write_files(
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    default_mode: u32,
+    fs_group: Option<u32>,
+) -> Result<(), String> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).map_err(|e| format!("clearing {}: {e}", dir.display()))?;
+    }
+    make_dir(dir, 0o755, fs_group)?;
+    let files: Vec<(String, &Vec<u8>, u32)> = match items {
+        None => data.iter().map(|(key, value)| (key.clone(), value, default_mode)).collect(),
+        Some(items) => items
+            .iter()
+            .map(|item| {
+                let value = data.get(&item.key).ok_or_else(|| format!("key {:?} is not in the object", item.key))?;
+                Ok((item.path.clone(), value, item.mode.map_or(default_mode, mode_bits)))
+            })
+            .collect::<Result<_, String>>()?,
+    };
+    for (relative, value, mode) in files {
+        if relative.starts_with('/') || relative.split('/').any(|part| part == "..") {
+            return Err(format!("path {relative:?} leaves the volume"));
+        }
+        let path = dir.join(&relative);
+        if let Some(parent) = path.parent().filter(|p| *p != dir) {
+            make_dir(parent, 0o755, fs_group)?;
+        }
+        fs::write(&path, value).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        // Read-only volumes get g+r with an fsGroup (kubelet's roMask).
+        let mode = if fs_group.is_some() { mode | 0o440 } else { mode };
+        set_owner(&path, mode, fs_group)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::os::unix::fs::MetadataExt;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "orders-0", "namespace": "shop"},
+            "spec": {
+                "containers": [],
+                "volumes": [
+                    {"name": "run", "emptyDir": {"medium": "Memory"}},
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "data-orders-0"}},
+                    {"name": "credentials", "secret": {"secretName": "orders-credentials", "defaultMode": 0o440}}
+                ]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn secrets() -> Sources {
+        let data =
+            BTreeMap::from([("password".to_owned(), b"s3cret".to_vec()), ("tls.key".to_owned(), b"KEY".to_vec())]);
+        BTreeMap::from([("orders-credentials".to_owned(), Some(data))])
+    }
+
+    fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    #[test]
+    fn volumes_are_owned_as_a_kubelet_leaves_them() {
+        // chown needs root; the suite runs as root, a developer's `cargo test` may not.
+        if !is_root() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let dirs =
+            VolumeDirs { pod: root.path().join("pods/1"), claims: root.path().join("claims"), empty_dir_owner: None };
+        let volumes = prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new()).unwrap();
+
+        let run = fs::metadata(&volumes["run"]).unwrap();
+        assert_eq!((run.uid(), run.gid(), run.mode() & 0o7777), (0, 4242, 0o2777));
+        let data = fs::metadata(&volumes["data"]).unwrap();
+        assert_eq!(volumes["data"], root.path().join("claims/shop/data-orders-0"));
+        assert_eq!((data.uid(), data.gid(), data.mode() & 0o7777), (0, 4242, 0o2775));
+        let password = volumes["credentials"].join("password");
+        assert_eq!(fs::read(&password).unwrap(), b"s3cret");
+        let meta = fs::metadata(&password).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, 4242, 0o440));
+        assert_eq!(claim_dirs(&pod(), &dirs.claims), [root.path().join("claims/shop/data-orders-0")]);
+
+        // A second pod on the same claim finds what the first one left.
+        fs::write(volumes["data"].join("marker"), "kept").unwrap();
+        let again = prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new()).unwrap();
+        assert_eq!(fs::read_to_string(again["data"].join("marker")).unwrap(), "kept");
+
+        // Served with emptyDirs owned by the pod's user.
+        let owned = VolumeDirs { empty_dir_owner: Some((4343, 4242)), ..dirs };
+        let volumes = prepare(&pod(), &owned, Some(4242), &secrets(), &Sources::new()).unwrap();
+        let run = fs::metadata(&volumes["run"]).unwrap();
+        assert_eq!((run.uid(), run.gid(), run.mode() & 0o7777), (4343, 4242, 0o2777));
+    }
+
+    #[test]
+    fn a_missing_secret_or_unknown_volume_kind_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs =
+            VolumeDirs { pod: root.path().join("pods/1"), claims: root.path().join("claims"), empty_dir_owner: None };
+        let mut pod = pod();
+        // Without the secret (and without root: no chown is reached for it).
+        pod.spec.as_mut().unwrap().volumes.as_mut().unwrap().retain(|v| v.name == "credentials");
+        let err = prepare(&pod, &dirs, None, &Sources::new(), &Sources::new()).unwrap_err();
+        assert_eq!(err, "MountVolume.SetUp failed for volume \"credentials\": secret \"orders-credentials\" not found");
+
+        let odd: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "x-0", "namespace": "shop"},
+            "spec": {"containers": [], "volumes": [{"name": "host", "hostPath": {"path": "/etc"}}]}
+        }))
+        .unwrap();
+        let err = prepare(&odd, &dirs, None, &Sources::new(), &Sources::new()).unwrap_err();
+        assert!(err.contains("volume \"host\" is of a kind"), "{err}");
+    }
+}
