@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::support::kubectl::{Kubectl, Output};
@@ -156,55 +156,30 @@ pub fn wait_for_condition(
     )
 }
 
-/// Makes the StatefulSet look as if all `replicas` pods were ready, through
-/// its status subresource (there is no kubelet to run them).
-pub fn patch_statefulset_ready(kubectl: &Kubectl, namespace: &str, name: &str, ready: i64) -> anyhow::Result<()> {
-    let sts = kubectl
-        .get("statefulset", namespace, name)?
-        .with_context(|| format!("StatefulSet {namespace}/{name} does not exist"))?;
-    let replicas = sts
-        .pointer("/spec/replicas")
-        .and_then(Value::as_i64)
-        .with_context(|| format!("StatefulSet {namespace}/{name} has no spec.replicas"))?;
-    let generation = sts.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-    let patch = json!({"status": {
-        "observedGeneration": generation,
-        "replicas": replicas,
-        "readyReplicas": ready,
-        "availableReplicas": ready,
-        "currentReplicas": replicas,
-        "updatedReplicas": replicas
-    }});
-    kubectl
-        .ok(&[
-            "patch",
-            "statefulset",
-            name,
-            "-n",
-            namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &patch.to_string(),
-        ])
-        .with_context(|| format!("patching the status of StatefulSet {namespace}/{name}"))?;
-    Ok(())
-}
-
-/// Creates a cluster of `replicas`, waits for its StatefulSet, marks every
-/// pod ready and waits for Available=True.
+/// Creates a cluster of `replicas` and waits, with real pods run by the
+/// stand-in kubelet, until its primary serves and every pod is ready.
 pub fn make_available(kubectl: &Kubectl, namespace: &str, name: &str, replicas: i64) -> anyhow::Result<Value> {
     expect_ok(kubectl.apply(&cluster(namespace, name, spec_with_replicas(replicas)), &[])?)?;
     wait_for_field(kubectl, "statefulset", namespace, name, "/spec/replicas", &replicas.to_string())?;
-    patch_statefulset_ready(kubectl, namespace, name, replicas)?;
-    let cluster = wait_for_condition(kubectl, namespace, name, "Available", "True", "AllReplicasReady")?;
-    ensure!(
-        cluster.pointer("/status/readyReplicas").and_then(Value::as_i64) == Some(replicas),
-        "Available is True but status.readyReplicas is {:?}",
-        text(&cluster, "/status/readyReplicas")
-    );
-    Ok(cluster)
+    // Pods start one after the other (OrderedReady): initdb, then a clone each.
+    let ready = wait::until(
+        &format!("DatabaseCluster {namespace}/{name} to have {replicas} ready replicas and a serving primary"),
+        AVAILABLE_TIMEOUT,
+        || {
+            let Some(object) = kubectl.get("databaseclusters.stead.dev", namespace, name)? else {
+                return Ok(Poll::Pending("NotFound".to_owned()));
+            };
+            let available = condition(&object, "Available")
+                .is_some_and(|c| text(c, "/status") == "True" && text(c, "/reason") == "PrimaryReady");
+            let all = object.pointer("/status/readyReplicas").and_then(Value::as_i64) == Some(replicas);
+            Ok(if available && all { Poll::Ready(object) } else { Poll::Pending(conditions_summary(&object)) })
+        },
+    )?;
+    Ok(ready)
 }
+
+/// How long a new cluster may take to serve: every instance starts real PostgreSQL.
+pub const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[cfg(test)]
 mod tests {

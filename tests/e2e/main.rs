@@ -3,13 +3,15 @@
 //! With `KUBEBUILDER_ASSETS` naming a directory that holds `kube-apiserver`
 //! and `etcd` (and optionally `kube-controller-manager`), the suite starts a
 //! control plane on loopback, installs the CRD, runs stead-webhook and
-//! stead-controller as processes, and drives kubectl through the scenarios in
-//! `scenarios.rs`. Without those binaries it prints one line and passes.
+//! stead-controller as processes, runs database pods through a stand-in
+//! kubelet, and drives kubectl through the scenarios in `scenarios.rs`. Without those binaries it prints one line and passes.
 //!
 //! `make e2e` builds the binaries first. `STEAD_E2E_ONLY=scale,printer`
 //! runs a subset; see `support::assets` for the other variables.
 
 mod clusters;
+mod database;
+mod finalizers;
 mod ownership;
 mod scenarios;
 mod suite;

@@ -1,32 +1,26 @@
 //! The e2e scenarios, in the order they run. Each works in its own
-//! namespace; the last one removes the webhook configurations.
+//! namespace; the last one removes the webhook configurations. The ones
+//! with database pods are in `database.rs`, the ones about who owns what in
+//! `ownership.rs`, the webhook being down in `finalizers.rs`.
 
+use std::fmt;
 use std::path::PathBuf;
-use std::thread;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
 use crate::clusters::{
-    FINALIZER, REACT_TIMEOUT, cluster, condition, create_namespace, expect_ok, expect_refused, make_available,
-    minimal_spec, patch_statefulset_ready, spec_with_replicas, text, wait_for_condition, wait_for_field,
-    wait_for_object, wait_until_gone,
+    FINALIZER, REACT_TIMEOUT, cluster, condition, create_namespace, expect_ok, expect_refused, minimal_spec,
+    spec_with_replicas, text, wait_for_condition, wait_for_field, wait_for_object, wait_until_gone,
 };
-use crate::ownership;
-use crate::support::audit::{self, AuditCounts};
-use crate::support::credentials::CONTROLLER_USER;
-use crate::support::kubectl::{Kubectl, table};
+use crate::support::kubectl::Kubectl;
+use crate::support::kubelet::{EmptyDirs, Kubelet};
 use crate::support::say;
 use crate::support::stead::{
-    Controller, Counters, MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION, WEBHOOK_QUANTITY_MESSAGE,
+    Controller, ControllerOptions, MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION, WEBHOOK_QUANTITY_MESSAGE,
 };
 use crate::support::wait::{self, Poll};
-
-/// How long the controller is watched for writes while nothing changes.
-const QUIET_WINDOW: Duration = Duration::from_secs(10);
-/// The controller counts as settled once it wrote nothing for this long.
-const SETTLE_WINDOW: Duration = Duration::from_secs(3);
+use crate::{database, finalizers, ownership};
 
 /// What every scenario can reach.
 pub struct Ctx<'a> {
@@ -37,11 +31,56 @@ pub struct Ctx<'a> {
     pub audit_log: PathBuf,
     /// kube-controller-manager runs, so ownerReferences are garbage-collected.
     pub garbage_collection: bool,
-    /// For scenarios that run more controllers: the binary, its user's kubeconfig, the log directory.
+    /// For scenarios that run more controllers: the binary, its user's
+    /// kubeconfig, the options of the suite's controller, the log directory.
     pub controller_binary: PathBuf,
     pub controller_kubeconfig: PathBuf,
+    pub controller_options: ControllerOptions,
     pub log_dir: PathBuf,
+    /// The stand-in kubelet, or why database pods cannot run here.
+    pub kubelet: Result<&'a Kubelet, String>,
+    /// Where stead-webhook serves, and the CA of its certificate.
+    pub webhook_url: String,
+    pub webhook_ca: String,
+    /// `e2e: figure: …` lines, printed at the end of the run.
+    pub figures: Vec<String>,
 }
+
+impl Ctx<'_> {
+    /// The stand-in kubelet; a [`Skip`] when pods cannot run on this machine.
+    pub fn kubelet(&self) -> anyhow::Result<&Kubelet> {
+        self.kubelet.clone().map_err(|reason| Skip(format!("needs database pods: {reason}")).into())
+    }
+
+    /// Creates a namespace whose database pods the stand-in kubelet runs,
+    /// with emptyDirs owned by the pod's user (see [`EmptyDirs`]).
+    pub fn pod_namespace(&self, namespace: &str) -> anyhow::Result<()> {
+        self.pod_namespace_with(namespace, EmptyDirs::OwnedByPodUser)
+    }
+
+    /// [`Self::pod_namespace`] with emptyDirs owned as `empty_dirs` says.
+    pub fn pod_namespace_with(&self, namespace: &str, empty_dirs: EmptyDirs) -> anyhow::Result<()> {
+        let kubelet = self.kubelet()?;
+        let created = self.kubectl.run(&["create", "namespace", namespace])?;
+        if !created.success() && !created.stderr.contains("AlreadyExists") {
+            bail!("creating namespace {namespace}: {}", created.describe());
+        }
+        kubelet.serve_namespace(namespace, empty_dirs);
+        Ok(())
+    }
+}
+
+/// A scenario that cannot run on this machine, and why (not a failure).
+#[derive(Debug)]
+pub struct Skip(pub String);
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Skip {}
 
 /// One named scenario.
 pub struct Scenario {
@@ -50,20 +89,26 @@ pub struct Scenario {
 }
 
 /// All scenarios, in order.
-pub const SCENARIOS: [Scenario; 14] = [
+pub const SCENARIOS: [Scenario; 20] = [
     Scenario { name: "defaulting", run: defaulting },
     Scenario { name: "invalid-specs-refused", run: invalid_specs_refused },
     Scenario { name: "server-dry-run-same-answers", run: server_dry_run_same_answers },
     Scenario { name: "scale-subresource", run: scale_subresource },
     Scenario { name: "storage-shrink-and-class-change-refused", run: storage_rules },
     Scenario { name: "children-with-owner-references", run: children_with_owner_references },
-    Scenario { name: "statefulset-ready-makes-available", run: statefulset_ready_makes_available },
-    Scenario { name: "printer-columns", run: printer_columns },
+    Scenario { name: "printer-columns", run: database::one_instance_and_printer_columns },
+    Scenario { name: "instance-starts-on-kubelet-owned-volumes", run: database::starts_on_kubelet_owned_volumes },
+    Scenario { name: "three-instances-replicate", run: database::three_instances_replicate },
+    Scenario { name: "row-written-to-rw-is-read-on-every-replica", run: database::row_reaches_every_replica },
+    Scenario { name: "no-writes-while-nothing-changes", run: database::no_writes_while_nothing_changes },
+    Scenario { name: "scaling-keeps-the-primary", run: database::scaling_keeps_the_primary },
     Scenario { name: "deletion-protection-and-finalizer", run: deletion_protection_and_finalizer },
-    Scenario { name: "no-writes-while-nothing-changes", run: no_writes_while_nothing_changes },
     Scenario { name: "foreign-objects-are-never-adopted", run: ownership::foreign_objects_are_never_adopted },
     Scenario { name: "removed-field-leaves-a-created-child", run: ownership::a_removed_field_leaves_a_created_child },
     Scenario { name: "leader-handover", run: ownership::leader_handover },
+    Scenario { name: "finalizers-without-the-webhook", run: finalizers::finalizers_without_the_webhook },
+    Scenario { name: "deleted-cluster-takes-its-pods", run: database::deleted_cluster_takes_its_pods },
+    Scenario { name: "database-pod-crash-is-restarted", run: database::crashed_pod_is_restarted },
     Scenario { name: "invalid-spec-without-webhook-is-degraded", run: degraded_without_webhook },
 ];
 
@@ -290,15 +335,18 @@ fn storage_rules(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The controller creates both Services, the StatefulSet and (for more than
-/// one replica) the PDB, each owned by the cluster, and the credentials
-/// Secret, owned by nobody; the PDB goes at 1 replica.
+/// The controller creates the headless Service and the three per role, the
+/// StatefulSet and (for more than one replica) the PDB, each owned by the
+/// cluster, and the credentials Secret, owned by nobody; no all-pods Service
+/// `orders` (stead 0.1's); the PDB goes at 1 replica. No pods run here.
 fn children_with_owner_references(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let (k, ns) = (&ctx.kubectl, "e2e-children");
     create_namespace(k, ns)?;
     expect_ok(k.apply(&cluster(ns, "orders", spec_with_replicas(3)), &[])?)?;
     let children = [
-        ("service", "orders"),
+        ("service", "orders-rw"),
+        ("service", "orders-ro"),
+        ("service", "orders-r"),
         ("service", "orders-headless"),
         ("statefulset", "orders"),
         ("poddisruptionbudget", "orders"),
@@ -368,66 +416,13 @@ fn children_with_owner_references(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         "the cluster does not carry {FINALIZER}: finalizers {finalizers}"
     );
 
+    ensure!(
+        k.get("service", ns, "orders")?.is_none(),
+        "the all-pods Service orders of stead 0.1 (writes to replicas too) should not exist"
+    );
+
     expect_ok(k.run(&["scale", "dbc/orders", "--replicas=1", "-n", ns])?)?;
     wait_until_gone(k, "poddisruptionbudget", ns, "orders").context("the PDB should go when replicas drop to 1")?;
-    Ok(())
-}
-
-/// StatefulSet readiness reaches the cluster's status, in both directions.
-fn statefulset_ready_makes_available(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let (k, ns) = (&ctx.kubectl, "e2e-ready");
-    create_namespace(k, ns)?;
-    expect_ok(k.apply(&cluster(ns, "ready", spec_with_replicas(3)), &[])?)?;
-    wait_for_object(k, "statefulset", ns, "ready")?;
-    wait_for_condition(k, ns, "ready", "Available", "False", "ReplicasNotReady")?;
-
-    patch_statefulset_ready(k, ns, "ready", 3)?;
-    let available = wait_for_condition(k, ns, "ready", "Available", "True", "AllReplicasReady")?;
-    let generation = text(&available, "/metadata/generation");
-    let checks = [
-        ("status.readyReplicas", text(&available, "/status/readyReplicas"), "3".to_owned()),
-        ("status.replicas", text(&available, "/status/replicas"), "3".to_owned()),
-        ("status.observedGeneration", text(&available, "/status/observedGeneration"), generation.clone()),
-        (
-            "Available.observedGeneration",
-            condition(&available, "Available").map_or_else(String::new, |c| text(c, "/observedGeneration")),
-            generation,
-        ),
-    ];
-    for (field, got, want) in checks {
-        ensure!(got == want, "{field} is {got:?}, expected {want:?}");
-    }
-    wait_for_condition(k, ns, "ready", "Degraded", "False", "AsExpected")?;
-    wait_for_condition(k, ns, "ready", "Progressing", "False", "Reconciled")?;
-
-    // Losing a pod must reach the parent as well (no generation-only filter).
-    patch_statefulset_ready(k, ns, "ready", 1)?;
-    wait_for_condition(k, ns, "ready", "Available", "False", "ReplicasNotReady")?;
-    wait_for_field(k, "dbc", ns, "ready", "/status/readyReplicas", "1")?;
-    Ok(())
-}
-
-/// `kubectl get dbc` shows Replicas, Ready, Status and Age; `kubectl get stead` lists it.
-fn printer_columns(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let (k, ns) = (&ctx.kubectl, "e2e-columns");
-    create_namespace(k, ns)?;
-    make_available(k, ns, "shown", 3)?;
-    let output = expect_ok(k.run(&["get", "dbc", "-n", ns])?)?;
-    let rows = table(&output);
-    ensure!(
-        rows.first().map(Vec::as_slice) == Some(&["NAME", "REPLICAS", "READY", "STATUS", "AGE"].map(str::to_owned)[..]),
-        "unexpected columns:\n{output}"
-    );
-    let row = rows.get(1).context("no row for the cluster")?;
-    ensure!(
-        row.len() == 5 && row[..4] == ["shown", "3", "3", "AllReplicasReady"].map(str::to_owned),
-        "unexpected row:\n{output}"
-    );
-    let listed = expect_ok(k.run(&["get", "stead", "-n", ns, "-o", "name"])?)?;
-    ensure!(
-        listed.lines().any(|line| line == "databasecluster.stead.dev/shown"),
-        "`kubectl get stead` (the category) does not list the cluster: {listed:?}"
-    );
     Ok(())
 }
 
@@ -477,117 +472,13 @@ fn deletion_protection_and_finalizer(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     wait_until_gone(k, "dbc", ns, "vault").context("the finalizer should run and let the cluster go")?;
 
     if ctx.garbage_collection {
-        for (resource, name) in [("statefulset", "vault"), ("service", "vault"), ("service", "vault-headless")] {
+        for (resource, name) in [("statefulset", "vault"), ("service", "vault-rw"), ("service", "vault-headless")] {
             wait_until_gone(k, resource, ns, name)
                 .with_context(|| format!("{resource} {name} should be garbage-collected"))?;
         }
     } else {
         say("e2e:   (no kube-controller-manager: removal of children by ownerReference is not checked)");
     }
-    Ok(())
-}
-
-/// Everything the controller's writes can be judged by, at one moment.
-#[derive(Debug, PartialEq)]
-struct WriteSnapshot {
-    audit: AuditCounts,
-    status_writes: Option<f64>,
-    child_applies: Option<f64>,
-    resource_versions: Vec<(String, String)>,
-}
-
-fn write_snapshot(ctx: &mut Ctx<'_>, ns: &str, objects: &[(&str, &str)]) -> anyhow::Result<WriteSnapshot> {
-    let counters: Counters = ctx.controller.counters()?;
-    let mut resource_versions = Vec::new();
-    for (resource, name) in objects {
-        let object = ctx.kubectl.get(resource, ns, name)?.with_context(|| format!("{resource} {ns}/{name} is gone"))?;
-        resource_versions.push((format!("{resource}/{name}"), text(&object, "/metadata/resourceVersion")));
-    }
-    Ok(WriteSnapshot {
-        audit: audit::read_counts(&ctx.audit_log, CONTROLLER_USER)?,
-        status_writes: counters.status_writes,
-        child_applies: counters.child_applies,
-        resource_versions,
-    })
-}
-
-/// Waits until the controller made no write requests for [`SETTLE_WINDOW`].
-fn settle(ctx: &Ctx<'_>) -> anyhow::Result<()> {
-    let mut last = audit::read_counts(&ctx.audit_log, CONTROLLER_USER)?;
-    let mut quiet_since = Instant::now();
-    wait::until("the controller to stop writing", REACT_TIMEOUT, || {
-        let now = audit::read_counts(&ctx.audit_log, CONTROLLER_USER)?;
-        if now.writes != last.writes {
-            last = now;
-            quiet_since = Instant::now();
-        }
-        Ok(if quiet_since.elapsed() >= SETTLE_WINDOW {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(format!("{} write requests so far", now.writes))
-        })
-    })
-}
-
-/// A cluster at rest causes no writes: no requests with write verbs from the
-/// controller's user, no status writes or applies in its metrics, and no new
-/// resourceVersions. A metadata-only change reconciles without touching
-/// children or status.
-fn no_writes_while_nothing_changes(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let ns = "e2e-quiet";
-    create_namespace(&ctx.kubectl, ns)?;
-    make_available(&ctx.kubectl, ns, "quiet", 3)?;
-    let mut watched =
-        vec![("dbc", "quiet"), ("statefulset", "quiet"), ("service", "quiet"), ("service", "quiet-headless")];
-    if !ctx.garbage_collection {
-        // kube-controller-manager's disruption controller writes PDB status itself.
-        watched.push(("poddisruptionbudget", "quiet"));
-    }
-    settle(ctx)?;
-    let before = write_snapshot(ctx, ns, &watched)?;
-    ensure!(
-        before.status_writes.is_some() && before.child_applies.is_some(),
-        "the controller's /metrics lacks stead_controller_status_writes_total or \
-         stead_controller_child_applies_total after reconciling a cluster: {before:?}"
-    );
-    thread::sleep(QUIET_WINDOW);
-    let after = write_snapshot(ctx, ns, &watched)?;
-    ensure!(
-        after.audit.writes == before.audit.writes
-            && after.status_writes == before.status_writes
-            && after.child_applies == before.child_applies
-            && after.resource_versions == before.resource_versions,
-        "the controller wrote while nothing changed ({}s):\nbefore: {before:?}\nafter:  {after:?}",
-        QUIET_WINDOW.as_secs()
-    );
-
-    // A metadata-only change triggers a reconcile that leaves children and status alone.
-    let reconciles_before = ctx.controller.counters()?.reconciles.unwrap_or(0.0);
-    expect_ok(ctx.kubectl.run(&["annotate", "dbc", "quiet", "-n", ns, "e2e.stead.dev/poke=1"])?)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut reconciled = false;
-    while Instant::now() < deadline {
-        if ctx.controller.counters()?.reconciles.unwrap_or(0.0) > reconciles_before {
-            reconciled = true;
-            break;
-        }
-        thread::sleep(wait::POLL_INTERVAL);
-    }
-    if !reconciled {
-        say("e2e:   (the controller did not reconcile on a metadata-only change; that part is skipped)");
-        return Ok(());
-    }
-    settle(ctx)?;
-    let poked = write_snapshot(ctx, ns, &watched)?;
-    ensure!(
-        poked.status_writes == after.status_writes && poked.resource_versions[1..] == after.resource_versions[1..],
-        "a metadata-only change rewrote status or children:\nbefore: {after:?}\nafter:  {poked:?}"
-    );
-    say(&format!(
-        "e2e:   (a metadata-only change: {} requests, {} of them writes, by the controller; children unchanged)",
-        poked.audit.since(after.audit).requests,
-        poked.audit.since(after.audit).writes
-    ));
     Ok(())
 }
 
@@ -619,7 +510,14 @@ fn degraded_without_webhook(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         "the Degraded message should carry the webhook's words ({WEBHOOK_QUANTITY_MESSAGE:?}), got {message:?}"
     );
     wait_for_condition(k, ns, "bypassed", "Available", "False", "InvalidSpec")?;
-    for (resource, name) in [("statefulset", "bypassed"), ("service", "bypassed"), ("service", "bypassed-headless")] {
+    let children = [
+        ("statefulset", "bypassed"),
+        ("service", "bypassed-rw"),
+        ("service", "bypassed-ro"),
+        ("service", "bypassed-r"),
+        ("service", "bypassed-headless"),
+    ];
+    for (resource, name) in children {
         if k.get(resource, ns, name)?.is_some() {
             bail!("the controller created {resource} {name} for an invalid cluster");
         }

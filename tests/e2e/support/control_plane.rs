@@ -37,10 +37,11 @@ const CERT_DAYS: u32 = 2;
 /// A /16, because the benchmark creates a ClusterIP Service per cluster
 /// (1,100 of them) and envtest's /24 would run out.
 pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/16";
-/// Controllers run by kube-controller-manager: all defaults except the
-/// StatefulSet controller, so StatefulSet status is what the suite patches
-/// (there is no scheduler or kubelet to run pods anyway).
-pub const CONTROLLER_MANAGER_CONTROLLERS: &str = "*,-statefulset";
+/// Controllers run by kube-controller-manager: all defaults (the StatefulSet
+/// controller makes the pods the stand-in kubelet runs, the endpointslice
+/// controller routes the Services) except node lifecycle: the stand-in Node
+/// sends no heartbeats, and its pods must not be marked NotReady for that.
+pub const CONTROLLER_MANAGER_CONTROLLERS: &str = "*,-node-lifecycle-controller";
 
 /// Where everything lives inside the work directory.
 #[derive(Debug, Clone)]
@@ -51,6 +52,10 @@ pub struct Layout {
 impl Layout {
     pub fn new(root: &Path) -> Self {
         Self { root: root.to_path_buf() }
+    }
+    /// The stand-in kubelet's pods and volumes.
+    pub fn kubelet(&self) -> PathBuf {
+        self.root.join("kubelet")
     }
     pub fn pki(&self) -> PathBuf {
         self.root.join("pki")
@@ -187,7 +192,7 @@ pub fn apiserver_args(settings: &ApiServerSettings) -> Vec<String> {
 
 /// kube-controller-manager's command line: garbage collection (so
 /// ownerReferences delete children), namespaces, service accounts, PDB
-/// status; never the StatefulSet controller (see [`CONTROLLER_MANAGER_CONTROLLERS`]).
+/// status, StatefulSets and EndpointSlices (see [`CONTROLLER_MANAGER_CONTROLLERS`]).
 pub fn controller_manager_args(layout: &Layout, secure_port: u16) -> Vec<String> {
     vec![
         format!("--kubeconfig={}", layout.admin_kubeconfig().display()),
@@ -552,10 +557,10 @@ mod tests {
     }
 
     #[test]
-    fn controller_manager_collects_garbage_but_leaves_statefulsets_alone() {
+    fn controller_manager_runs_statefulsets_but_not_node_lifecycle() {
         let args = controller_manager_args(&Layout::new(Path::new("/w")), 10257);
         assert_eq!(flag(&args, "kubeconfig"), Some("/w/admin.kubeconfig"));
-        assert_eq!(flag(&args, "controllers"), Some("*,-statefulset"));
+        assert_eq!(flag(&args, "controllers"), Some("*,-node-lifecycle-controller"));
         assert_eq!(flag(&args, "leader-elect"), Some("false"));
         assert_eq!(flag(&args, "secure-port"), Some("10257"));
         assert_eq!(flag(&args, "bind-address"), Some("127.0.0.1"));

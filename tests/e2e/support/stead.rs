@@ -67,6 +67,14 @@ pub fn install_crd(kubectl: &Kubectl) -> anyhow::Result<()> {
     })
 }
 
+/// The namespace the controller keeps its key Secret in, as `stead-system` in an install.
+pub const CONTROLLER_NAMESPACE: &str = "stead-system";
+
+/// The Role `manifests/rbac` ships for the controller's own namespace (Lease, key Secret).
+pub fn controller_role_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/rbac/leader-election-role.yaml")
+}
+
 /// The ClusterRole `manifests/rbac` ships for the controller.
 pub fn controller_cluster_role_path() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/rbac/controller-clusterrole.yaml")
@@ -92,6 +100,28 @@ pub fn install_controller_rbac(kubectl: &Kubectl) -> anyhow::Result<()> {
         .apply(&binding, &["--server-side", "--field-manager=stead-e2e"])?
         .ok()
         .context("binding the controller's ClusterRole")?;
+    // Its own namespace: the shipped Role (the Lease and its key Secret), bound to it.
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROLLER_NAMESPACE}});
+    kubectl
+        .apply(&namespace, &["--server-side", "--field-manager=stead-e2e"])?
+        .ok()
+        .context("creating stead-system")?;
+    let role = controller_role_path();
+    let role = role.to_str().with_context(|| format!("{} is not UTF-8", role.display()))?;
+    kubectl
+        .ok(&["apply", "--server-side", "--field-manager=stead-e2e", "-n", CONTROLLER_NAMESPACE, "-f", role])
+        .context("installing the controller's Role")?;
+    let role_binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "stead-controller-e2e", "namespace": CONTROLLER_NAMESPACE},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "stead-controller-leader-election"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": credentials::CONTROLLER_USER}]
+    });
+    kubectl
+        .apply(&role_binding, &["--server-side", "--field-manager=stead-e2e"])?
+        .ok()
+        .context("binding the controller's Role")?;
     let as_controller = format!("--as={}", credentials::CONTROLLER_USER);
     wait::until("the controller's RBAC to take effect", CRD_TIMEOUT, || {
         let output = kubectl.run(&[
@@ -123,7 +153,9 @@ pub fn webhook_args(port: u16, metrics_port: u16, cert_dir: &Path) -> Vec<String
 /// `base_url` (`https://127.0.0.1:<port>`) and trusting `ca_pem`. Rules match
 /// `manifests/webhook/*`: DatabaseCluster CREATE/UPDATE for defaulting, plus
 /// DELETE for validation; the scale subresource is not sent to the webhook.
-pub fn webhook_configurations(base_url: &str, ca_pem: &str) -> Value {
+/// Both carry the shipped `matchConditions`, naming the suite's controller
+/// user where an install names its ServiceAccount.
+pub fn webhook_configurations(base_url: &str, ca_pem: &str) -> anyhow::Result<Value> {
     let ca_bundle = credentials::base64(ca_pem.as_bytes());
     let webhook = |name: &str, path: &str, operations: &[&str]| {
         json!({
@@ -145,8 +177,12 @@ pub fn webhook_configurations(base_url: &str, ca_pem: &str) -> Value {
     };
     let mut mutating = webhook(MUTATING_WEBHOOK, "/mutate", &["CREATE", "UPDATE"]);
     mutating["reinvocationPolicy"] = json!("IfNeeded");
-    let validating = webhook(VALIDATING_WEBHOOK, "/validate", &["CREATE", "UPDATE", "DELETE"]);
-    json!({
+    let mut validating = webhook(VALIDATING_WEBHOOK, "/validate", &["CREATE", "UPDATE", "DELETE"]);
+    mutating["matchConditions"] =
+        shipped_match_conditions("mutatingwebhookconfiguration.yaml", credentials::CONTROLLER_USER)?;
+    validating["matchConditions"] =
+        shipped_match_conditions("validatingwebhookconfiguration.yaml", credentials::CONTROLLER_USER)?;
+    Ok(json!({
         "apiVersion": "v1",
         "kind": "List",
         "items": [
@@ -163,7 +199,54 @@ pub fn webhook_configurations(base_url: &str, ca_pem: &str) -> Value {
                 "webhooks": [validating]
             }
         ]
-    })
+    }))
+}
+
+/// How the shipped webhook configurations name the controller:
+/// `'system:serviceaccount:' + '<namespace>' + ':' + '<name>'` (kustomize
+/// replaces the quoted namespace and name).
+const SERVICE_ACCOUNT_PREFIX: &str = "'system:serviceaccount:' + '";
+
+/// `expression` with the controller's ServiceAccount replaced by `user`
+/// (the suite's controller is a plain user, not a ServiceAccount).
+pub fn with_controller_user(expression: &str, user: &str) -> anyhow::Result<String> {
+    let start = expression
+        .find(SERVICE_ACCOUNT_PREFIX)
+        .with_context(|| format!("no {SERVICE_ACCOUNT_PREFIX}…' in the matchCondition {expression:?}"))?;
+    let rest = &expression[start + SERVICE_ACCOUNT_PREFIX.len()..];
+    // <namespace>' + ':' + '<name>'
+    let malformed =
+        || format!("the ServiceAccount in {expression:?} is not 'system:serviceaccount:' + '<ns>' + ':' + '<name>'");
+    let (_namespace, rest) = rest.split_once("' + ':' + '").with_context(malformed)?;
+    let (_name, rest) = rest.split_once('\'').with_context(malformed)?;
+    Ok(format!("{}'{user}'{rest}", &expression[..start]))
+}
+
+/// The `matchConditions` that `manifests/webhook/<file>` gives its webhook,
+/// with `user` in place of the controller's ServiceAccount.
+pub fn shipped_match_conditions(file: &str, user: &str) -> anyhow::Result<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook").join(file);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config: Value = serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let conditions = config
+        .pointer("/webhooks/0/matchConditions")
+        .and_then(Value::as_array)
+        .with_context(|| format!("{} has no webhooks[0].matchConditions", path.display()))?;
+    let mut rewritten = Vec::new();
+    for condition in conditions {
+        let expression = condition
+            .get("expression")
+            .and_then(Value::as_str)
+            .with_context(|| format!("a matchCondition in {} has no expression", path.display()))?;
+        let expression = if expression.contains(SERVICE_ACCOUNT_PREFIX) {
+            with_controller_user(expression, user)?
+        } else {
+            expression.to_owned()
+        };
+        rewritten
+            .push(json!({"name": condition.get("name").cloned().unwrap_or(Value::Null), "expression": expression}));
+    }
+    Ok(Value::Array(rewritten))
 }
 
 /// A running stead-webhook with a serving certificate from the e2e CA.
@@ -203,7 +286,7 @@ impl Webhook {
     /// with the webhook's message, and one without replicas is defaulted.
     pub fn register(&mut self, kubectl: &Kubectl) -> anyhow::Result<()> {
         kubectl
-            .apply(&webhook_configurations(&self.base_url, &self.ca_pem), &[])?
+            .apply(&webhook_configurations(&self.base_url, &self.ca_pem)?, &[])?
             .ok()
             .context("creating the webhook configurations")?;
         let invalid = probe_cluster(Some("10GB"));
@@ -237,6 +320,16 @@ impl Webhook {
     /// The server process (logs).
     pub fn process(&self) -> &ManagedProcess {
         &self.process
+    }
+
+    /// `https://127.0.0.1:<port>`, where the configurations point.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The CA the configurations trust.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 }
 
@@ -276,6 +369,10 @@ pub fn controller_args(health_port: u16, metrics_port: u16, options: &Controller
         loopback(health_port).to_string(),
         "--metrics-listen".to_owned(),
         loopback(metrics_port).to_string(),
+        "--keys-namespace".to_owned(),
+        CONTROLLER_NAMESPACE.to_owned(),
+        "--poll-seconds".to_owned(),
+        "2".to_owned(),
     ];
     if let Some(namespace) = &options.namespace {
         args.extend(["--namespace".to_owned(), namespace.clone()]);
@@ -440,7 +537,7 @@ mod tests {
 
     #[test]
     fn configurations_call_the_loopback_url_and_trust_the_ca() {
-        let list = webhook_configurations("https://127.0.0.1:9443", "-----CA-----\n");
+        let list = webhook_configurations("https://127.0.0.1:9443", "-----CA-----\n").unwrap();
         let items = list["items"].as_array().unwrap();
         assert_eq!(items.len(), 2);
         let (mutating, validating) = (&items[0], &items[1]);
@@ -469,13 +566,50 @@ mod tests {
             assert_eq!(hook["sideEffects"], "None");
             assert_eq!(hook["failurePolicy"], "Fail");
             assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+            // The shipped matchConditions, with the suite's controller user.
+            let conditions = hook["matchConditions"].as_array().unwrap();
+            assert_eq!(conditions.len(), 2, "{conditions:?}");
+            let skip = conditions[1]["expression"].as_str().unwrap();
+            assert!(
+                skip.ends_with(&format!("request.userInfo.username != '{}'", credentials::CONTROLLER_USER)),
+                "{skip}"
+            );
         }
+    }
+
+    #[test]
+    fn the_controllers_service_account_becomes_the_suites_user() {
+        let shipped = "request.operation != 'UPDATE' || request.userInfo.username != \
+                       'system:serviceaccount:' + 'ops' + ':' + 'stead-ctl'";
+        assert_eq!(
+            with_controller_user(shipped, "stead-controller").unwrap(),
+            "request.operation != 'UPDATE' || request.userInfo.username != 'stead-controller'"
+        );
+        let broken = "request.userInfo.username != 'system:serviceaccount:' + 'ops'";
+        assert!(with_controller_user(broken, "x").unwrap_err().to_string().contains("is not"));
+        assert!(with_controller_user("true", "x").is_err());
+        // The deletion condition carries no identity and is kept as shipped.
+        let conditions = shipped_match_conditions("validatingwebhookconfiguration.yaml", "u").unwrap();
+        assert_eq!(conditions[0]["name"], "not-being-deleted");
+        assert!(!conditions.to_string().contains("serviceaccount"), "{conditions}");
     }
 
     #[test]
     fn controller_flags_follow_the_options() {
         let plain = controller_args(8081, 8080, &ControllerOptions::default());
-        assert_eq!(plain, ["--health-listen", "127.0.0.1:8081", "--metrics-listen", "127.0.0.1:8080"]);
+        assert_eq!(
+            plain,
+            [
+                "--health-listen",
+                "127.0.0.1:8081",
+                "--metrics-listen",
+                "127.0.0.1:8080",
+                "--keys-namespace",
+                "stead-system",
+                "--poll-seconds",
+                "2"
+            ]
+        );
         let scoped = controller_args(
             1,
             2,
