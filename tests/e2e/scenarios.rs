@@ -102,13 +102,13 @@ pub const SCENARIOS: [Scenario; 20] = [
     Scenario { name: "row-written-to-rw-is-read-on-every-replica", run: database::row_reaches_every_replica },
     Scenario { name: "no-writes-while-nothing-changes", run: database::no_writes_while_nothing_changes },
     Scenario { name: "scaling-keeps-the-primary", run: database::scaling_keeps_the_primary },
+    Scenario { name: "database-pod-crash-is-restarted", run: database::crashed_pod_is_restarted },
+    Scenario { name: "deleted-cluster-takes-its-pods", run: database::deleted_cluster_takes_its_pods },
     Scenario { name: "deletion-protection-and-finalizer", run: deletion_protection_and_finalizer },
     Scenario { name: "foreign-objects-are-never-adopted", run: ownership::foreign_objects_are_never_adopted },
     Scenario { name: "removed-field-leaves-a-created-child", run: ownership::a_removed_field_leaves_a_created_child },
     Scenario { name: "leader-handover", run: ownership::leader_handover },
     Scenario { name: "finalizers-without-the-webhook", run: finalizers::finalizers_without_the_webhook },
-    Scenario { name: "deleted-cluster-takes-its-pods", run: database::deleted_cluster_takes_its_pods },
-    Scenario { name: "database-pod-crash-is-restarted", run: database::crashed_pod_is_restarted },
     Scenario { name: "invalid-spec-without-webhook-is-degraded", run: degraded_without_webhook },
 ];
 
