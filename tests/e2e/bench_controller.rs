@@ -238,6 +238,9 @@ fn count_reconciled(lines: &str) -> usize {
         .count()
 }
 
+/// The Services of one cluster: `-headless`, `-rw`, `-ro`, `-r`.
+const SERVICES_PER_CLUSTER: usize = 4;
+
 /// Children found by `kubectl get … -o name`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct ChildCounts {
@@ -260,9 +263,9 @@ impl ChildCounts {
         counts
     }
 
-    /// Every cluster has a StatefulSet, two Services and a PDB.
+    /// Every cluster has a StatefulSet, its four Services (headless, -rw, -ro, -r) and a PDB.
     fn complete(self, clusters: usize) -> bool {
-        self.statefulsets == clusters && self.services == 2 * clusters && self.pdbs == clusters
+        self.statefulsets == clusters && self.services == SERVICES_PER_CLUSTER * clusters && self.pdbs == clusters
     }
 }
 
@@ -353,7 +356,8 @@ mod tests {
         let counts = ChildCounts::parse(names);
         assert_eq!(counts, ChildCounts { statefulsets: 1, services: 3, pdbs: 1 });
         assert!(!counts.complete(1));
-        assert!(ChildCounts { statefulsets: 2, services: 4, pdbs: 2 }.complete(2));
+        assert!(!ChildCounts { statefulsets: 2, services: 4, pdbs: 2 }.complete(2));
+        assert!(ChildCounts { statefulsets: 2, services: 8, pdbs: 2 }.complete(2));
     }
 
     #[test]
