@@ -143,6 +143,8 @@ impl Cli {
         }
         let parameters = crate::conf::parse_parameters(&self.parameters)?;
         let run_dir = self.run_dir.unwrap_or_else(|| default_run_dir(&self.pgdata));
+        let owner = std::fs::metadata(&run_dir).ok().map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        let run_dir = settings::private_run_dir(run_dir, owner, rustix::process::geteuid().as_raw());
         if !settings::socket_path_fits(&run_dir, self.pg_port) {
             return Err(Error::Setting {
                 setting: "STEAD_RUN_DIR",

@@ -103,6 +103,19 @@ pub fn socket_path_fits(run_dir: &Path, port: u16) -> bool {
     run_dir.as_os_str().len() + format!("/.s.PGSQL.{port}.lock").len() <= MAX_SOCKET_PATH
 }
 
+/// The run directory to use inside `dir`, which belongs to `owner` (`None`:
+/// it does not exist yet): `dir` itself when it is ours or new, else a
+/// private `stead` directory in it. A kubelet makes an emptyDir owned by
+/// root, group-writable for the pod's fsGroup (mode 2777 or 0777); postgres
+/// wants its socket directory private, and the manager keeps a pgpass file
+/// there, so it takes a subdirectory of its own (0700) instead.
+pub fn private_run_dir(dir: PathBuf, owner: Option<u32>, me: u32) -> PathBuf {
+    match owner {
+        Some(owner) if owner != me => dir.join("stead"),
+        _ => dir,
+    }
+}
+
 /// The ordinal of a StatefulSet pod name (`orders-1` → 1).
 pub fn ordinal(pod_name: &str) -> Option<u32> {
     let (_, suffix) = pod_name.rsplit_once('-')?;
@@ -262,5 +275,20 @@ mod tests {
         assert!(secrets.check().unwrap_err().to_string().contains("the controller-token key"));
         fs::write(dir.path().join("controller-token"), "t").unwrap();
         secrets.check().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod run_dir_tests {
+    use std::path::PathBuf;
+
+    use super::private_run_dir;
+
+    #[test]
+    fn a_run_dir_of_someone_else_gets_a_private_subdirectory() {
+        let dir = PathBuf::from("/run/stead");
+        assert_eq!(private_run_dir(dir.clone(), Some(101), 101), dir, "ours: used as it is");
+        assert_eq!(private_run_dir(dir.clone(), None, 101), dir, "missing: created, ours");
+        assert_eq!(private_run_dir(dir, Some(0), 101), PathBuf::from("/run/stead/stead"), "a kubelet's emptyDir");
     }
 }

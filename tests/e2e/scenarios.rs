@@ -53,9 +53,9 @@ impl Ctx<'_> {
     }
 
     /// Creates a namespace whose database pods the stand-in kubelet runs,
-    /// with emptyDirs owned by the pod's user (see [`EmptyDirs`]).
+    /// with emptyDirs owned as a kubelet owns them (see [`EmptyDirs`]).
     pub fn pod_namespace(&self, namespace: &str) -> anyhow::Result<()> {
-        self.pod_namespace_with(namespace, EmptyDirs::OwnedByPodUser)
+        self.pod_namespace_with(namespace, EmptyDirs::AsKubelet)
     }
 
     /// [`Self::pod_namespace`] with emptyDirs owned as `empty_dirs` says.
