@@ -97,10 +97,9 @@ pub fn one_instance_and_printer_columns(ctx: &mut Ctx<'_>) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The one scenario whose emptyDir volumes are owned as a kubelet owns them
-/// (root, group fsGroup, mode 2777; every other scenario's belong to the
-/// pod's user): the instance manager must start on them, as it must in a
-/// real pod. It names what the database container printed when it does not.
+/// EmptyDir volumes owned as a kubelet owns them (root, group fsGroup, mode
+/// 2777): the instance manager must start on them, as it must in a real pod.
+/// It names what the database container printed when it does not.
 pub fn starts_on_kubelet_owned_volumes(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let ns = "e2e-kubelet-volumes";
     ctx.pod_namespace_with(ns, EmptyDirs::AsKubelet)?;

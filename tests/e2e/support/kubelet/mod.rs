@@ -94,9 +94,6 @@ pub(crate) struct Dirs {
 pub enum EmptyDirs {
     /// root, group `fsGroup`, mode 2777: what a kubelet does.
     AsKubelet,
-    /// The pod's user (a deviation, for an instance manager that insists on
-    /// owning its run directory; see the README).
-    OwnedByPodUser,
 }
 
 /// What a pod worker needs to reach a running pod from outside.

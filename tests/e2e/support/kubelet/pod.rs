@@ -317,7 +317,6 @@ impl Worker {
         let (secrets, maps) = self.sources().await;
         let empty_dir_owner = match self.shared.empty_dirs(&self.namespace) {
             EmptyDirs::AsKubelet => None,
-            EmptyDirs::OwnedByPodUser => Some((self.shared.user.uid, self.shared.user.gid)),
         };
         let dirs = VolumeDirs { pod: self.dir.clone(), claims: self.shared.dirs.claims.clone(), empty_dir_owner };
         let prepared = self.fs_group().and_then(|group| volumes::prepare(&self.pod, &dirs, group, &secrets, &maps));
