@@ -489,6 +489,14 @@ impl Instance {
         datadir::write_upstream(&pgdata, &upstream).map_err(Error::io("record the upstream in", &pgdata))?;
         info!(host = %upstream.host, port = upstream.port, "demoting: stopping postgres (fast)");
         self.supervisor.stop(Mode::Fast).await.map_err(Error::Postmaster)?;
+        // The postmaster we supervise is gone; a postmaster.pid left by one
+        // that was killed (its PID since reused, in a container often by a
+        // process of ours) would make pg_rewind's single-user run refuse.
+        let lock = pgdata.join("postmaster.pid");
+        if lock.exists() {
+            warn!(path = %lock.display(), "removing the postmaster.pid of a postmaster that is not running");
+            fs::remove_file(&lock).map_err(Error::io("remove", &lock))?;
+        }
 
         let superuser = self.settings.secrets().superuser()?;
         let source =
@@ -499,8 +507,19 @@ impl Instance {
             .arg(format!("--source-server={source}"))
             .env("PGPASSFILE", self.settings.pgpass())
             .env("LC_ALL", "C");
+        // pg_rewind first finishes a crash recovery of a target that was not
+        // shut down cleanly (its postgres was killed), in single-user mode,
+        // which refuses to run in standby mode: standby.signal is taken away
+        // for pg_rewind alone (postgres is stopped, nothing else starts it
+        // while this operation runs), and put back whatever happens.
+        let signal = pgdata.join("standby.signal");
+        if signal.exists() {
+            fs::remove_file(&signal).map_err(Error::io("remove", &signal))?;
+        }
         info!(host = %upstream.host, port = upstream.port, "running pg_rewind against the new primary");
-        if let Err(err) = self.run_tool("pg_rewind", command, self.settings.timeouts.rewind).await {
+        let rewound = self.run_tool("pg_rewind", command, self.settings.timeouts.rewind).await;
+        datadir::write_standby_signal(&pgdata).map_err(Error::io("write standby.signal in", &pgdata))?;
+        if let Err(err) = rewound {
             return Err(Error::Postmaster(format!(
                 "{err}; postgres is left stopped as a replica (standby.signal is written): retry POST /demote \
                  once the new primary is reachable"
@@ -562,6 +581,7 @@ fn postmaster_command(settings: &Settings) -> Result<Command, Error> {
     }
     let conf_path = pgdata.join(conf::USER_CONF_FILE);
     datadir::write_atomic(&conf_path, user_conf.text.as_bytes(), 0o600).map_err(Error::io("write", &conf_path))?;
+    keep_wal_for_rewind(pgdata)?;
     let hba_path = pgdata.join(conf::HBA_FILE);
     datadir::write_atomic(&hba_path, conf::render_hba(REPLICATION_USER).as_bytes(), 0o600)
         .map_err(Error::io("write", &hba_path))?;
@@ -589,6 +609,29 @@ fn postmaster_command(settings: &Settings) -> Result<Command, Error> {
     let mut command = Command::new(settings.program("postgres"));
     command.args(conf::postmaster_args(&owned));
     Ok(command)
+}
+
+/// The line stead keeps in initdb's `postgresql.conf`.
+const KEEP_WAL_LINE: &str = "wal_keep_size = '512MB'  # stead: also for pg_rewind's single-user recovery";
+
+/// Makes `wal_keep_size` hold in `postgresql.conf` itself, not only on the
+/// postmaster's command line: pg_rewind finishes the crash recovery of a
+/// killed primary in single-user mode with that file alone, and with the
+/// default of 0 its end-of-recovery checkpoint removes the WAL back to the
+/// point of divergence that pg_rewind then needs.
+fn keep_wal_for_rewind(pgdata: &Path) -> Result<(), Error> {
+    let path = pgdata.join("postgresql.conf");
+    let text = fs::read_to_string(&path).unwrap_or_default();
+    if text.lines().any(|line| line == KEEP_WAL_LINE) {
+        return Ok(());
+    }
+    let mut text = text;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(KEEP_WAL_LINE);
+    text.push('\n');
+    datadir::write_atomic(&path, text.as_bytes(), 0o600).map_err(Error::io("write", &path))
 }
 
 /// Creates the run directory (mode 0700, ours) or checks an existing one.
