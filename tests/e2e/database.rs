@@ -375,6 +375,68 @@ pub fn crashed_pod_is_restarted(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The primary's processes are killed: with `failoverDelay: 0s` the replica
+/// with the most WAL is promoted, `-rw` follows it, the row committed and
+/// replicated before the kill is there, the new primary takes writes, and
+/// the old primary, restarted by the kubelet, rejoins as a replica.
+pub fn primary_failure_promotes_a_replica(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    const FAILOVER_NS: &str = "e2e-failover";
+    const NAME: &str = "ha";
+    ctx.pod_namespace(FAILOVER_NS)?;
+    let k = &ctx.kubectl;
+    let mut spec = crate::clusters::spec_with_replicas(3);
+    spec["failoverDelay"] = serde_json::json!("0s");
+    expect_ok(k.apply(&crate::clusters::cluster(FAILOVER_NS, NAME, spec), &[])?)?;
+    wait_until_streaming(k, FAILOVER_NS, NAME, 3)?;
+    let password = superuser_password(k, FAILOVER_NS, NAME)?;
+    let old_ip = pod_ips(k, FAILOVER_NS, &["ha-0"])?;
+    write_row(&old_ip[0], &password)?;
+    for replica in pod_ips(k, FAILOVER_NS, &["ha-1", "ha-2"])? {
+        wait_for_row(&replica, &password)?;
+    }
+
+    let killed_at = Instant::now();
+    ctx.kubelet()?.kill_pod(FAILOVER_NS, "ha-0")?;
+    let promoted = wait::until("a replica to be promoted", Duration::from_secs(90), || {
+        let object = k.get("dbc", FAILOVER_NS, NAME)?.context("the cluster disappeared")?;
+        let primary = text(&object, "/status/currentPrimary");
+        Ok(if primary != "ha-0" && !primary.is_empty() && text(&object, "/status/phase") == "Healthy" {
+            Poll::Ready(object)
+        } else {
+            Poll::Pending(format!("currentPrimary {primary}, phase {}", text(&object, "/status/phase")))
+        })
+    })?;
+    let new_primary = text(&promoted, "/status/currentPrimary");
+    ensure!(
+        promoted.pointer("/status/failoverCount").and_then(Value::as_i64) == Some(1),
+        "failoverCount is {:?}",
+        promoted.pointer("/status/failoverCount")
+    );
+    let new_ip = pod_ips(k, FAILOVER_NS, &[new_primary.as_str()])?;
+    wait_for_endpoints(k, FAILOVER_NS, "ha-rw", &new_ip)?;
+    say(&format!(
+        "e2e: figure: failover, kill of the primary to -rw on the new primary {new_primary}: {:.1}s",
+        killed_at.elapsed().as_secs_f64()
+    ));
+    // The committed, replicated row survived: 0 rows lost.
+    wait_for_row(&new_ip[0], &password)?;
+    psql(&new_ip[0], &password, "INSERT INTO e2e_rows VALUES (3, 'after the failover')")
+        .context("a write on the new primary")?;
+    // The old primary, restarted, is rewound onto the new one and streams.
+    wait::until("ha-0 to rejoin as a streaming replica", Duration::from_secs(120), || {
+        let object = k.get("dbc", FAILOVER_NS, NAME)?.context("the cluster disappeared")?;
+        let old = instances(&object).into_iter().find(|i| i["name"] == "ha-0").unwrap_or(Value::Null);
+        Ok(if old["role"] == "replica" && old["streaming"] == true {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(old.to_string())
+        })
+    })?;
+    let rows = psql(&old_ip[0], &password, "SELECT count(*) FROM e2e_rows")?;
+    ensure!(rows == "2", "the rejoined ha-0 has {rows} rows, expected both (before and after the failover)");
+    Ok(())
+}
+
 /// Deleting the clusters takes their pods (the garbage collector deletes
 /// the StatefulSets, the kubelet stops each pod within its grace period)
 /// and keeps the volumes and the credentials.

@@ -89,7 +89,7 @@ pub struct Scenario {
 }
 
 /// All scenarios, in order.
-pub const SCENARIOS: [Scenario; 20] = [
+pub const SCENARIOS: [Scenario; 21] = [
     Scenario { name: "defaulting", run: defaulting },
     Scenario { name: "invalid-specs-refused", run: invalid_specs_refused },
     Scenario { name: "server-dry-run-same-answers", run: server_dry_run_same_answers },
@@ -103,6 +103,7 @@ pub const SCENARIOS: [Scenario; 20] = [
     Scenario { name: "no-writes-while-nothing-changes", run: database::no_writes_while_nothing_changes },
     Scenario { name: "scaling-keeps-the-primary", run: database::scaling_keeps_the_primary },
     Scenario { name: "database-pod-crash-is-restarted", run: database::crashed_pod_is_restarted },
+    Scenario { name: "primary-failure-promotes-a-replica", run: database::primary_failure_promotes_a_replica },
     Scenario { name: "deleted-cluster-takes-its-pods", run: database::deleted_cluster_takes_its_pods },
     Scenario { name: "deletion-protection-and-finalizer", run: deletion_protection_and_finalizer },
     Scenario { name: "foreign-objects-are-never-adopted", run: ownership::foreign_objects_are_never_adopted },
