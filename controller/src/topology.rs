@@ -204,10 +204,9 @@ fn next_call(
                 request: Demote { primary_host: Some(source), primary_port: Some(port) },
             })
         }
-        // A second primary (the old one, back after a failover), or an
-        // instance left stopped by a rewind that failed, while the recorded
-        // primary serves: it is rewound onto the primary and streams.
-        Role::Primary | Role::Stopped if !is_primary => {
+        // A second primary (the old one, back after a failover) while the
+        // recorded one serves: it is rewound onto the primary and streams.
+        Role::Primary if !is_primary => {
             let source = primary?.ip.clone()?;
             Some(Call::Rejoin {
                 pod: member.pod.clone(),
