@@ -123,10 +123,21 @@ pub struct DatabaseClusterSpec {
     /// `stead.dev/approve-primary-update` names that revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_update_strategy: Option<String>,
+
+    /// How the primary takes the new revision once every replica runs it:
+    /// `switchover` (default) hands the primary role to the most advanced
+    /// updated replica first, with no committed transaction lost, and then
+    /// restarts the old primary as a replica; `restart` restarts the primary
+    /// in place (its clients wait for the restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_update_method: Option<String>,
 }
 
 /// The values of `spec.primaryUpdateStrategy`.
 pub const PRIMARY_UPDATE_STRATEGIES: [&str; 2] = ["unsupervised", "supervised"];
+
+/// The values of `spec.primaryUpdateMethod`.
+pub const PRIMARY_UPDATE_METHODS: [&str; 2] = ["switchover", "restart"];
 
 /// The guard of automatic failover.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -344,6 +355,11 @@ impl DatabaseClusterSpec {
     /// Whether the primary's restart in a rolling update waits for approval.
     pub fn primary_update_is_supervised(&self) -> bool {
         self.primary_update_strategy.as_deref() == Some("supervised")
+    }
+
+    /// Whether the primary takes a new revision by switchover (the default) rather than a restart in place.
+    pub fn primary_update_by_switchover(&self) -> bool {
+        self.primary_update_method.as_deref() != Some("restart")
     }
 
     /// The user's postgresql.conf parameters (empty when none).

@@ -179,6 +179,15 @@ pub fn validate_spec(spec: &DatabaseClusterSpec, verdict: &mut Verdict) {
             &crate::cluster::PRIMARY_UPDATE_STRATEGIES,
         ));
     }
+    if let Some(method) = &spec.primary_update_method
+        && !crate::cluster::PRIMARY_UPDATE_METHODS.contains(&method.as_str())
+    {
+        verdict.errors.push(FieldError::not_supported(
+            "spec.primaryUpdateMethod",
+            method.as_str(),
+            &crate::cluster::PRIMARY_UPDATE_METHODS,
+        ));
+    }
     if spec.failover_allows_data_loss() {
         verdict.warnings.push(
             "spec.failover.allowDataLoss: true lets a failover promote a replica that lacks committed transactions; \

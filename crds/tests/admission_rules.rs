@@ -140,6 +140,13 @@ fn create_rules_table() {
         ("lag bound 0", json!({"spec": {"replication": {"maxLagBytes": 0}}}), vec![]),
         ("failover delay 0s", json!({"spec": {"failoverDelay": "0s"}}), vec![]),
         ("supervised primary update", json!({"spec": {"primaryUpdateStrategy": "supervised"}}), vec![]),
+        ("primary updated by restart", json!({"spec": {"primaryUpdateMethod": "restart"}}), vec![]),
+        ("primary updated by switchover", json!({"spec": {"primaryUpdateMethod": "switchover"}}), vec![]),
+        (
+            "unknown primary update method",
+            json!({"spec": {"primaryUpdateMethod": "recreate"}}),
+            vec![("spec.primaryUpdateMethod", "FieldValueNotSupported")],
+        ),
         (
             "unknown primary update strategy",
             json!({"spec": {"primaryUpdateStrategy": "manual"}}),
