@@ -137,12 +137,12 @@ async fn apply(cluster: &DatabaseCluster, ctx: &Arc<Context>) -> Result<Action, 
     // The instances: roles, labels, bootstraps. Polled again soon, since
     // replication health changes without any Kubernetes object changing.
     let sts_uid = sts.as_ref().and_then(|s| s.metadata.uid.clone());
-    let converged = match converge(cluster, ctx, &view, sts_uid.as_deref()).await {
+    let mut converged = match converge(cluster, ctx, &view, sts_uid.as_deref()).await {
         Ok(converged) => converged,
         Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
     };
     let rolling = match sts.as_deref() {
-        Some(sts) => match crate::replication::roll(cluster, ctx, &view, sts, &converged).await {
+        Some(sts) => match crate::replication::roll(cluster, ctx, &view, sts, &mut converged).await {
             Ok(rolling) => rolling,
             Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
         },

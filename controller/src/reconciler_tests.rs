@@ -1257,6 +1257,58 @@ async fn a_new_revision_restarts_the_highest_replica_first_and_one_at_a_time() {
     verify(server).await;
 }
 
+/// The primary is the last on the old revision and every replica serves on
+/// the new one: by default (`primaryUpdateMethod: switchover`) the
+/// controller records a switchover to the most advanced updated replica
+/// instead of restarting the primary; nothing is deleted yet.
+#[tokio::test]
+async fn the_last_outdated_primary_hands_over_to_the_most_advanced_updated_replica() {
+    let (mut c, instances, _) = running([Some("primary"), Some("replica"), Some("replica")]);
+    c.status.as_mut().unwrap().current_primary = Some("orders-0".into());
+    c.status.as_mut().unwrap().target_primary = Some("orders-0".into());
+    let base = finalized(cluster(spec()));
+    let mut sts = live_sts(&base, 3);
+    sts.status.as_mut().unwrap().update_revision = Some("orders-new".into());
+    let on = |ordinal: i32, revision: &str| {
+        let mut pod = live_pod(ordinal, true, Some(if ordinal == 0 { "primary" } else { "replica" }));
+        pod.metadata.labels.as_mut().unwrap().insert("controller-revision-hash".into(), revision.into());
+        pod
+    };
+    let (ctx, server) = context_with_instances(
+        |w| {
+            w.seed([sts], live_services(&base), [live_pdb(&base)], []);
+            w.seed_pods([on(0, "orders-old"), on(1, "orders-new"), on(2, "orders-new")]);
+        },
+        instances.clone(),
+    );
+    let mut recorded = c.clone();
+    recorded.metadata.resource_version = Some("101".into());
+    let server = server.expect(vec![
+        // orders-1 has replayed everything, orders-2 lags by 4096 bytes.
+        status_patch_answered(
+            &c,
+            |status| assert_eq!(status, &json!({"targetPrimary": "orders-1", "phase": "Switchover"})),
+            Reply::Json(serde_json::to_value(&recorded).unwrap()),
+        ),
+        event("Switchover", "Normal", |note| {
+            assert_eq!(
+                note,
+                "rolling update: every replica runs revision orders-new; switching over from orders-0 to orders-1, \
+                 which runs it, so that orders-0 restarts as a replica"
+            );
+        }),
+        status_patch(&recorded, |status| {
+            assert_eq!(status["phase"], "Switchover");
+            assert_eq!(status["targetPrimary"], "orders-1");
+            assert_eq!(condition(status, "Progressing").1, "RollingUpdate");
+        }),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    assert!(!instances.calls.lock().unwrap().iter().any(|c| c.starts_with("POST")), "nothing is demoted yet");
+    drop(ctx);
+    verify(server).await;
+}
+
 #[tokio::test]
 async fn a_requested_switchover_demotes_the_primary_first_and_loses_nothing() {
     let (mut c, instances, fill) = running([Some("primary"), Some("replica"), Some("replica")]);

@@ -206,7 +206,9 @@ pub async fn converge(
                             let note = format!("{target} is the primary now: switchover done, no transaction lost");
                             publish(ctx, cluster, EventType::Normal, "SwitchedOver", note).await;
                             let base = recorded_cluster.as_ref().unwrap_or(cluster);
-                            if let Some(updated) = clear_switchover_request(ctx, base).await? {
+                            if base.annotations().contains_key(SWITCHOVER_TO)
+                                && let Some(updated) = clear_switchover_request(ctx, base).await?
+                            {
                                 recorded_cluster = Some(updated);
                             }
                             state = FailoverState {
@@ -275,12 +277,16 @@ pub async fn converge(
 /// Carries the rolling update one step further (see [`crate::rollout`]):
 /// restarts at most one pod, and only while no failover is under way.
 /// Returns what the rollout waits for, for the Progressing condition.
+///
+/// A switchover of the primary (`primaryUpdateMethod: switchover`) is
+/// recorded in the status here, as a failover step is, and carried out by
+/// [`converge`] at the next poll, through the same path as a requested one.
 pub async fn roll(
     cluster: &DatabaseCluster,
     ctx: &Context,
     view: &ClusterView,
     sts: &k8s_openapi::api::apps::v1::StatefulSet,
-    converged: &Convergence,
+    converged: &mut Convergence,
 ) -> Result<Option<String>, Error> {
     if converged.failover.phase != "Healthy" {
         return Ok(None);
@@ -298,12 +304,35 @@ pub async fn roll(
             revision: pod.labels().get("controller-revision-hash").cloned(),
             serving: observed.ready && (is_primary || observed.streaming),
             primary: is_primary,
+            position: u64::MAX - observed.lag_bytes.unwrap_or(u64::MAX),
         });
         pods.push(pod);
     }
-    let approved = cluster.annotations().get(rollout::APPROVE_PRIMARY_UPDATE).map(String::as_str);
-    match rollout::next(update_revision, &instances, view.spec.primary_update_is_supervised(), approved) {
+    let primary_update = rollout::PrimaryUpdate {
+        supervised: view.spec.primary_update_is_supervised(),
+        approved: cluster.annotations().get(rollout::APPROVE_PRIMARY_UPDATE).map(String::as_str),
+        switchover: view.spec.primary_update_by_switchover(),
+    };
+    match rollout::next(update_revision, &instances, primary_update) {
         Step::Done => Ok(None),
+        Step::Switchover { from, to } => {
+            let base = converged.recorded.as_ref().unwrap_or(cluster);
+            let step = json!({
+                "metadata": { "resourceVersion": base.metadata.resource_version },
+                "status": { "targetPrimary": to, "phase": "Switchover" },
+            });
+            converged.recorded = Some(record(ctx, base, step).await?);
+            converged.failover.phase = "Switchover";
+            converged.failover.target_primary = Some(to.clone());
+            let note = format!(
+                "rolling update: every replica runs revision {rev}; switching over from {from} to {to}, which runs \
+                 it, so that {from} restarts as a replica",
+                rev = update_revision.unwrap_or("?")
+            );
+            converged.failover.reason = Some(note.clone());
+            publish(ctx, cluster, EventType::Normal, "Switchover", note.clone()).await;
+            Ok(Some(note))
+        }
         Step::Wait(why) => Ok(Some(why)),
         Step::AwaitApproval { pod } => Ok(Some(format!(
             "rolling update: every replica runs revision {rev}; the primary {pod} restarts once approved: kubectl \
