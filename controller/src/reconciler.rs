@@ -141,17 +141,23 @@ async fn apply(cluster: &DatabaseCluster, ctx: &Arc<Context>) -> Result<Action, 
         Ok(converged) => converged,
         Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
     };
-    let rolling = match sts.as_deref() {
-        Some(sts) => match crate::replication::roll(cluster, ctx, &view, sts, &mut converged).await {
-            Ok(rolling) => rolling,
-            Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
+    // A requested re-clone comes before the rollout: the broken replica it
+    // repairs is what a rollout would wait for. Never both in one pass.
+    let rolling = match crate::replication::reclone(cluster, ctx, &view, &mut converged).await {
+        Ok(Some(recloning)) => Some(("Recloning", recloning)),
+        Ok(None) => match sts.as_deref() {
+            Some(sts) => match crate::replication::roll(cluster, ctx, &view, sts, &mut converged).await {
+                Ok(rolling) => rolling.map(|message| ("RollingUpdate", message)),
+                Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
+            },
+            None => None,
         },
-        None => None,
+        Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
     };
     let replication = Replication {
         topology: &converged.topology,
         failover: Some(&converged.failover),
-        rollout: rolling.as_deref(),
+        rollout: rolling.as_ref().map(|(reason, message)| (*reason, message.as_str())),
         namespace: &view.namespace,
         port: view.port(),
     };

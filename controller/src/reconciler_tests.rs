@@ -1309,6 +1309,99 @@ async fn the_last_outdated_primary_hands_over_to_the_most_advanced_updated_repli
     verify(server).await;
 }
 
+/// `stead.dev/reclone=orders-2`: the claim goes first (it stays Terminating
+/// while the pod uses it, so the StatefulSet makes a new one), then the pod,
+/// each conditional on the uid that was judged; the request is removed.
+#[tokio::test]
+async fn a_requested_reclone_deletes_the_replicas_claim_then_its_pod_and_nothing_else() {
+    let (mut c, instances, _) = running([Some("primary"), Some("replica"), Some("replica")]);
+    c.status.as_mut().unwrap().current_primary = Some("orders-0".into());
+    c.status.as_mut().unwrap().target_primary = Some("orders-0".into());
+    c.metadata.annotations = Some([("stead.dev/reclone".to_owned(), "orders-2".to_owned())].into());
+    let mut after = c.clone();
+    after.metadata.resource_version = Some("101".into());
+    after.metadata.annotations = None;
+    let base = finalized(cluster(spec()));
+    let sts = live_sts(&base, 3);
+    let (ctx, server) = context_with_instances(
+        |w| {
+            w.seed([sts], live_services(&base), [live_pdb(&base)], [0, 1, 2].map(|o| live_claim(o, "10Gi")));
+            w.seed_pods([
+                live_pod(0, true, Some("primary")),
+                live_pod(1, true, Some("replica")),
+                live_pod(2, true, Some("replica")),
+            ]);
+        },
+        instances.clone(),
+    );
+    let server = server.expect(vec![
+        Call::new(
+            Method::DELETE,
+            format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/data-orders-2?"),
+            |body| assert_eq!(body["preconditions"]["uid"], "uid-claim-2", "only the claim that was judged: {body}"),
+            Reply::Json(
+                json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data-orders-2"}}),
+            ),
+        ),
+        Call::new(
+            Method::DELETE,
+            format!("/api/v1/namespaces/{NS}/pods/orders-2?"),
+            |body| assert_eq!(body["preconditions"]["uid"], "uid-pod-2", "only the pod that was judged: {body}"),
+            Reply::Json(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orders-2"}})),
+        ),
+        event("Recloning", "Normal", |note| {
+            assert_eq!(
+                note,
+                "re-cloning orders-2 as stead.dev/reclone asks: its claim data-orders-2 and its pod are deleted; the \
+                 StatefulSet recreates both, and the new instance on the empty volume is cloned from the primary \
+                 orders-0"
+            );
+        }),
+        Call::new(
+            Method::PATCH,
+            format!("{}?&fieldManager=stead-controller", cluster_uri()),
+            |body| assert_eq!(body, &json!({"metadata": {"annotations": {"stead.dev/reclone": null}}})),
+            Reply::Json(serde_json::to_value(&after).unwrap()),
+        ),
+        status_patch(&after, |status| assert_eq!(condition(status, "Progressing").1, "Recloning")),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+}
+
+/// A re-clone of the primary is refused and removed; nothing is deleted.
+#[tokio::test]
+async fn a_reclone_of_the_primary_is_refused_and_deletes_nothing() {
+    let (mut c, instances, fill) = running([Some("primary"), Some("replica"), Some("replica")]);
+    c.status.as_mut().unwrap().current_primary = Some("orders-0".into());
+    c.metadata.annotations = Some([("stead.dev/reclone".to_owned(), "orders-0".to_owned())].into());
+    let mut after = c.clone();
+    after.metadata.resource_version = Some("101".into());
+    after.metadata.annotations = None;
+    let (ctx, server) = context_with_instances(fill, instances);
+    let server = server.expect(vec![
+        event("RecloneRefused", "Warning", |note| {
+            assert_eq!(
+                note,
+                "re-clone refused: orders-0 is the primary, and the primary's volume is never deleted; switch over \
+                 first (kubectl annotate dbc/orders stead.dev/switchover-to=<replica>), then ask again; the request \
+                 is removed"
+            );
+        }),
+        Call::new(
+            Method::PATCH,
+            format!("{}?&fieldManager=stead-controller", cluster_uri()),
+            |body| assert_eq!(body, &json!({"metadata": {"annotations": {"stead.dev/reclone": null}}})),
+            Reply::Json(serde_json::to_value(&after).unwrap()),
+        ),
+        status_patch(&after, |status| assert_eq!(status["currentPrimary"], "orders-0")),
+    ]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+}
+
 #[tokio::test]
 async fn a_requested_switchover_demotes_the_primary_first_and_loses_nothing() {
     let (mut c, instances, fill) = running([Some("primary"), Some("replica"), Some("replica")]);

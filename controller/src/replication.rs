@@ -29,6 +29,7 @@ use crate::error::Error;
 use crate::failover::{self, Decision, Policy, Recorded, SWITCHOVER_TO};
 use crate::instances::{CallError, Target};
 use crate::keys::ControllerKeys;
+use crate::reclone::RECLONE;
 use crate::rollout::{self, Step};
 use crate::topology::{Call, Member, ROLE_LABEL, Report, Topology, decide};
 
@@ -117,7 +118,7 @@ pub async fn converge(
             Err(why) => {
                 let note = format!("switchover to {target} refused: {why}; the request is removed");
                 publish(ctx, cluster, EventType::Warning, "SwitchoverRefused", note).await;
-                recorded_cluster = clear_switchover_request(ctx, cluster).await?;
+                recorded_cluster = clear_annotation(ctx, cluster, SWITCHOVER_TO).await?;
                 false
             }
         },
@@ -207,7 +208,7 @@ pub async fn converge(
                             publish(ctx, cluster, EventType::Normal, "SwitchedOver", note).await;
                             let base = recorded_cluster.as_ref().unwrap_or(cluster);
                             if base.annotations().contains_key(SWITCHOVER_TO)
-                                && let Some(updated) = clear_switchover_request(ctx, base).await?
+                                && let Some(updated) = clear_annotation(ctx, base, SWITCHOVER_TO).await?
                             {
                                 recorded_cluster = Some(updated);
                             }
@@ -344,26 +345,102 @@ pub async fn roll(
         Step::Restart { pod: name, why } => {
             let Some(pod) = pods.iter().find(|p| p.name_any() == name) else { return Ok(None) };
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &view.namespace);
-            let params = kube::api::DeleteParams {
-                preconditions: Some(kube::api::Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
-                ..kube::api::DeleteParams::default()
-            };
-            match api.delete(&name, &params).await {
-                Ok(_) => {}
-                Err(e) if crate::error::is_not_found(&e) || crate::error::has_code(&e, &[409]) => return Ok(None),
-                Err(e) => {
-                    return Err(Error::kube(
-                        format!("restart Pod {}/{name} for the rolling update", view.namespace),
-                        e,
-                    ));
-                }
-            }
+            delete_judged(&api, &name, pod.metadata.uid.clone())
+                .await
+                .map_err(|e| Error::kube(format!("restart Pod {}/{name} for the rolling update", view.namespace), e))?;
             ctx.metrics.count_apply("Pod");
             let note = format!("restarting {name} on revision {}: {why}", update_revision.unwrap_or("?"));
             info!(cluster = %view.name, namespace = %view.namespace, pod = %name, "rolling update: restarting pod");
             publish(ctx, cluster, EventType::Normal, "RollingUpdate", note.clone()).await;
             Ok(Some(format!("rolling update: {note}")))
         }
+    }
+}
+
+/// Carries out a `stead.dev/reclone` request (see [`crate::reclone`]):
+/// deletes the named replica's claim, then its pod, each conditional on the
+/// uid judged, and removes the request. Returns what the request waits for,
+/// or what was done, for the Progressing condition; `None` without a request.
+pub async fn reclone(
+    cluster: &DatabaseCluster,
+    ctx: &Context,
+    view: &ClusterView,
+    converged: &mut Convergence,
+) -> Result<Option<String>, Error> {
+    let Some(requested) = cluster.annotations().get(RECLONE).cloned() else { return Ok(None) };
+    let facts = crate::reclone::Cluster {
+        name: &view.name,
+        current_primary: converged.topology.current_primary.as_deref(),
+        target_primary: converged.failover.target_primary.as_deref(),
+        phase: converged.failover.phase,
+        instances: &converged.topology.instances,
+    };
+    let (pod_name, claim_name) = match crate::reclone::decide(&requested, facts) {
+        crate::reclone::Decision::Wait(why) => return Ok(Some(why)),
+        crate::reclone::Decision::Refuse(why) => {
+            let note = format!("re-clone refused: {why}; the request is removed");
+            publish(ctx, cluster, EventType::Warning, "RecloneRefused", note).await;
+            let base = converged.recorded.as_ref().unwrap_or(cluster);
+            if let Some(updated) = clear_annotation(ctx, base, RECLONE).await? {
+                converged.recorded = Some(updated);
+            }
+            return Ok(None);
+        }
+        crate::reclone::Decision::Reclone { pod, claim } => (pod, claim),
+    };
+    let in_cluster =
+        |meta: &kube::api::ObjectMeta| crate::controller::cluster_of_labels(meta).is_some_and(|c| c.name == view.name);
+    // The claim first: it stays (Terminating) while the pod uses it, and the
+    // StatefulSet creates neither pod nor claim until it is gone, so the new
+    // pod gets a new, empty volume.
+    let claim = ctx.stores.claims.get(&ObjectRef::new(&claim_name).within(&view.namespace));
+    if let Some(claim) = claim.filter(|c| c.metadata.deletion_timestamp.is_none() && in_cluster(&c.metadata)) {
+        let api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::namespaced(ctx.client.clone(), &view.namespace);
+        delete_judged(&api, &claim_name, claim.metadata.uid.clone()).await.map_err(|e| {
+            Error::kube(
+                format!("delete PersistentVolumeClaim {}/{claim_name} to re-clone {pod_name}", view.namespace),
+                e,
+            )
+        })?;
+        ctx.metrics.count_apply("PersistentVolumeClaim");
+    }
+    let pod = ctx.stores.pods.get(&ObjectRef::new(&pod_name).within(&view.namespace));
+    if let Some(pod) = pod.filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &view.namespace);
+        delete_judged(&api, &pod_name, pod.metadata.uid.clone())
+            .await
+            .map_err(|e| Error::kube(format!("delete Pod {}/{pod_name} to re-clone it", view.namespace), e))?;
+        ctx.metrics.count_apply("Pod");
+    }
+    let note = format!(
+        "re-cloning {pod_name} as {RECLONE} asks: its claim {claim_name} and its pod are deleted; the StatefulSet \
+         recreates both, and the new instance on the empty volume is cloned from the primary {}",
+        converged.topology.current_primary.as_deref().unwrap_or("?")
+    );
+    info!(cluster = %view.name, namespace = %view.namespace, pod = %pod_name, "re-cloning on request");
+    publish(ctx, cluster, EventType::Normal, "Recloning", note.clone()).await;
+    let base = converged.recorded.as_ref().unwrap_or(cluster);
+    if let Some(updated) = clear_annotation(ctx, base, RECLONE).await? {
+        converged.recorded = Some(updated);
+    }
+    Ok(Some(note))
+}
+
+/// Deletes `name` only if it is still the object of `uid` that was judged;
+/// an object already gone or replaced is not an error.
+async fn delete_judged<K>(api: &Api<K>, name: &str, uid: Option<String>) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions { uid, resource_version: None }),
+        ..kube::api::DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(e) if crate::error::is_not_found(&e) || crate::error::has_code(&e, &[409]) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -416,18 +493,23 @@ async fn hand_over(
     false
 }
 
-/// Removes the `stead.dev/switchover-to` request once it is done or refused;
-/// returns the cluster as stored afterwards, for the writes that follow.
-async fn clear_switchover_request(ctx: &Context, cluster: &DatabaseCluster) -> Result<Option<DatabaseCluster>, Error> {
+/// Removes a request annotation (`stead.dev/switchover-to`,
+/// `stead.dev/reclone`) once it is done or refused; returns the cluster as
+/// stored afterwards, for the writes that follow.
+async fn clear_annotation(
+    ctx: &Context,
+    cluster: &DatabaseCluster,
+    key: &str,
+) -> Result<Option<DatabaseCluster>, Error> {
     let name = cluster.name_any();
     let namespace = cluster.namespace().unwrap_or_default();
     let api: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
-    let patch = json!({ "metadata": { "annotations": { SWITCHOVER_TO: null } } });
+    let patch = json!({ "metadata": { "annotations": { key: null } } });
     match api.patch(&name, &params, &Patch::Merge(patch)).await {
         Ok(updated) => Ok(Some(updated)),
         Err(e) if crate::error::is_not_found(&e) => Ok(None),
-        Err(e) => Err(Error::kube(format!("remove {SWITCHOVER_TO} from DatabaseCluster {namespace}/{name}"), e)),
+        Err(e) => Err(Error::kube(format!("remove {key} from DatabaseCluster {namespace}/{name}"), e)),
     }
 }
 

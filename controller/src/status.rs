@@ -98,8 +98,9 @@ pub struct Replication<'a> {
     pub topology: &'a Topology,
     /// What failover decided; `None` where it was not asked (tests of roles alone).
     pub failover: Option<&'a FailoverState>,
-    /// What the rolling update does or waits for; `None` when there is none.
-    pub rollout: Option<&'a str>,
+    /// What a rolling update or a re-clone does or waits for, as the
+    /// Progressing reason and message; `None` when there is none.
+    pub rollout: Option<(&'static str, &'a str)>,
     /// `<name>` and `<namespace>` for the endpoints' DNS names.
     pub namespace: &'a str,
     pub port: i32,
@@ -108,8 +109,8 @@ pub struct Replication<'a> {
 /// Replication as the conditions judge it.
 #[derive(Debug, Default)]
 struct ReplicationHealth {
-    /// What the rolling update does or waits for.
-    rollout: Option<String>,
+    /// What a rolling update or a re-clone does or waits for: reason, message.
+    rollout: Option<(&'static str, String)>,
     /// The failover phase when it is not `Healthy`, and why.
     failover: Option<(&'static str, String)>,
     primary: Option<String>,
@@ -129,7 +130,7 @@ impl ReplicationHealth {
     fn of(replication: &Replication<'_>, max_lag_bytes: i64) -> Self {
         let topology = replication.topology;
         let mut health = Self { primary: topology.current_primary.clone(), ..Self::default() };
-        health.rollout = replication.rollout.map(str::to_owned);
+        health.rollout = replication.rollout.map(|(reason, message)| (reason, message.to_owned()));
         health.failover = replication
             .failover
             .filter(|f| f.phase != "Healthy")
@@ -387,8 +388,8 @@ fn progressing(
     if seen.replicas != seen.want {
         return reconciling(format!("scaling from {} to {} replicas", seen.replicas, seen.want));
     }
-    if let Some(rollout) = health.and_then(|h| h.rollout.clone()) {
-        return proposed(PROGRESSING, true, "RollingUpdate", rollout);
+    if let Some((reason, message)) = health.and_then(|h| h.rollout.clone()) {
+        return proposed(PROGRESSING, true, reason, message);
     }
     if seen.rolling || seen.updated < seen.want {
         return reconciling(format!("rolling update: {}/{} replicas updated", seen.updated, seen.want));

@@ -639,7 +639,7 @@ fn controller_permissions() -> BTreeSet<(String, String, String)> {
         ("", "services", &["list", "watch", "create", "patch", "delete"]),
         ("", "pods", &["list", "watch", "patch", "delete"]),
         ("policy", "poddisruptionbudgets", &["list", "watch", "create", "patch", "delete"]),
-        ("", "persistentvolumeclaims", &["list", "watch", "patch"]),
+        ("", "persistentvolumeclaims", &["list", "watch", "patch", "delete"]),
         ("events.k8s.io", "events", &["create", "patch"]),
         ("", "secrets", &["create"]),
     ];
