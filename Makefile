@@ -14,6 +14,7 @@ DEMO_DIR := $(CURDIR)/.demo
 DEMO_LISTEN ?= 127.0.0.1:18443
 DEMO_METRICS ?= 127.0.0.1:19090
 CRD := manifests/crds/databaseclusters.stead.dev.yaml
+BACKUP_CRD := manifests/crds/databasebackups.stead.dev.yaml
 
 .PHONY: all build test fmt fmt-check clippy unit tools validate-manifests crds certs demo \
         run-webhook run-controller image deploy undeploy e2e bench bench-webhook bench-controller clean
@@ -47,10 +48,12 @@ $(KUBERNETES_VALIDATE):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
 
-## crds: regenerate the committed CRD from the Rust types.
+## crds: regenerate the committed CRDs from the Rust types.
 crds:
-	$(CARGO) run --quiet -p stead-crds --bin crdgen > $(CRD).tmp
+	$(CARGO) run --quiet -p stead-crds --bin crdgen -- databaseclusters > $(CRD).tmp
 	mv $(CRD).tmp $(CRD)
+	$(CARGO) run --quiet -p stead-crds --bin crdgen -- databasebackups > $(BACKUP_CRD).tmp
+	mv $(BACKUP_CRD).tmp $(BACKUP_CRD)
 
 ## validate-manifests: render every kustomize overlay, validate it offline against the Kubernetes
 ## schemas, and run the Argo CD health check (also part of `make test`).

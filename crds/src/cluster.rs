@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "stead.dev";
 /// The one served version.
 pub const VERSION: &str = "v1alpha1";
-/// Kind of the only resource stead serves.
+/// Kind of a database cluster (backups are [`crate::backup::KIND`]).
 pub const KIND: &str = "DatabaseCluster";
 /// Plural resource name, as it appears in URLs and webhook rules.
 pub const PLURAL: &str = "databaseclusters";
@@ -66,6 +66,9 @@ pub const PLURAL: &str = "databaseclusters";
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+#[x_kube(validation = Rule::new(
+    "has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) || self.bootstrap == oldSelf.bootstrap)"
+).message("bootstrap is immutable: it says how the cluster was created; create a new cluster to restore a backup"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseClusterSpec {
     /// Container image of the database, e.g. `postgres:17.2`.
@@ -131,7 +134,99 @@ pub struct DatabaseClusterSpec {
     /// in place (its clients wait for the restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_update_method: Option<String>,
+
+    /// Backups: a schedule, retention, and where snapshots are taken.
+    /// DatabaseBackups of this cluster made by hand use the same settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+
+    /// How a new cluster gets its data. Immutable: set only at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
 }
+
+/// `spec.backup`: scheduled VolumeSnapshot backups and their retention.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// When to take a backup: standard 5-field cron, `minute hour
+    /// day-of-month month day-of-week`, such as `0 3 * * *` (03:00 daily),
+    /// or a macro such as `@daily`. No seconds field. Without a schedule,
+    /// only DatabaseBackups made by hand are taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub schedule: Option<String>,
+
+    /// The IANA time zone the schedule is read in, such as `Europe/Berlin`.
+    /// Default `UTC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: Option<String>,
+
+    /// Which completed backups to keep; the others are deleted with their
+    /// VolumeSnapshots. The newest completed backup is never deleted.
+    /// Without retention every backup is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+
+    /// VolumeSnapshotClass of the snapshots; the cluster's default class
+    /// for the volumes' driver when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub volume_snapshot_class_name: Option<String>,
+
+    /// Which instance is backed up: `prefer-replica` (default; a streaming
+    /// replica when one is ready, else the primary) or `primary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub target: Option<String>,
+
+    /// When true, the schedule takes no new backups; retention still applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+}
+
+/// `spec.backup.retention`: either bound, or both (a backup goes when it
+/// is beyond `keepLast` or older than `maxAge`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Keep at most this many completed backups, the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub keep_last: Option<i32>,
+
+    /// Delete completed backups older than this, such as `30d` or `12h`
+    /// (units d, h, m, s; at most 3650d).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub max_age: Option<String>,
+}
+
+/// `spec.bootstrap`: where a new cluster's data comes from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Restore a Completed DatabaseBackup (in the same namespace) into this
+    /// new cluster: the first instance's volume is created from its snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_backup: Option<FromBackup>,
+}
+
+/// The backup a new cluster is restored from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FromBackup {
+    /// Name of the DatabaseBackup.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The condition type that reports the outcome of the latest backup:
+/// `True` (reason `Completed`) when it completed, `False` (reason `Failed`,
+/// the backup's error as the message) when it failed. Absent until the first
+/// backup ends.
+pub const CONDITION_LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
 
 /// The values of `spec.primaryUpdateStrategy`.
 pub const PRIMARY_UPDATE_STRATEGIES: [&str; 2] = ["unsupervised", "supervised"];
@@ -260,6 +355,24 @@ pub struct DatabaseClusterStatus {
     /// Failovers so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover_count: Option<i32>,
+
+    /// When the latest backup that completed was taken (its `startedAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+
+    /// When the latest backup that failed stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_backup: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+
+    /// When `spec.backup.schedule` fires next; absent while suspended or
+    /// without a schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_scheduled_backup: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+
+    /// The schedule slot the scheduler last created a backup for; due times
+    /// are computed from it, so a slot is never taken twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// One instance as the controller last saw it.
@@ -360,6 +473,26 @@ impl DatabaseClusterSpec {
     /// Whether the primary takes a new revision by switchover (the default) rather than a restart in place.
     pub fn primary_update_by_switchover(&self) -> bool {
         self.primary_update_method.as_deref() != Some("restart")
+    }
+
+    /// The backup target, with its default (`prefer-replica`).
+    pub fn backup_target(&self) -> &str {
+        self.backup.as_ref().and_then(|b| b.target.as_deref()).unwrap_or(crate::backup::TARGET_PREFER_REPLICA)
+    }
+
+    /// The time zone of the backup schedule, with its default (`UTC`).
+    pub fn backup_time_zone(&self) -> &str {
+        self.backup.as_ref().and_then(|b| b.time_zone.as_deref()).unwrap_or(crate::schedule::DEFAULT_TIME_ZONE)
+    }
+
+    /// Whether scheduled backups are suspended.
+    pub fn backups_suspended(&self) -> bool {
+        self.backup.as_ref().and_then(|b| b.suspend).unwrap_or(false)
+    }
+
+    /// The DatabaseBackup a new cluster is restored from, if any.
+    pub fn restore_source(&self) -> Option<&str> {
+        self.bootstrap.as_ref().and_then(|b| b.from_backup.as_ref()).map(|f| f.name.as_str())
     }
 
     /// The user's postgresql.conf parameters (empty when none).

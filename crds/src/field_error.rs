@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Forbidden,
     /// A value is longer than allowed.
     TooLong { max: usize },
+    /// A value names something that does not exist.
+    NotFound(Value),
 }
 
 /// One problem with one field.
@@ -57,6 +59,10 @@ impl FieldError {
         Self { field: field.into(), kind: ErrorKind::Forbidden, detail: detail.into() }
     }
 
+    pub fn not_found(field: impl Into<String>, value: impl Into<Value>, detail: impl Into<String>) -> Self {
+        Self { field: field.into(), kind: ErrorKind::NotFound(value.into()), detail: detail.into() }
+    }
+
     pub fn too_long(field: impl Into<String>, max: usize) -> Self {
         Self { field: field.into(), kind: ErrorKind::TooLong { max }, detail: String::new() }
     }
@@ -69,6 +75,7 @@ impl FieldError {
             ErrorKind::NotSupported { .. } => "FieldValueNotSupported",
             ErrorKind::Forbidden => "FieldValueForbidden",
             ErrorKind::TooLong { .. } => "FieldValueTooLong",
+            ErrorKind::NotFound(_) => "FieldValueNotFound",
         }
     }
 
@@ -80,6 +87,7 @@ impl FieldError {
             ErrorKind::NotSupported { .. } => "Unsupported value",
             ErrorKind::Forbidden => "Forbidden",
             ErrorKind::TooLong { .. } => "Too long",
+            ErrorKind::NotFound(_) => "Not found",
         }
     }
 
@@ -88,7 +96,7 @@ impl FieldError {
     pub fn body(&self) -> String {
         let mut s = self.type_name().to_owned();
         match &self.kind {
-            ErrorKind::Invalid(value) => {
+            ErrorKind::Invalid(value) | ErrorKind::NotFound(value) => {
                 s.push_str(": ");
                 s.push_str(&render_value(value));
             }
@@ -145,11 +153,16 @@ impl Verdict {
     /// The message apimachinery's `NewInvalid` would build:
     /// `DatabaseCluster.stead.dev "orders" is invalid: [a, b]` (no brackets for one error).
     pub fn invalid_message(&self, name: &str) -> String {
+        self.invalid_message_for(crate::cluster::KIND, name)
+    }
+
+    /// [`Self::invalid_message`] for an object of `kind` (`DatabaseBackup`, ...).
+    pub fn invalid_message_for(&self, kind: &str, name: &str) -> String {
         let errors: Vec<String> = self.errors.iter().map(ToString::to_string).collect();
         let list = match errors.as_slice() {
             [one] => one.clone(),
             many => format!("[{}]", many.join(", ")),
         };
-        format!("{}.{} {name:?} is invalid: {list}", crate::cluster::KIND, crate::cluster::GROUP)
+        format!("{kind}.{} {name:?} is invalid: {list}", crate::cluster::GROUP)
     }
 }

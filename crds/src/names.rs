@@ -93,6 +93,49 @@ pub fn is_owned_parameter(parameter: &str) -> bool {
     OWNED_PARAMETERS.iter().any(|owned| owned.eq_ignore_ascii_case(parameter))
 }
 
+/// Label on every DatabaseBackup and VolumeSnapshot stead makes: the
+/// DatabaseCluster it backs up. Retention selects a cluster's backups by it.
+pub const BACKUP_CLUSTER_LABEL: &str = "stead.dev/cluster";
+
+/// Label on every VolumeSnapshot stead makes: the DatabaseBackup it belongs to
+/// (which is also its owner). A label value is at most 63 characters, hence
+/// [`MAX_BACKUP_NAME_LEN`].
+pub const BACKUP_LABEL: &str = "stead.dev/backup";
+
+/// Annotation on every VolumeSnapshot stead makes: the cluster's `spec` as
+/// JSON when the snapshot was taken, so a volume can be understood (image,
+/// parameters, size) even after the cluster is gone.
+pub const CLUSTER_SPEC_ANNOTATION: &str = "stead.dev/cluster-spec";
+
+/// Annotation on the VolumeSnapshot of a hot backup's data volume: the
+/// `backup_label` file `pg_backup_stop` returned. A restore writes it into
+/// the data directory before PostgreSQL starts, so recovery begins at the
+/// backup's checkpoint.
+pub const BACKUP_LABEL_FILE_ANNOTATION: &str = "stead.dev/backup-label";
+
+/// Annotation beside [`BACKUP_LABEL_FILE_ANNOTATION`]: the `tablespace_map`
+/// file `pg_backup_stop` returned, when there are tablespaces.
+pub const TABLESPACE_MAP_ANNOTATION: &str = "stead.dev/tablespace-map";
+
+/// Longest DatabaseBackup name: it is the value of [`BACKUP_LABEL`].
+pub const MAX_BACKUP_NAME_LEN: usize = 63;
+
+/// Length of the time stamp `yyyymmddhhmm` of a scheduled backup's name.
+const SCHEDULED_STAMP_LEN: usize = 12;
+
+/// Name of the DatabaseBackup the scheduler creates for the slot `slot`:
+/// `<cluster>-<yyyymmddhhmm>`, the slot in UTC (local time repeats an hour
+/// each autumn). Deterministic, so a second attempt for the same slot meets
+/// AlreadyExists instead of taking a second backup. A cluster name longer
+/// than 50 characters is cut to 50 so that the name fits a label value; the
+/// scheduler must then check `spec.cluster` of an existing backup.
+pub fn scheduled_backup_name(cluster: &str, slot: jiff::Timestamp) -> String {
+    let keep = MAX_BACKUP_NAME_LEN - SCHEDULED_STAMP_LEN - 1;
+    let prefix: String = cluster.chars().take(keep).collect();
+    let prefix = prefix.trim_end_matches('-');
+    format!("{prefix}-{}", slot.strftime("%Y%m%d%H%M"))
+}
+
 /// Labels that select the pods of one cluster; also the status selector.
 pub fn selector_labels(cluster: &str) -> std::collections::BTreeMap<String, String> {
     [
@@ -132,6 +175,8 @@ pub fn dns1035_label_error(value: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -163,6 +208,19 @@ mod tests {
         assert!(credentials_secret_name(&name).len() <= 253);
         // controller-revision-hash label value: "<sts>-<hash>" with a 10 char hash.
         assert!(format!("{name}-0123456789").len() <= 63);
+    }
+
+    #[test]
+    fn scheduled_backup_names_are_deterministic_and_fit_a_label() {
+        let slot: jiff::Timestamp = "2025-03-30T01:30:00Z".parse().unwrap();
+        assert_eq!(scheduled_backup_name("orders", slot), "orders-202503300130");
+        let long = "a".repeat(MAX_CLUSTER_NAME_LEN);
+        let name = scheduled_backup_name(&long, slot);
+        assert_eq!(name.len(), MAX_BACKUP_NAME_LEN);
+        assert!(dns1035_label_error(&name).is_none(), "{name}");
+        // A cut that ends in '-' drops it, so the name stays a DNS label.
+        let dashed = format!("{}-b", "a".repeat(49));
+        assert_eq!(scheduled_backup_name(&dashed, slot), format!("{}-202503300130", "a".repeat(49)));
     }
 
     #[test]

@@ -9,13 +9,17 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
 use serde_json::Value;
 
-use crate::cluster::{DatabaseCluster, DatabaseClusterSpec};
+use crate::backup::{self, DatabaseBackup};
+use crate::cluster::{BackupSpec, DatabaseCluster, DatabaseClusterSpec, RetentionSpec};
 use crate::field_error::{FieldError, Verdict};
 use crate::image::ImageReference;
+use crate::lookup::{Found, Lookup, Query};
 use crate::names::{
-    INSTANCE_API_PORT, MAX_CLUSTER_NAME_LEN, OWNED_PARAMETERS, dns1035_label_error, is_owned_parameter,
+    BACKUP_LABEL, INSTANCE_API_PORT, MAX_BACKUP_NAME_LEN, MAX_CLUSTER_NAME_LEN, OWNED_PARAMETERS, dns1035_label_error,
+    is_owned_parameter,
 };
 use crate::quantity::{Quantity, format_bytes};
+use crate::schedule::{self, Expression};
 
 /// Fewest replicas a cluster may ask for.
 pub const MIN_REPLICAS: i32 = 1;
@@ -86,7 +90,12 @@ pub fn validate_delete(old: &DatabaseCluster) -> Verdict {
 /// The API server has already checked the schema before validating webhooks
 /// run, so this fails only for offline checks or a bypassed schema.
 pub fn decode(object: &Value) -> Result<DatabaseCluster, FieldError> {
-    serde_path_to_error::deserialize::<_, DatabaseCluster>(object).map_err(|err| {
+    decode_as(object)
+}
+
+/// [`decode`] for any of stead's kinds.
+pub(crate) fn decode_as<T: serde::de::DeserializeOwned>(object: &Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize::<_, T>(object).map_err(|err| {
         let path = err.path().to_string();
         let field = if path == "." { "<object>".to_owned() } else { path };
         let value = lookup(object, &field).cloned().unwrap_or(Value::Null);
@@ -212,6 +221,191 @@ pub fn validate_spec(spec: &DatabaseClusterSpec, verdict: &mut Verdict) {
         && let Some(detail) = dns1123_subdomain_error(class)
     {
         verdict.errors.push(FieldError::invalid("spec.storage.storageClassName", class.as_str(), detail));
+    }
+    if let Some(backup) = &spec.backup {
+        validate_backup(backup, verdict);
+    }
+    if let Some(name) = spec.restore_source() {
+        validate_backup_name("spec.bootstrap.fromBackup.name", name, verdict);
+    }
+}
+
+/// `spec.backup`: a schedule that fires, in a known time zone, a retention
+/// that keeps something, a known target.
+fn validate_backup(backup: &BackupSpec, verdict: &mut Verdict) {
+    if let Some(text) = &backup.schedule {
+        match Expression::parse(text) {
+            Err(err) => {
+                verdict.errors.push(FieldError::invalid("spec.backup.schedule", text.as_str(), err.to_string()))
+            }
+            Ok(expression) => {
+                if let Some(interval) = expression.min_interval().filter(|i| *i < schedule::FREQUENT) {
+                    verdict.warnings.push(format!(
+                        "spec.backup.schedule: {text:?} takes a backup every {} minute(s) at times; more often than \
+                         every {} minutes piles up snapshots and load on the storage, consider \"0 * * * *\" \
+                         (hourly) or less often",
+                        interval.as_secs() / 60,
+                        schedule::FREQUENT.as_secs() / 60
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(zone) = &backup.time_zone
+        && let Err(err) = schedule::time_zone(zone)
+    {
+        verdict.errors.push(FieldError::invalid("spec.backup.timeZone", zone.as_str(), err.to_string()));
+    }
+    if let Some(retention) = &backup.retention {
+        validate_retention(retention, verdict);
+    }
+    if let Some(class) = &backup.volume_snapshot_class_name
+        && let Some(detail) = dns1123_subdomain_error(class)
+    {
+        verdict.errors.push(FieldError::invalid("spec.backup.volumeSnapshotClassName", class.as_str(), detail));
+    }
+    if let Some(target) = &backup.target
+        && !backup::TARGETS.contains(&target.as_str())
+    {
+        verdict.errors.push(FieldError::not_supported("spec.backup.target", target.as_str(), &backup::TARGETS));
+    }
+}
+
+fn validate_retention(retention: &RetentionSpec, verdict: &mut Verdict) {
+    const FIELD: &str = "spec.backup.retention";
+    if retention.keep_last.is_none() && retention.max_age.is_none() {
+        verdict.errors.push(FieldError::required(
+            FIELD,
+            "set keepLast, maxAge or both, such as {keepLast: 7} or {maxAge: 30d}; remove retention to keep every \
+             backup",
+        ));
+    }
+    if let Some(keep) = retention.keep_last
+        && keep < 1
+    {
+        verdict.errors.push(FieldError::invalid(
+            format!("{FIELD}.keepLast"),
+            keep,
+            "must be 1 or more, such as 7: a retention that keeps no backup deletes every one it takes",
+        ));
+    }
+    if let Some(age) = &retention.max_age {
+        match crate::duration::parse_age(age) {
+            Err(err) => verdict.errors.push(FieldError::invalid(format!("{FIELD}.maxAge"), age.as_str(), err.to_string())),
+            Ok(d) if d.is_zero() => verdict.errors.push(FieldError::invalid(
+                format!("{FIELD}.maxAge"),
+                age.as_str(),
+                "must be longer than 0, such as 30d or 12h: a retention that keeps no backup deletes every one it takes",
+            )),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A DatabaseBackup name: a DNS-1123 subdomain short enough to be a label value.
+pub(crate) fn validate_backup_name(field: &str, name: &str, verdict: &mut Verdict) {
+    if name.len() > MAX_BACKUP_NAME_LEN {
+        verdict.errors.push(FieldError::invalid(
+            field,
+            name,
+            format!(
+                "must be no more than {MAX_BACKUP_NAME_LEN} characters: a backup's name is the value of the label \
+                 {BACKUP_LABEL} on its VolumeSnapshots"
+            ),
+        ));
+    } else if let Some(detail) = dns1123_subdomain_error(name) {
+        verdict.errors.push(FieldError::invalid(field, name, detail));
+    }
+}
+
+/// The reads [`validate_create_with`] makes for `cluster` in `namespace`:
+/// the backup it is restored from, if any.
+pub fn lookups_for_create(cluster: &DatabaseCluster, namespace: &str) -> Vec<Query> {
+    cluster
+        .spec
+        .restore_source()
+        .map(|name| Query::Backup { namespace: namespace.to_owned(), name: name.to_owned() })
+        .into_iter()
+        .collect()
+}
+
+/// CREATE with the rules that need the API: [`validate_create`], and a
+/// `bootstrap.fromBackup` must name a Completed backup that fits the storage.
+pub fn validate_create_with(cluster: &DatabaseCluster, namespace: &str, lookup: &dyn Lookup) -> Verdict {
+    let mut verdict = validate_create(cluster);
+    let Some(name) = cluster.spec.restore_source() else {
+        return verdict;
+    };
+    const FIELD: &str = "spec.bootstrap.fromBackup.name";
+    match lookup.backup(namespace, name) {
+        Found::Skipped => {}
+        Found::Unknown(reason) => verdict.warnings.push(format!(
+            "{FIELD}: could not check that DatabaseBackup {name:?} is Completed and fits spec.storage.size ({reason}); \
+             the restore waits until it is"
+        )),
+        Found::No => verdict.errors.push(FieldError::not_found(
+            FIELD,
+            name,
+            format!(
+                "no DatabaseBackup {name:?} in namespace {namespace:?}; name a Completed backup of this namespace \
+                 (kubectl get dbb -n {namespace})"
+            ),
+        )),
+        Found::Yes(backup) => validate_restore_source(&cluster.spec, &backup, &mut verdict),
+    }
+    verdict
+}
+
+/// The backup a new cluster restores must be Completed, hold snapshots, and
+/// fit the new volumes.
+fn validate_restore_source(spec: &DatabaseClusterSpec, backup: &DatabaseBackup, verdict: &mut Verdict) {
+    const FIELD: &str = "spec.bootstrap.fromBackup.name";
+    let name = backup.metadata.name.as_deref().unwrap_or_default();
+    if !backup.is_completed() {
+        verdict.errors.push(FieldError::invalid(
+            FIELD,
+            name,
+            format!(
+                "DatabaseBackup {name:?} is {}, not Completed; only a completed backup can be restored: wait for it \
+                 to complete, or name another (kubectl get dbb)",
+                backup.phase()
+            ),
+        ));
+        return;
+    }
+    if backup.snapshots().is_empty() {
+        verdict.errors.push(FieldError::invalid(
+            FIELD,
+            name,
+            format!("DatabaseBackup {name:?} records no VolumeSnapshot to restore from; name another backup"),
+        ));
+        return;
+    }
+    let Ok(storage) = Quantity::parse(&spec.storage.size) else {
+        return; // Reported by validate_storage_size.
+    };
+    for snapshot in backup.snapshots() {
+        let Some(ApiQuantity(raw)) = &snapshot.restore_size else {
+            verdict.warnings.push(format!(
+                "{FIELD}: VolumeSnapshot {:?} of DatabaseBackup {name:?} reports no restoreSize; make sure \
+                 spec.storage.size ({}) is at least the size of the volume it was taken of",
+                snapshot.name, spec.storage.size
+            ));
+            continue;
+        };
+        if let Ok(size) = Quantity::parse(raw)
+            && size > storage
+        {
+            verdict.errors.push(FieldError::invalid(
+                "spec.storage.size",
+                spec.storage.size.as_str(),
+                format!(
+                    "is smaller than VolumeSnapshot {:?} of DatabaseBackup {name:?} ({raw}); a volume restored from \
+                     it needs at least that much: set spec.storage.size to {raw} or more",
+                    snapshot.name
+                ),
+            ));
+        }
     }
 }
 
@@ -422,7 +616,7 @@ fn resource_name_error(name: &str) -> Option<String> {
 }
 
 /// Why a string is not a DNS-1123 subdomain (StorageClass and domain names).
-fn dns1123_subdomain_error(value: &str) -> Option<String> {
+pub(crate) fn dns1123_subdomain_error(value: &str) -> Option<String> {
     let label_ok = |l: &str| {
         let b = l.as_bytes();
         !b.is_empty()
@@ -481,6 +675,18 @@ fn validate_transition(old: &DatabaseClusterSpec, new: &DatabaseClusterSpec, ver
             format!(
                 "field is immutable (was {}): existing volumes keep the class they were created with",
                 shown(&old.storage.storage_class_name)
+            ),
+        ));
+    }
+    if old.restore_source() != new.restore_source() {
+        let shown = |v: Option<&str>| v.map_or_else(|| "<unset>".to_owned(), |s| format!("{s:?}"));
+        verdict.errors.push(FieldError::forbidden(
+            "spec.bootstrap.fromBackup",
+            format!(
+                "is immutable (was {}, now {}): it says which backup the cluster was created from; to restore a \
+                 backup, create a new DatabaseCluster with spec.bootstrap.fromBackup",
+                shown(old.restore_source()),
+                shown(new.restore_source())
             ),
         ));
     }

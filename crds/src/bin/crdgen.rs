@@ -1,7 +1,19 @@
-//! Prints the DatabaseCluster CRD as YAML; `make crds` redirects it into manifests/.
+//! Prints a CRD as YAML; `make crds` redirects it into manifests/.
+//!
+//! `crdgen` (or `crdgen databaseclusters`) prints the DatabaseCluster CRD,
+//! `crdgen databasebackups` the DatabaseBackup CRD.
 
 fn main() -> std::process::ExitCode {
-    match stead_crds::crd::crd_yaml() {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "databaseclusters".to_owned());
+    let rendered = match which.as_str() {
+        "databaseclusters" => stead_crds::crd::crd_yaml(),
+        "databasebackups" => stead_crds::crd::backup_crd_yaml(),
+        other => {
+            eprintln!("crdgen: unknown CRD {other:?}; use databaseclusters or databasebackups");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rendered {
         Ok(yaml) => {
             print!("{yaml}");
             std::process::ExitCode::SUCCESS
