@@ -287,7 +287,11 @@ fn parse_field(text: &str, spec: &FieldSpec) -> Result<u64, ScheduleError> {
         let (low, high) = if base == "*" {
             (spec.min, if spec.name == DAY_OF_WEEK.name { 6 } else { spec.max })
         } else if let Some((a, b)) = base.split_once('-') {
-            let (a, b) = (value(a, spec).map_err(&fail)?, value(b, spec).map_err(&fail)?);
+            let (a, mut b) = (value(a, spec).map_err(&fail)?, value(b, spec).map_err(&fail)?);
+            // SUN ends a range as 7 (MON-SUN is every day), as 7 does.
+            if spec.name == DAY_OF_WEEK.name && b == 0 && a > 0 {
+                b = 7;
+            }
             if a > b {
                 return Err(fail(format!("has the range {base:?}, which runs backwards; write it low-high")));
             }

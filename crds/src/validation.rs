@@ -241,10 +241,10 @@ fn validate_backup(backup: &BackupSpec, verdict: &mut Verdict) {
             Ok(expression) => {
                 if let Some(interval) = expression.min_interval().filter(|i| *i < schedule::FREQUENT) {
                     verdict.warnings.push(format!(
-                        "spec.backup.schedule: {text:?} takes a backup every {} minute(s) at times; more often than \
-                         every {} minutes piles up snapshots and load on the storage, consider \"0 * * * *\" \
-                         (hourly) or less often",
-                        interval.as_secs() / 60,
+                        "spec.backup.schedule: {text:?} takes backups as often as every {}; more often than every \
+                         {} minutes piles up snapshots and loads the storage, consider \"0 * * * *\" (hourly) or \
+                         less often",
+                        minutes(interval),
                         schedule::FREQUENT.as_secs() / 60
                     ));
                 }
@@ -268,6 +268,14 @@ fn validate_backup(backup: &BackupSpec, verdict: &mut Verdict) {
         && !backup::TARGETS.contains(&target.as_str())
     {
         verdict.errors.push(FieldError::not_supported("spec.backup.target", target.as_str(), &backup::TARGETS));
+    }
+}
+
+/// `5 minutes`, `1 minute`.
+fn minutes(interval: std::time::Duration) -> String {
+    match interval.as_secs() / 60 {
+        1 => "1 minute".to_owned(),
+        n => format!("{n} minutes"),
     }
 }
 

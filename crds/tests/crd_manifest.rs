@@ -133,3 +133,68 @@ fn schema_is_structural() {
     }
     walk(&schema(), "openAPIV3Schema");
 }
+
+mod backup_crd {
+    use super::*;
+    use stead_crds::DatabaseBackup;
+    use stead_crds::crd::{BACKUP_CRD_PATH, backup_crd_yaml};
+
+    fn crd() -> Value {
+        serde_json::to_value(DatabaseBackup::crd()).unwrap()
+    }
+
+    #[test]
+    fn committed_backup_crd_is_not_stale() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(BACKUP_CRD_PATH);
+        let committed = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{} is missing ({e}); run `make crds` and commit it", path.display()));
+        assert!(
+            committed == backup_crd_yaml().unwrap(),
+            "{} is stale: the Rust types changed; run `make crds` and commit the result",
+            path.display()
+        );
+        let parsed: Value = serde_saphyr::from_str(&committed).unwrap();
+        assert_eq!(parsed, crd());
+    }
+
+    #[test]
+    fn names_columns_subresource_and_immutable_spec() {
+        let crd = crd();
+        assert_eq!(crd["metadata"]["name"], "databasebackups.stead.dev");
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        let names = &crd["spec"]["names"];
+        assert_eq!(names["kind"], "DatabaseBackup");
+        assert_eq!(names["plural"], "databasebackups");
+        assert_eq!(names["shortNames"], serde_json::json!(["dbb"]));
+        assert_eq!(names["categories"], serde_json::json!(["stead"]));
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1alpha1");
+        assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+        let columns: Vec<(&str, &str)> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap(), c["jsonPath"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            columns,
+            [("Cluster", ".spec.cluster"), ("Phase", ".status.phase"), ("Age", ".metadata.creationTimestamp")]
+        );
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["x-kubernetes-validations"][0]["rule"], "self == oldSelf");
+        assert_eq!(spec["required"], serde_json::json!(["cluster"]));
+        let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+        for field in ["phase", "startedAt", "stoppedAt", "instance", "snapshots", "beginLSN", "endLSN", "error"] {
+            assert!(status.get(field).is_some(), "status.{field} missing");
+        }
+    }
+
+    #[test]
+    fn cluster_bootstrap_is_immutable_by_cel_too() {
+        let cluster = serde_json::to_value(DatabaseCluster::crd()).unwrap();
+        let spec = &cluster["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let rule = spec["x-kubernetes-validations"][0]["rule"].as_str().unwrap();
+        assert!(rule.contains("oldSelf.bootstrap"), "{rule}");
+        assert!(spec["properties"]["backup"]["properties"]["schedule"].is_object());
+    }
+}
