@@ -1,10 +1,14 @@
 //! `stead-webhook check`: the admission webhook, offline.
 //!
 //! A GitOps pipeline runs this before Argo CD syncs. Every DatabaseCluster
-//! found in the given files goes through the very [`review`] function the
-//! server runs: `/mutate` first, the patch applied, then `/validate`, as the
-//! API server would call them on `kubectl apply`. The output imitates what
-//! `kubectl` prints for the same objects.
+//! and DatabaseBackup found in the given files goes through the very
+//! [`review`] function the server runs: `/mutate` first, the patch applied,
+//! then `/validate`, as the API server would call them on `kubectl apply`.
+//! The output imitates what `kubectl` prints for the same objects.
+//!
+//! Offline, the two rules that read the API (does a backup's cluster exist,
+//! is a restored backup Completed and small enough) are skipped, and a
+//! `note:` line says which read was skipped.
 //!
 //! With `--server`, the same reviews go over HTTPS to a running webhook
 //! instead (`make demo` does this), so one printer shows both.
@@ -19,6 +23,7 @@ use json_patch::{Patch, PatchOperation};
 use kube::core::response::Status;
 use serde_json::{Value, json};
 use stead_crds::cluster::{GROUP, KIND, PLURAL, VERSION};
+use stead_crds::lookup::Query;
 
 use crate::client::{ClientError, Endpoint, WebhookClient};
 use crate::review::{BadReview, Route, review};
@@ -28,6 +33,11 @@ use crate::wire::{AnswerResponse, AnswerReview};
 pub trait Webhook {
     /// One AdmissionReview round trip on `route`; the response part of the answer.
     fn call(&mut self, route: Route, review: &[u8]) -> Result<AnswerResponse, CheckError>;
+
+    /// Whether the rules that read the API are skipped (the in-process check).
+    fn offline(&self) -> bool {
+        false
+    }
 }
 
 /// The review function itself, as the server runs it: the offline check.
@@ -37,6 +47,10 @@ pub struct InProcess;
 impl Webhook for InProcess {
     fn call(&mut self, route: Route, body: &[u8]) -> Result<AnswerResponse, CheckError> {
         review(route, body)?.review.response.ok_or(CheckError::NoResponse)
+    }
+
+    fn offline(&self) -> bool {
+        true
     }
 }
 
@@ -91,11 +105,11 @@ const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 pub struct CheckSummary {
     /// Files read.
     pub files: usize,
-    /// DatabaseClusters the webhooks would admit.
+    /// DatabaseClusters and DatabaseBackups the webhooks would admit.
     pub admitted: usize,
-    /// DatabaseClusters refused, plus documents and files that could not be read.
+    /// DatabaseClusters and DatabaseBackups refused, plus documents and files that could not be read.
     pub refused: usize,
-    /// Documents that are not DatabaseClusters.
+    /// Documents of other kinds.
     pub skipped: usize,
 }
 
@@ -106,7 +120,7 @@ impl CheckSummary {
     }
 }
 
-/// Checks every DatabaseCluster under `paths` (files or directories).
+/// Checks every DatabaseCluster and DatabaseBackup under `paths` (files or directories).
 ///
 /// Results go to `out`; warnings and refusals go to `err`, as with kubectl.
 /// Only a failure to write the report is an `Err`.
@@ -236,29 +250,34 @@ fn check_object(
     let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    if group != GROUP || kind != KIND {
+    let Some(kind) = [KIND, BACKUP_KIND].into_iter().find(|k| group == GROUP && kind == *k) else {
         let shown =
             if kind.is_empty() { "a document without kind".to_owned() } else { format!("{api_version} {kind}") };
-        writeln!(out, "skipped: {at}: {shown} {} is not a {KIND}", display_name(object))?;
+        writeln!(out, "skipped: {at}: {shown} {} is not a {KIND} or a {BACKUP_KIND}", display_name(object))?;
         summary.skipped += 1;
         return Ok(());
-    }
+    };
     if version != VERSION {
         writeln!(
             err,
-            "error: {at}: resource mapping not found for name: {:?}: no matches for kind {KIND:?} in version \
+            "error: {at}: resource mapping not found for name: {:?}: no matches for kind {kind:?} in version \
              {api_version:?}; {GROUP} serves {VERSION} only",
             display_name(object)
         )?;
         summary.refused += 1;
         return Ok(());
     }
-    match admit(webhook, object) {
+    if webhook.offline() {
+        for query in skipped_lookups(kind, object) {
+            writeln!(out, "note: {at}: offline check: {query}")?;
+        }
+    }
+    match admit(webhook, kind, object) {
         Ok(Admission::Admitted { defaulted, warnings }) => {
             for warning in warnings {
                 writeln!(err, "Warning: {warning}")?;
             }
-            let name = format!("{}.{GROUP}/{}", KIND.to_lowercase(), display_name(object));
+            let name = format!("{}.{GROUP}/{}", kind.to_lowercase(), display_name(object));
             if defaulted.is_empty() {
                 writeln!(out, "{name} admitted")?;
             } else {
@@ -286,16 +305,43 @@ enum Admission {
     Refused { route: Route, status: Box<Status>, warnings: Vec<String> },
 }
 
+/// Kind of a backup.
+const BACKUP_KIND: &str = stead_crds::backup::KIND;
+
+/// The API reads an offline check skips for `object`, in words.
+fn skipped_lookups(kind: &str, object: &Value) -> Vec<String> {
+    let Ok(body) = create_review(kind, object) else {
+        return Vec::new();
+    };
+    let Ok(parsed) = crate::review::parse(&body) else {
+        return Vec::new();
+    };
+    parsed
+        .queries(Route::Validate)
+        .into_iter()
+        .map(|query| match query {
+            Query::Cluster { namespace, name } => format!(
+                "did not look up DatabaseCluster {namespace}/{name} (spec.cluster); the webhook warns when it does \
+                 not exist"
+            ),
+            Query::Backup { namespace, name } => format!(
+                "did not look up DatabaseBackup {namespace}/{name} (spec.bootstrap.fromBackup); the webhook refuses \
+                 it unless it is Completed and fits spec.storage.size"
+            ),
+        })
+        .collect()
+}
+
 /// What the API server would do on CREATE: mutate, apply the patch, validate.
-fn admit(webhook: &mut dyn Webhook, object: &Value) -> Result<Admission, CheckError> {
-    let mutated = webhook.call(Route::Mutate, &create_review(object)?)?;
+fn admit(webhook: &mut dyn Webhook, kind: &str, object: &Value) -> Result<Admission, CheckError> {
+    let mutated = webhook.call(Route::Mutate, &create_review(kind, object)?)?;
     if let Some(refused) = refusal(Route::Mutate, &mutated) {
         return Ok(refused);
     }
     let patch = response_patch(&mutated)?;
     let mut defaulted_object = object.clone();
     json_patch::patch(&mut defaulted_object, &patch).map_err(|e| CheckError::Patch(e.to_string()))?;
-    let validated = webhook.call(Route::Validate, &create_review(&defaulted_object)?)?;
+    let validated = webhook.call(Route::Validate, &create_review(kind, &defaulted_object)?)?;
     if let Some(refused) = refusal(Route::Validate, &validated) {
         return Ok(refused);
     }
@@ -368,7 +414,8 @@ fn describe(patch: &Patch) -> Vec<String> {
 }
 
 /// The AdmissionReview the API server would send for `kubectl create --dry-run=server`.
-fn create_review(object: &Value) -> Result<Vec<u8>, CheckError> {
+fn create_review(kind: &str, object: &Value) -> Result<Vec<u8>, CheckError> {
+    let plural = if kind == BACKUP_KIND { stead_crds::backup::PLURAL } else { PLURAL };
     let metadata = object.get("metadata");
     let field = |key: &str| metadata.and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or_default();
     let review = json!({
@@ -376,8 +423,8 @@ fn create_review(object: &Value) -> Result<Vec<u8>, CheckError> {
         "kind": crate::review::REVIEW_KIND,
         "request": {
             "uid": "00000000-0000-0000-0000-stead0check0",
-            "kind": {"group": GROUP, "version": VERSION, "kind": KIND},
-            "resource": {"group": GROUP, "version": VERSION, "resource": PLURAL},
+            "kind": {"group": GROUP, "version": VERSION, "kind": kind},
+            "resource": {"group": GROUP, "version": VERSION, "resource": plural},
             "name": field("name"),
             "namespace": field("namespace"),
             "operation": "CREATE",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Admission webhook for stead's DatabaseCluster: defaults and validates at `kubectl apply` time.
+/// Admission webhook for stead's DatabaseCluster and DatabaseBackup: defaults and validates at `kubectl apply` time.
 #[derive(Debug, Parser)]
 #[command(name = "stead-webhook", version)]
 pub struct Cli {
@@ -20,7 +20,7 @@ pub enum Command {
     /// Run the admission rules on manifests as a GitOps pipeline step: offline,
     /// or against a running webhook with --server.
     ///
-    /// Exits 1 when any DatabaseCluster is refused or a file cannot be read.
+    /// Exits 1 when any DatabaseCluster or DatabaseBackup is refused or a file cannot be read.
     Check(CheckArgs),
 }
 
@@ -37,6 +37,13 @@ pub struct ServeArgs {
     /// Address of the plain-HTTP /metrics, /healthz and /readyz endpoint.
     #[arg(long, env = "STEAD_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
+
+    /// Kubeconfig for the API reads of admission (does a backup's cluster
+    /// exist, is a restored backup complete). In a cluster the pod's
+    /// ServiceAccount is used without it; with neither, those reads are
+    /// skipped and the answers say so in a warning.
+    #[arg(long, env = "STEAD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -78,6 +85,7 @@ mod tests {
         assert_eq!(args.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(args.cert_dir, PathBuf::from("/etc/stead/tls"));
         assert_eq!(args.metrics_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(args.kubeconfig, None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use stead_webhook::cli::{CheckArgs, Cli, Command, ServeArgs};
+use stead_webhook::lookup::KubeResolver;
 use stead_webhook::{check, server};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
@@ -37,6 +38,10 @@ fn run_check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     Ok(if summary.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+fn resolver_timeout() -> Duration {
+    stead_webhook::lookup::LOOKUP_TIMEOUT
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
@@ -53,7 +58,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             server::shutdown_signal().await;
             let _ = stop.send(true);
         });
-        server::serve(tls, metrics, server::Settings::new(args.cert_dir), shutdown).await
+        let mut settings = server::Settings::new(args.cert_dir);
+        match KubeResolver::from_environment(args.kubeconfig.as_deref()).await? {
+            Some(resolver) => {
+                tracing::info!(
+                    "admission lookups read the Kubernetes API (GET by name, {:?} timeout)",
+                    resolver_timeout()
+                );
+                settings = settings.with_resolver(std::sync::Arc::new(resolver));
+            }
+            None => tracing::info!(
+                "no Kubernetes API access (not in a cluster, no --kubeconfig): admission lookups are skipped"
+            ),
+        }
+        anyhow::Ok(server::serve(tls, metrics, settings, shutdown).await?)
     })?;
     Ok(ExitCode::SUCCESS)
 }

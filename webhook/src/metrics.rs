@@ -22,6 +22,12 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
 }
@@ -34,6 +40,7 @@ pub struct Metrics {
     reloads: Counter,
     panics: Counter,
     saturated: Counter,
+    lookups: Family<LookupLabels, Counter>,
 }
 
 impl Metrics {
@@ -45,6 +52,7 @@ impl Metrics {
         let reloads = Counter::default();
         let panics = Counter::default();
         let saturated = Counter::default();
+        let lookups = Family::<LookupLabels, Counter>::default();
         registry.register(
             "stead_webhook_requests",
             "Admission requests by route and verdict (allowed, denied, patched, bad_request)",
@@ -70,20 +78,36 @@ impl Metrics {
             "Admission requests answered 503 because the concurrent-review limit stayed full for the request timeout",
             saturated.clone(),
         );
+        registry.register(
+            "stead_webhook_lookups",
+            "API reads made by admission (GET by name, on CREATE of a DatabaseBackup or of a cluster restored from \
+             one), by kind and result (found, not_found, failed); a failed read admits with a warning",
+            lookups.clone(),
+        );
         // Pre-create every series so dashboards see zeros instead of gaps.
+        for kind in ["DatabaseCluster", "DatabaseBackup"] {
+            for result in ["found", "not_found", "failed"] {
+                let _ = lookups.get_or_create(&LookupLabels { kind, result });
+            }
+        }
         for route in [Route::Mutate, Route::Validate] {
             for outcome in [Outcome::Allowed, Outcome::Patched, Outcome::Denied, Outcome::BadRequest] {
                 let _ = requests.get_or_create(&RequestLabels { route: route.as_str(), verdict: outcome.as_str() });
             }
             let _ = duration.get_or_create(&RouteLabels { route: route.as_str() });
         }
-        Self { registry, requests, duration, reloads, panics, saturated }
+        Self { registry, requests, duration, reloads, panics, saturated, lookups }
     }
 
     /// Counts one answered admission request.
     pub fn observe(&self, route: Route, outcome: Outcome, elapsed: Duration) {
         self.requests.get_or_create(&RequestLabels { route: route.as_str(), verdict: outcome.as_str() }).inc();
         self.duration.get_or_create(&RouteLabels { route: route.as_str() }).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one API read of admission: its kind and result (`found`, `not_found`, `failed`).
+    pub fn count_lookup(&self, kind: &'static str, result: &'static str) {
+        self.lookups.get_or_create(&LookupLabels { kind, result }).inc();
     }
 
     /// Counts a handler that panicked.
@@ -143,5 +167,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("stead_webhook_certificate_reloads_total 3"), "{text}");
+        metrics.count_lookup("DatabaseCluster", "failed");
+        let text = metrics.encode();
+        assert!(text.contains(r#"stead_webhook_lookups_total{kind="DatabaseCluster",result="failed"} 1"#), "{text}");
+        assert!(text.contains(r#"stead_webhook_lookups_total{kind="DatabaseBackup",result="found"} 0"#), "{text}");
     }
 }

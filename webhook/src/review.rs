@@ -1,8 +1,11 @@
 //! One AdmissionReview in, one AdmissionReview out: the whole admission
 //! decision as a pure function of the request body.
 //!
-//! The HTTP server and the offline checker both call [`review`], so what
-//! `stead-webhook check` prints is exactly what the API server would get.
+//! The HTTP server and the offline checker both call [`review`] (the server
+//! through [`parse`] and [`answer`], with the API reads of [`Parsed::queries`]
+//! fetched in between), so what `stead-webhook check` prints is exactly what
+//! the API server would get. Two kinds are served, dispatched on the
+//! request's `kind`: DatabaseCluster and DatabaseBackup.
 //!
 //! The request is parsed into a lean struct that keeps `object` and
 //! `oldObject` as raw JSON (minus managed fields, which no rule reads):
@@ -20,8 +23,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use stead_crds::cluster::{GROUP, KIND, VERSION};
 use stead_crds::defaults::default_patch;
-use stead_crds::validation::{decode, validate_create, validate_delete, validate_spec, validate_update};
-use stead_crds::{DatabaseCluster, DatabaseClusterSpec, FieldError, Verdict};
+use stead_crds::lookup::{Answers, Lookup, Query};
+use stead_crds::validation::{decode, validate_create_with, validate_delete, validate_spec, validate_update};
+use stead_crds::{DatabaseBackup, DatabaseCluster, DatabaseClusterSpec, FieldError, Verdict, backup_validation};
 
 use crate::wire::{AnswerResponse, AnswerReview};
 
@@ -196,7 +200,7 @@ const SPEC: Limit = Limit {
     values: MAX_SPEC_VALUES,
     depth: MAX_SPEC_DEPTH,
     refusal: "spec holds more than 4096 JSON values or nests deeper than 16 levels; a DatabaseCluster spec has a \
-              few dozen values, 4 levels deep",
+              few dozen values, 4 levels deep (a DatabaseBackup spec two values)",
 };
 
 /// `apiVersion`, `kind` and the kept metadata fields: one scalar each.
@@ -412,12 +416,28 @@ impl<'de> Visitor<'de> for Bounded<'_> {
     }
 }
 
-/// Judges one AdmissionReview body sent to `route`.
+/// Judges one AdmissionReview body sent to `route`, offline: the rules that
+/// read the API are skipped (see [`answer`] for the server's way).
 ///
 /// An `Err` means the body is not an AdmissionReview at all (HTTP 400). A
 /// review about something this webhook does not serve still gets an
 /// `Ok` answer, refused with code 400, so the user sees why in `kubectl`.
 pub fn review(route: Route, body: &[u8]) -> Result<Answer, BadReview> {
+    answer(route, &parse(body)?, &Answers::skipped())
+}
+
+/// [`review`] with the API reads answered by `lookup`.
+pub fn review_with(route: Route, body: &[u8], lookup: &dyn Lookup) -> Result<Answer, BadReview> {
+    answer(route, &parse(body)?, lookup)
+}
+
+/// An AdmissionReview read, not yet judged.
+pub struct Parsed {
+    request: RequestIn,
+}
+
+/// Reads an AdmissionReview body (bounded, see [`AdmissionObject`]).
+pub fn parse(body: &[u8]) -> Result<Parsed, BadReview> {
     let parsed: ReviewIn = serde_json::from_slice(body).map_err(|err| match err.classify() {
         serde_json::error::Category::Data => BadReview::Shape(err),
         _ => BadReview::Malformed(err),
@@ -426,8 +446,35 @@ pub fn review(route: Route, body: &[u8]) -> Result<Answer, BadReview> {
         return Err(BadReview::WrongType { api_version: parsed.api_version, kind: parsed.kind });
     }
     let request = parsed.request.ok_or(BadReview::MissingRequest)?;
-    let subject = subject(&request);
-    let decision = decide(route, &request);
+    Ok(Parsed { request })
+}
+
+impl Parsed {
+    /// The API reads the rules for this request on `route` need: at most one
+    /// GET by name, on CREATE only (a backup's cluster, a restore's backup).
+    pub fn queries(&self, route: Route) -> Vec<Query> {
+        let request = &self.request;
+        let (Route::Validate, Operation::Create, Some(object)) = (route, &request.operation, request.object()) else {
+            return Vec::new();
+        };
+        let namespace = namespace(request, object);
+        match served_kind(&request.kind) {
+            Some(Served::Cluster) => {
+                decode(object).map(|c| stead_crds::validation::lookups_for_create(&c, &namespace)).unwrap_or_default()
+            }
+            Some(Served::Backup) => backup_validation::decode(object)
+                .map(|b| backup_validation::lookups_for_create(&b, &namespace))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Judges a parsed review; `lookup` answers the reads of [`Parsed::queries`].
+pub fn answer(route: Route, parsed: &Parsed, lookup: &dyn Lookup) -> Result<Answer, BadReview> {
+    let request = &parsed.request;
+    let subject = subject(request);
+    let decision = decide(route, request, lookup);
     let response = AnswerResponse::allow(&request.uid);
     let (response, outcome, reasons) = match decision {
         Decision::Allow(warnings) => {
@@ -437,9 +484,9 @@ pub fn review(route: Route, body: &[u8]) -> Result<Answer, BadReview> {
             let bytes = serde_json::to_vec(&patch).map_err(BadReview::Encode)?;
             (response.with_patch(bytes), Outcome::Patched, Vec::new())
         }
-        Decision::Deny { name, verdict } => {
+        Decision::Deny { kind, name, verdict } => {
             let reasons = verdict.errors.iter().map(ToString::to_string).collect();
-            let status = invalid_status(&name, &verdict);
+            let status = invalid_status(kind, &name, &verdict);
             let response = AnswerResponse { warnings: non_empty(verdict.warnings), ..response.deny(status) };
             (response, Outcome::Denied, reasons)
         }
@@ -451,24 +498,69 @@ pub fn review(route: Route, body: &[u8]) -> Result<Answer, BadReview> {
     Ok(Answer { review: AnswerReview::new(response), outcome, subject, reasons })
 }
 
+/// The kinds this webhook judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Served {
+    Cluster,
+    Backup,
+}
+
+impl Served {
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Cluster => KIND,
+            Self::Backup => stead_crds::backup::KIND,
+        }
+    }
+}
+
+fn served_kind(kind: &GroupVersionKind) -> Option<Served> {
+    if kind.group != GROUP || kind.version != VERSION {
+        return None;
+    }
+    match kind.kind.as_str() {
+        KIND => Some(Served::Cluster),
+        stead_crds::backup::KIND => Some(Served::Backup),
+        _ => None,
+    }
+}
+
+/// The namespace of the request (the API server always sends it for
+/// namespaced kinds); `default` as kubectl assumes, for offline checks.
+fn namespace(request: &RequestIn, object: &Value) -> String {
+    request
+        .namespace
+        .clone()
+        .filter(|ns| !ns.is_empty())
+        .or_else(|| object.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned))
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| "default".to_owned())
+}
+
 enum Decision {
     Allow(Vec<String>),
     Patch(json_patch::Patch),
-    Deny { name: String, verdict: Verdict },
+    Deny { kind: &'static str, name: String, verdict: Verdict },
     BadRequest(String),
 }
 
-fn decide(route: Route, request: &RequestIn) -> Decision {
+fn decide(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Decision {
     let kind = &request.kind;
-    if kind.group != GROUP || kind.version != VERSION || kind.kind != KIND {
-        return Decision::BadRequest(format!(
-            "{} serves {GROUP}/{VERSION} {KIND} only, but this request is for {} {}; check the rules of the webhook \
-             configuration that sent it",
+    match served_kind(kind) {
+        Some(Served::Cluster) => decide_cluster(route, request, lookup),
+        Some(Served::Backup) => decide_backup(route, request, lookup),
+        None => Decision::BadRequest(format!(
+            "{} serves {GROUP}/{VERSION} {KIND} and {} only, but this request is for {} {}; check the rules of the \
+             webhook configuration that sent it",
             route.webhook_name(),
+            stead_crds::backup::KIND,
             group_version(kind),
             kind.kind
-        ));
+        )),
     }
+}
+
+fn decide_cluster(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Decision {
     match (route, &request.operation) {
         (_, Operation::Connect) | (Route::Mutate, Operation::Delete) => Decision::Allow(Vec::new()),
         (Route::Mutate, Operation::Create | Operation::Update) => match request.object() {
@@ -479,7 +571,10 @@ fn decide(route: Route, request: &RequestIn) -> Decision {
             None => missing(route, request, "object"),
         },
         (Route::Validate, Operation::Create) => match request.object() {
-            Some(object) => judge(request, object, validate_create),
+            Some(object) => {
+                let namespace = namespace(request, object);
+                judge(request, object, |cluster| validate_create_with(cluster, &namespace, lookup))
+            }
             None => missing(route, request, "object"),
         },
         (Route::Validate, Operation::Update) => match (request.old_object(), request.object()) {
@@ -493,6 +588,55 @@ fn decide(route: Route, request: &RequestIn) -> Decision {
             None => Decision::Allow(Vec::new()),
         },
     }
+}
+
+/// DatabaseBackup: nothing to default; CREATE judged (with the cluster
+/// lookup), UPDATE refused when the spec changes, DELETE always admitted.
+fn decide_backup(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Decision {
+    match (route, &request.operation) {
+        (Route::Mutate, _) | (_, Operation::Connect | Operation::Delete) => Decision::Allow(Vec::new()),
+        (Route::Validate, Operation::Create) => match request.object() {
+            Some(object) => {
+                let namespace = namespace(request, object);
+                judge_backup(request, object, |backup| {
+                    backup_validation::validate_create_with(backup, &namespace, lookup)
+                })
+            }
+            None => missing(route, request, "object"),
+        },
+        (Route::Validate, Operation::Update) => match (request.old_object(), request.object()) {
+            (Some(old), Some(new)) => validate_backup_update_raw(request, old, new),
+            (None, _) => missing(route, request, "oldObject"),
+            (_, None) => missing(route, request, "object"),
+        },
+    }
+}
+
+/// UPDATE of a backup: a spec that differs at all is refused, even when the
+/// stored object no longer decodes; anything else, and anything being
+/// deleted, is admitted.
+fn validate_backup_update_raw(request: &RequestIn, old: &Value, new: &Value) -> Decision {
+    let being_deleted = new.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+    if being_deleted || old.get("spec") == new.get("spec") {
+        return Decision::Allow(Vec::new());
+    }
+    let verdict = match (backup_validation::decode(old), backup_validation::decode(new)) {
+        (Ok(old), Ok(new)) => backup_validation::validate_update(&old, &new),
+        _ => {
+            let mut verdict = Verdict::default();
+            backup_validation::spec_changed(&Default::default(), &Default::default(), &mut verdict);
+            verdict
+        }
+    };
+    verdict_decision(Served::Backup, request, new, verdict)
+}
+
+fn judge_backup(request: &RequestIn, object: &Value, rules: impl FnOnce(&DatabaseBackup) -> Verdict) -> Decision {
+    let verdict = match backup_validation::decode(object) {
+        Ok(backup) => rules(&backup),
+        Err(error) => Verdict { errors: vec![error], warnings: Vec::new() },
+    };
+    verdict_decision(Served::Backup, request, object, verdict)
 }
 
 /// UPDATE, with the ratcheting shortcuts taken on the raw JSON so that even
@@ -520,7 +664,7 @@ fn validate_delete_raw(request: &RequestIn, old: &Value) -> Decision {
         let protected = old.pointer("/spec/deletionProtection").and_then(Value::as_bool);
         DatabaseCluster::new("", DatabaseClusterSpec { deletion_protection: protected, ..Default::default() })
     });
-    verdict_decision(request, old, validate_delete(&cluster))
+    verdict_decision(Served::Cluster, request, old, validate_delete(&cluster))
 }
 
 fn judge(request: &RequestIn, object: &Value, rules: impl FnOnce(&DatabaseCluster) -> Verdict) -> Decision {
@@ -528,14 +672,14 @@ fn judge(request: &RequestIn, object: &Value, rules: impl FnOnce(&DatabaseCluste
         Ok(cluster) => rules(&cluster),
         Err(error) => Verdict { errors: vec![error], warnings: Vec::new() },
     };
-    verdict_decision(request, object, verdict)
+    verdict_decision(Served::Cluster, request, object, verdict)
 }
 
-fn verdict_decision(request: &RequestIn, object: &Value, verdict: Verdict) -> Decision {
+fn verdict_decision(served: Served, request: &RequestIn, object: &Value, verdict: Verdict) -> Decision {
     if verdict.is_allowed() {
         Decision::Allow(verdict.warnings)
     } else {
-        Decision::Deny { name: object_name(request, object), verdict }
+        Decision::Deny { kind: served.kind(), name: object_name(request, object), verdict }
     }
 }
 
@@ -550,12 +694,12 @@ fn missing(route: Route, request: &RequestIn, field: &str) -> Decision {
 
 /// The Status apimachinery's `NewInvalid` builds, so `kubectl` shows our
 /// errors exactly like its own schema errors.
-fn invalid_status(name: &str, verdict: &Verdict) -> Status {
+fn invalid_status(kind: &str, name: &str, verdict: &Verdict) -> Status {
     let causes = verdict.errors.iter().map(cause).collect();
-    Status::failure(&verdict.invalid_message(name), "Invalid").with_code(422).with_details(StatusDetails {
+    Status::failure(&verdict.invalid_message_for(kind, name), "Invalid").with_code(422).with_details(StatusDetails {
         name: name.to_owned(),
         group: GROUP.to_owned(),
-        kind: KIND.to_owned(),
+        kind: kind.to_owned(),
         uid: String::new(),
         causes,
         retry_after_seconds: 0,

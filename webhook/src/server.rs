@@ -28,8 +28,9 @@ use stead_certs::{DEFAULT_POLL_INTERVAL, ReloadingCertResolver};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::lookup::{NO_API_ACCESS, Resolver};
 use crate::metrics::Metrics;
-use crate::review::{Answer, Outcome, Route, review};
+use crate::review::{Answer, Outcome, Route, answer, parse};
 
 /// Largest body accepted: the API server caps requests at 3 MiB and a review
 /// carries the old and the new object, plus JSON framing.
@@ -77,6 +78,18 @@ pub struct Settings {
     pub first_request_timeout: Duration,
     pub max_concurrent_reviews: usize,
     pub slot_timeout: Duration,
+    /// Fetches the API reads of a review; `None` answers them "no API access".
+    pub resolver: Option<SharedResolver>,
+}
+
+/// A resolver shared by every request.
+#[derive(Clone)]
+pub struct SharedResolver(pub Arc<dyn Resolver>);
+
+impl std::fmt::Debug for SharedResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedResolver")
+    }
 }
 
 impl Settings {
@@ -93,7 +106,13 @@ impl Settings {
             first_request_timeout: FIRST_REQUEST_TIMEOUT,
             max_concurrent_reviews: MAX_CONCURRENT_REVIEWS,
             slot_timeout: SLOT_TIMEOUT,
+            resolver: None,
         }
+    }
+
+    /// The same settings, with API reads made by `resolver`.
+    pub fn with_resolver(self, resolver: Arc<dyn Resolver>) -> Self {
+        Self { resolver: Some(SharedResolver(resolver)), ..self }
     }
 }
 
@@ -117,6 +136,7 @@ struct AppState {
     reviews: Arc<Semaphore>,
     max_reviews: usize,
     slot_timeout: Duration,
+    lookups: Option<SharedResolver>,
 }
 
 impl AppState {
@@ -146,6 +166,7 @@ pub async fn serve(
         reviews: Arc::new(Semaphore::new(settings.max_concurrent_reviews.max(1))),
         max_reviews: settings.max_concurrent_reviews.max(1),
         slot_timeout: settings.slot_timeout,
+        lookups: settings.resolver.clone(),
     });
     metrics.set_nonblocking(true).map_err(|source| ServeError::Listener { what: "metrics", source })?;
     let metrics_task = tokio::spawn(serve_metrics(metrics, settings.clone(), Arc::clone(&state), shutdown.clone()));
@@ -384,7 +405,7 @@ async fn admit(state: &AppState, route: Route, request: Request) -> Response {
             debug!(route = route.as_str(), status = rejection.0.as_u16(), reason = %rejection.1, "rejected request");
             (Outcome::BadRequest, rejection.into_response())
         }
-        Ok(body) => match review(route, &body) {
+        Ok(body) => match judge(state, route, &body).await {
             Err(bad) => {
                 debug!(route = route.as_str(), reason = %bad, "rejected request: not an AdmissionReview");
                 (Outcome::BadRequest, Rejection(StatusCode::BAD_REQUEST, bad.to_string()).into_response())
@@ -397,6 +418,26 @@ async fn admit(state: &AppState, route: Route, request: Request) -> Response {
     };
     state.metrics.observe(route, outcome, started.elapsed());
     response
+}
+
+/// Parses a review, fetches the API reads its rules need (counted), and judges it.
+async fn judge(state: &AppState, route: Route, body: &[u8]) -> Result<Answer, crate::review::BadReview> {
+    let parsed = parse(body)?;
+    let queries = parsed.queries(route);
+    let answers = match (&state.lookups, queries.is_empty()) {
+        (_, true) => stead_crds::lookup::Answers::skipped(),
+        (None, false) => stead_crds::lookup::Answers::unknown(NO_API_ACCESS),
+        (Some(resolver), false) => {
+            let answers = resolver.0.resolve(&queries).await;
+            for (kind, result) in answers.outcomes() {
+                if result != "skipped" {
+                    state.metrics.count_lookup(kind, result);
+                }
+            }
+            answers
+        }
+    };
+    answer(route, &parsed, &answers)
 }
 
 /// A 4xx answer with a plain-text explanation.

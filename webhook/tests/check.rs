@@ -39,9 +39,9 @@ fn a_valid_file_is_admitted_with_defaults_skips_and_warnings() {
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     let shown = file.display();
     let expected_out = format!(
-        "skipped: {shown} (document 1): v1 Namespace shop is not a DatabaseCluster\n\
+        "skipped: {shown} (document 1): v1 Namespace shop is not a DatabaseCluster or a DatabaseBackup\n\
          databasecluster.stead.dev/orders defaulted: spec.replicas=1, spec.port=5432\n\
-         skipped: {shown} (document 3): v1 ConfigMap orders-client is not a DatabaseCluster\n\
+         skipped: {shown} (document 3): v1 ConfigMap orders-client is not a DatabaseCluster or a DatabaseBackup\n\
          databasecluster.stead.dev/payments admitted\n\
          databasecluster.stead.dev/sessions defaulted: spec.port=5432\n\
          checked 1 file(s): 3 admitted, 0 refused, 2 skipped\n"
@@ -188,4 +188,30 @@ fn an_unreachable_server_is_reported_with_its_address() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("cannot connect to 127.0.0.1:9"), "{stderr}");
+}
+
+#[test]
+fn backups_are_checked_offline_with_a_note_for_each_skipped_lookup() {
+    let run = check(&[&fixtures().with_file_name("check-backups").join("backups.yaml")]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let shown = fixtures().with_file_name("check-backups").join("backups.yaml").display().to_string();
+    assert_eq!(
+        run.stdout,
+        format!(
+            "note: {shown} (document 1): offline check: did not look up DatabaseCluster shop/orders (spec.cluster); \
+             the webhook warns when it does not exist\n\
+             databasebackup.stead.dev/orders-before-upgrade admitted\n\
+             note: {shown} (document 2): offline check: did not look up DatabaseCluster shop/orders (spec.cluster); \
+             the webhook warns when it does not exist\n\
+             note: {shown} (document 3): offline check: did not look up DatabaseBackup shop/orders-before-upgrade \
+             (spec.bootstrap.fromBackup); the webhook refuses it unless it is Completed and fits spec.storage.size\n\
+             databasecluster.stead.dev/orders-restored defaulted: spec.port=5432\n\
+             checked 1 file(s): 2 admitted, 1 refused, 0 skipped\n"
+        )
+    );
+    assert_eq!(
+        run.stderr,
+        "The DatabaseBackup \"orders-bad-target\" is invalid: spec.target: Unsupported value: \"replica\": supported \
+         values: \"prefer-replica\", \"primary\"\n"
+    );
 }
