@@ -291,10 +291,15 @@ impl Observed {
         let Some(sts) = sts else { return Self::default() };
         let want = sts.spec.replicas.unwrap_or(1);
         let status = sts.status.clone().unwrap_or_default();
-        let rolling = matches!(
-            (&status.current_revision, &status.update_revision),
-            (Some(current), Some(update)) if current != update
-        );
+        // With `OnDelete` (stead's StatefulSets) the StatefulSet controller
+        // never moves `currentRevision` to the update revision, even once
+        // every pod runs it; only the count of updated pods tells.
+        let on_delete = sts.spec.update_strategy.as_ref().and_then(|u| u.type_.as_deref()) == Some("OnDelete");
+        let rolling = !on_delete
+            && matches!(
+                (&status.current_revision, &status.update_revision),
+                (Some(current), Some(update)) if current != update
+            );
         let spec_unobserved = match (sts.metadata.generation, status.observed_generation) {
             (Some(generation), Some(observed)) => observed < generation,
             (Some(_), None) => true,
@@ -540,6 +545,18 @@ mod tests {
             }
             s
         };
+        let on_delete_done = {
+            let mut s = sts(3, 3, 3, 3);
+            s.spec.update_strategy = Some(k8s_openapi::api::apps::v1::StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                ..Default::default()
+            });
+            if let Some(st) = s.status.as_mut() {
+                st.current_revision = Some("r1".into());
+                st.update_revision = Some("r2".into());
+            }
+            s
+        };
         let unobserved = {
             let mut s = sts(3, 3, 3, 3);
             s.metadata.generation = Some(3);
@@ -604,6 +621,15 @@ mod tests {
                 Outcome::Reconciled,
                 row("False", "ReplicasNotReady", "3/5 replicas are ready"),
                 row("True", "Reconciling", "scaling from 3 to 5 replicas"),
+                ok.clone(),
+            ),
+            (
+                "OnDelete: every pod updated, currentRevision left behind by the StatefulSet controller",
+                cluster(4, 3),
+                Some(on_delete_done),
+                Outcome::Reconciled,
+                row("True", "AllReplicasReady", "3/3 replicas are ready"),
+                row("False", "Reconciled", "StatefulSet orders is up to date with 3 ready replicas"),
                 ok.clone(),
             ),
             (
