@@ -136,14 +136,7 @@ mod tests {
         let reclone = |pod: &str| Decision::Reclone { pod: pod.to_owned(), claim: format!("data-{pod}") };
         let rows: Vec<Row> = vec![
             ("a healthy replica", "orders-2", healthy(), "Healthy", "orders-0", reclone("orders-2")),
-            (
-                "the broken replica itself may be down",
-                "orders-1",
-                broken.clone(),
-                "Healthy",
-                "orders-0",
-                reclone("orders-1"),
-            ),
+            ("the broken replica itself may be down", "orders-1", broken, "Healthy", "orders-0", reclone("orders-1")),
             (
                 "never the primary",
                 "orders-0",

@@ -31,13 +31,13 @@ use crate::support::stead::Counters;
 use crate::support::wait::{self, Poll};
 
 /// Namespace and name of the shared 3-instance cluster.
-const NS: &str = "e2e-replication";
-const ORDERS: &str = "orders";
+pub(crate) const NS: &str = "e2e-replication";
+pub(crate) const ORDERS: &str = "orders";
 /// The 1-instance cluster.
 const SOLO_NS: &str = "e2e-solo";
 const SOLO: &str = "solo";
 /// How long a write on the primary may take to reach a replica.
-const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the controller is watched for writes while nothing changes.
 const QUIET_WINDOW: Duration = Duration::from_secs(10);
 /// The controller counts as settled once it wrote nothing for this long.
@@ -50,7 +50,7 @@ const ROW_TEXT: &str = "written through orders-rw";
 
 /// Creates `orders` with 3 instances (or scales it back to 3) and waits
 /// until it serves; the first time, records how long that took.
-fn ensure_orders(ctx: &mut Ctx<'_>) -> anyhow::Result<Value> {
+pub(crate) fn ensure_orders(ctx: &mut Ctx<'_>) -> anyhow::Result<Value> {
     ctx.pod_namespace(NS)?;
     let fresh = ctx.kubectl.get("dbc", NS, ORDERS)?.is_none();
     let started = Instant::now();
@@ -477,7 +477,7 @@ fn ensure_primary(cluster: &Value, when: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn instances(cluster: &Value) -> Vec<Value> {
+pub(crate) fn instances(cluster: &Value) -> Vec<Value> {
     cluster.pointer("/status/instances").and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
@@ -486,19 +486,19 @@ fn roles(k: &Kubectl, ns: &str, count: usize) -> anyhow::Result<Vec<String>> {
     (0..count).map(|i| pod_role(k, ns, &format!("{ORDERS}-{i}"))).collect()
 }
 
-fn pod_role(k: &Kubectl, ns: &str, pod: &str) -> anyhow::Result<String> {
+pub(crate) fn pod_role(k: &Kubectl, ns: &str, pod: &str) -> anyhow::Result<String> {
     let object = k.get("pod", ns, pod)?.with_context(|| format!("pod {ns}/{pod} does not exist"))?;
     Ok(object.pointer("/metadata/labels/stead.dev~1role").and_then(Value::as_str).unwrap_or("none").to_owned())
 }
 
 /// The names of the objects that match `selector`.
-fn list_names(k: &Kubectl, ns: &str, resource: &str, selector: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) fn list_names(k: &Kubectl, ns: &str, resource: &str, selector: &str) -> anyhow::Result<Vec<String>> {
     let out = expect_ok(k.run(&["get", resource, "-n", ns, "-l", selector, "-o", "name"])?)?;
     Ok(out.lines().filter_map(|line| line.split('/').nth(1)).map(str::to_owned).collect())
 }
 
 /// The pod IPs of `pods`, in order.
-fn pod_ips(k: &Kubectl, ns: &str, pods: &[&str]) -> anyhow::Result<Vec<String>> {
+pub(crate) fn pod_ips(k: &Kubectl, ns: &str, pods: &[&str]) -> anyhow::Result<Vec<String>> {
     pods.iter()
         .map(|pod| {
             let object = k.get("pod", ns, pod)?.with_context(|| format!("pod {ns}/{pod} does not exist"))?;
@@ -514,7 +514,7 @@ fn pod_ips(k: &Kubectl, ns: &str, pods: &[&str]) -> anyhow::Result<Vec<String>> 
 /// (Its EndpointSlices themselves stay empty here: the API server refuses
 /// loopback addresses in them, "may not be in the loopback range", and the
 /// pods' addresses are 127.0.0.N; see the README.)
-fn ready_endpoints(k: &Kubectl, ns: &str, service: &str) -> anyhow::Result<BTreeSet<String>> {
+pub(crate) fn ready_endpoints(k: &Kubectl, ns: &str, service: &str) -> anyhow::Result<BTreeSet<String>> {
     let svc = k.get("service", ns, service)?.with_context(|| format!("Service {ns}/{service} does not exist"))?;
     let selector = svc
         .pointer("/spec/selector")
@@ -542,7 +542,7 @@ fn ready_endpoints(k: &Kubectl, ns: &str, service: &str) -> anyhow::Result<BTree
 }
 
 /// Waits until the Service's ready endpoints are exactly `ips`; returns them.
-fn wait_for_endpoints(k: &Kubectl, ns: &str, service: &str, ips: &[String]) -> anyhow::Result<Vec<String>> {
+pub(crate) fn wait_for_endpoints(k: &Kubectl, ns: &str, service: &str, ips: &[String]) -> anyhow::Result<Vec<String>> {
     let want: BTreeSet<String> = ips.iter().cloned().collect();
     wait::until(&format!("{ns}/{service} to route to exactly {want:?}"), REACT_TIMEOUT, || {
         let have = ready_endpoints(k, ns, service)?;
@@ -551,7 +551,7 @@ fn wait_for_endpoints(k: &Kubectl, ns: &str, service: &str, ips: &[String]) -> a
 }
 
 /// The superuser's password, from the cluster's credentials Secret.
-fn superuser_password(k: &Kubectl, ns: &str, cluster: &str) -> anyhow::Result<String> {
+pub(crate) fn superuser_password(k: &Kubectl, ns: &str, cluster: &str) -> anyhow::Result<String> {
     let name = format!("{cluster}-credentials");
     let secret = k.get("secret", ns, &name)?.with_context(|| format!("Secret {ns}/{name} does not exist"))?;
     let encoded = text(&secret, "/data/password");
@@ -568,7 +568,7 @@ fn psql_binary() -> anyhow::Result<&'static str> {
 }
 
 /// Runs `sql` as the superuser on `host`:5432 over TCP (scram-sha-256), bounded in time.
-fn psql(host: &str, password: &str, sql: &str) -> anyhow::Result<String> {
+pub(crate) fn psql(host: &str, password: &str, sql: &str) -> anyhow::Result<String> {
     let out = Command::new(psql_binary()?)
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env_clear()
@@ -588,7 +588,7 @@ fn psql(host: &str, password: &str, sql: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn write_row(primary: &str, password: &str) -> anyhow::Result<()> {
+pub(crate) fn write_row(primary: &str, password: &str) -> anyhow::Result<()> {
     let sql = format!(
         "CREATE TABLE IF NOT EXISTS e2e_rows (id int PRIMARY KEY, note text); \
          INSERT INTO e2e_rows VALUES ({ROW_ID}, '{ROW_TEXT}') ON CONFLICT (id) DO UPDATE SET note = EXCLUDED.note"
@@ -597,7 +597,7 @@ fn write_row(primary: &str, password: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_for_row(host: &str, password: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_for_row(host: &str, password: &str) -> anyhow::Result<()> {
     let sql = format!("SELECT note FROM e2e_rows WHERE id = {ROW_ID}");
     wait::until(&format!("the row to be readable on {host}"), REPLAY_TIMEOUT, || {
         Ok(match psql(host, password, &sql) {
@@ -610,7 +610,7 @@ fn wait_for_row(host: &str, password: &str) -> anyhow::Result<()> {
 
 /// Waits until the cluster reports `count` instances, the primary ready and
 /// every other one a ready, streaming replica.
-fn wait_until_streaming(k: &Kubectl, ns: &str, name: &str, count: usize) -> anyhow::Result<Value> {
+pub(crate) fn wait_until_streaming(k: &Kubectl, ns: &str, name: &str, count: usize) -> anyhow::Result<Value> {
     wait::until(&format!("{ns}/{name} to run {count} instances, all replicas streaming"), AVAILABLE_TIMEOUT, || {
         let object = k.get("dbc", ns, name)?.context("the cluster disappeared")?;
         let instances = instances(&object);

@@ -56,7 +56,7 @@ fn point_webhooks(ctx: &Ctx<'_>, base_url: &str, reachable: bool) -> anyhow::Res
 }
 
 /// Stops the suite's controller and starts a new one with the same options.
-fn restart_controller(ctx: &mut Ctx<'_>, start: bool) -> anyhow::Result<()> {
+pub(crate) fn restart_controller(ctx: &mut Ctx<'_>, start: bool) -> anyhow::Result<()> {
     if !start {
         return ctx.controller.stop().context("stopping stead-controller");
     }

@@ -12,6 +12,7 @@
 mod clusters;
 mod database;
 mod finalizers;
+mod operations;
 mod ownership;
 mod scenarios;
 mod suite;

@@ -20,7 +20,7 @@ use crate::support::stead::{
     Controller, ControllerOptions, MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION, WEBHOOK_QUANTITY_MESSAGE,
 };
 use crate::support::wait::{self, Poll};
-use crate::{database, finalizers, ownership};
+use crate::{database, finalizers, operations, ownership};
 
 /// What every scenario can reach.
 pub struct Ctx<'a> {
@@ -89,7 +89,7 @@ pub struct Scenario {
 }
 
 /// All scenarios, in order.
-pub const SCENARIOS: [Scenario; 21] = [
+pub const SCENARIOS: [Scenario; 26] = [
     Scenario { name: "defaulting", run: defaulting },
     Scenario { name: "invalid-specs-refused", run: invalid_specs_refused },
     Scenario { name: "server-dry-run-same-answers", run: server_dry_run_same_answers },
@@ -104,6 +104,20 @@ pub const SCENARIOS: [Scenario; 21] = [
     Scenario { name: "scaling-keeps-the-primary", run: database::scaling_keeps_the_primary },
     Scenario { name: "database-pod-crash-is-restarted", run: database::crashed_pod_is_restarted },
     Scenario { name: "primary-failure-promotes-a-replica", run: database::primary_failure_promotes_a_replica },
+    Scenario {
+        name: "controller-restarted-mid-failover-resumes-it",
+        run: operations::controller_restarted_mid_failover_resumes_it,
+    },
+    Scenario { name: "switchover-loses-no-row", run: operations::switchover_loses_no_row },
+    Scenario {
+        name: "crash-looping-replica-is-reported-and-left-alone",
+        run: operations::crash_looping_replica_is_reported_and_left_alone,
+    },
+    Scenario { name: "reclone-on-request-only", run: operations::reclone_on_request_only },
+    Scenario {
+        name: "image-change-rolls-replicas-first-and-the-primary-last",
+        run: operations::image_change_rolls_replicas_first_and_the_primary_last,
+    },
     Scenario { name: "deleted-cluster-takes-its-pods", run: database::deleted_cluster_takes_its_pods },
     Scenario { name: "deletion-protection-and-finalizer", run: deletion_protection_and_finalizer },
     Scenario { name: "foreign-objects-are-never-adopted", run: ownership::foreign_objects_are_never_adopted },

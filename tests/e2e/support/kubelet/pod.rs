@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Binding, ConfigMap, Container, ObjectReference, Pod, Probe, Secret};
+use k8s_openapi::api::core::v1::{
+    Binding, ConfigMap, Container, ObjectReference, PersistentVolumeClaim, Pod, Probe, Secret,
+};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::ObjectMeta;
 use rustix::process::Signal;
@@ -19,7 +21,7 @@ use tokio::sync::watch;
 
 use super::probe::{self, Timing};
 use super::process::{self, IMAGE_POSTGRES_UID, Launch};
-use super::spec::{self, Addresses, PathMap, Sources};
+use super::spec::{self, Addresses, ClaimUids, PathMap, Sources};
 use super::status::{
     self, BACKOFF_CAP, BACKOFF_RESET, ContainerRecord, Exit, PodRecord, State, backoff_message, restart_delay,
 };
@@ -268,6 +270,20 @@ impl Worker {
         }
     }
 
+    /// The uid of each claim the pod mounts, fresh from the API. A claim
+    /// being deleted is not mounted (a real one would be detached).
+    async fn claim_uids(&self) -> ClaimUids {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.shared.client.clone(), &self.namespace);
+        let names = self.pod.spec.iter().flat_map(|spec| spec.volumes.iter().flatten());
+        let mut uids = ClaimUids::new();
+        for name in names.filter_map(|v| v.persistent_volume_claim.as_ref()).map(|c| c.claim_name.clone()) {
+            let claim = claims.get_opt(&name).await.ok().flatten();
+            let uid = claim.filter(|c| c.metadata.deletion_timestamp.is_none()).and_then(|c| c.metadata.uid);
+            uids.insert(name, uid);
+        }
+        uids
+    }
+
     /// The data of the Secrets and ConfigMaps the pod names, fresh from the API.
     async fn sources(&self) -> (Sources, Sources) {
         let (secret_names, map_names) = spec::referenced_sources(&self.pod);
@@ -315,11 +331,13 @@ impl Worker {
             return;
         }
         let (secrets, maps) = self.sources().await;
+        let claim_uids = self.claim_uids().await;
         let empty_dir_owner = match self.shared.empty_dirs(&self.namespace) {
             EmptyDirs::AsKubelet => None,
         };
         let dirs = VolumeDirs { pod: self.dir.clone(), claims: self.shared.dirs.claims.clone(), empty_dir_owner };
-        let prepared = self.fs_group().and_then(|group| volumes::prepare(&self.pod, &dirs, group, &secrets, &maps));
+        let prepared =
+            self.fs_group().and_then(|group| volumes::prepare(&self.pod, &dirs, group, &secrets, &maps, &claim_uids));
         match prepared {
             Ok(volumes) => self.volumes = Some(volumes),
             Err(why) => {

@@ -21,6 +21,10 @@ pub const STEAD_BINARY_PREFIX: &str = "stead-";
 /// The data of Secrets and ConfigMaps by name; `None` when it does not exist.
 pub type Sources = BTreeMap<String, Option<BTreeMap<String, Vec<u8>>>>;
 
+/// The uid of each claim a pod mounts, by claim name; `None` for a claim that
+/// does not exist or is being deleted.
+pub type ClaimUids = BTreeMap<String, Option<String>>;
+
 /// The host paths behind one container's mounts, and the built stead binaries.
 #[derive(Debug, Clone)]
 pub struct PathMap {

@@ -3,7 +3,9 @@
 //! - `emptyDir` (any medium): a directory of the pod, removed with it;
 //!   root-owned, mode 0777, and with `fsGroup` group-owned by it with the
 //!   setgid bit (kubelet's `SetVolumeOwnership`).
-//! - `persistentVolumeClaim`: a directory per claim (`<namespace>/<claim>`)
+//! - `persistentVolumeClaim`: a directory per claim object
+//!   (`<namespace>/<claim>/<uid>`), so a claim deleted and created again
+//!   under the same name is a new, empty volume, as a provisioner makes it
 //!   that outlives pods, like a PV: a fresh volume root is root-owned, and
 //!   `fsGroup` makes it group-owned and group-writable (mode 2775).
 //! - `secret` and `configMap`: the object's keys (or `items`) as files,
@@ -19,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{KeyToPath, Pod};
 
-use super::spec::Sources;
+use super::spec::{ClaimUids, Sources};
 
 /// The setgid bit a kubelet puts on directories it hands to `fsGroup`.
 const SETGID: u32 = 0o2000;
@@ -36,7 +38,7 @@ pub struct VolumeDirs {
     pub empty_dir_owner: Option<(u32, u32)>,
 }
 
-/// The host directory of each claim the pod mounts, `None` for no claims.
+/// The host directory of every object of each claim the pod mounts.
 pub fn claim_dirs(pod: &Pod, claims: &Path) -> Vec<PathBuf> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     pod.spec
@@ -56,6 +58,7 @@ pub fn prepare(
     fs_group: Option<u32>,
     secrets: &Sources,
     config_maps: &Sources,
+    claim_uids: &ClaimUids,
 ) -> Result<BTreeMap<String, PathBuf>, String> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let mut prepared = BTreeMap::new();
@@ -72,7 +75,10 @@ pub fn prepare(
             }
             own
         } else if let Some(claim) = &volume.persistent_volume_claim {
-            let dir = dirs.claims.join(&namespace).join(&claim.claim_name);
+            let uid = claim_uids.get(&claim.claim_name).cloned().flatten().ok_or_else(|| {
+                failed(format!("persistentvolumeclaim {:?} not found (or being deleted)", claim.claim_name))
+            })?;
+            let dir = dirs.claims.join(&namespace).join(&claim.claim_name).join(uid);
             make_parents(&dir).map_err(failed)?;
             if !dir.exists() {
                 make_dir(&dir, 0o775, fs_group).map_err(failed)?;
@@ -206,6 +212,10 @@ mod tests {
         BTreeMap::from([("orders-credentials".to_owned(), Some(data))])
     }
 
+    fn claim_uids() -> ClaimUids {
+        BTreeMap::from([("data-orders-0".to_owned(), Some("uid-1".to_owned()))])
+    }
+
     fn is_root() -> bool {
         rustix::process::geteuid().is_root()
     }
@@ -219,12 +229,12 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dirs =
             VolumeDirs { pod: root.path().join("pods/1"), claims: root.path().join("claims"), empty_dir_owner: None };
-        let volumes = prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new()).unwrap();
+        let volumes = prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new(), &claim_uids()).unwrap();
 
         let run = fs::metadata(&volumes["run"]).unwrap();
         assert_eq!((run.uid(), run.gid(), run.mode() & 0o7777), (0, 4242, 0o2777));
         let data = fs::metadata(&volumes["data"]).unwrap();
-        assert_eq!(volumes["data"], root.path().join("claims/shop/data-orders-0"));
+        assert_eq!(volumes["data"], root.path().join("claims/shop/data-orders-0/uid-1"));
         assert_eq!((data.uid(), data.gid(), data.mode() & 0o7777), (0, 4242, 0o2775));
         let password = volumes["credentials"].join("password");
         assert_eq!(fs::read(&password).unwrap(), b"s3cret");
@@ -234,12 +244,16 @@ mod tests {
 
         // A second pod on the same claim finds what the first one left.
         fs::write(volumes["data"].join("marker"), "kept").unwrap();
-        let again = prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new()).unwrap();
+        let again = prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new(), &claim_uids()).unwrap();
         assert_eq!(fs::read_to_string(again["data"].join("marker")).unwrap(), "kept");
+        // A claim deleted and created again is a new, empty volume.
+        let renewed = BTreeMap::from([("data-orders-0".to_owned(), Some("uid-2".to_owned()))]);
+        let fresh = prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new(), &renewed).unwrap();
+        assert!(!fresh["data"].join("marker").exists(), "a new claim object starts empty");
 
         // Served with emptyDirs owned by the pod's user.
         let owned = VolumeDirs { empty_dir_owner: Some((4343, 4242)), ..dirs };
-        let volumes = prepare(&pod(), &owned, Some(4242), &secrets(), &Sources::new()).unwrap();
+        let volumes = prepare(&pod(), &owned, Some(4242), &secrets(), &Sources::new(), &claim_uids()).unwrap();
         let run = fs::metadata(&volumes["run"]).unwrap();
         assert_eq!((run.uid(), run.gid(), run.mode() & 0o7777), (4343, 4242, 0o2777));
     }
@@ -252,15 +266,25 @@ mod tests {
         let mut pod = pod();
         // Without the secret (and without root: no chown is reached for it).
         pod.spec.as_mut().unwrap().volumes.as_mut().unwrap().retain(|v| v.name == "credentials");
-        let err = prepare(&pod, &dirs, None, &Sources::new(), &Sources::new()).unwrap_err();
+        let err = prepare(&pod, &dirs, None, &Sources::new(), &Sources::new(), &ClaimUids::new()).unwrap_err();
         assert_eq!(err, "MountVolume.SetUp failed for volume \"credentials\": secret \"orders-credentials\" not found");
+        // Without its claim (deleted, or being deleted).
+        let mut pod = super::tests::pod();
+        pod.spec.as_mut().unwrap().volumes.as_mut().unwrap().retain(|v| v.name == "data");
+        let gone = BTreeMap::from([("data-orders-0".to_owned(), None)]);
+        let err = prepare(&pod, &dirs, None, &Sources::new(), &Sources::new(), &gone).unwrap_err();
+        assert_eq!(
+            err,
+            "MountVolume.SetUp failed for volume \"data\": persistentvolumeclaim \"data-orders-0\" not found (or being \
+             deleted)"
+        );
 
         let odd: Pod = serde_json::from_value(json!({
             "metadata": {"name": "x-0", "namespace": "shop"},
             "spec": {"containers": [], "volumes": [{"name": "host", "hostPath": {"path": "/etc"}}]}
         }))
         .unwrap();
-        let err = prepare(&odd, &dirs, None, &Sources::new(), &Sources::new()).unwrap_err();
+        let err = prepare(&odd, &dirs, None, &Sources::new(), &Sources::new(), &ClaimUids::new()).unwrap_err();
         assert!(err.contains("volume \"host\" is of a kind"), "{err}");
     }
 }
