@@ -19,6 +19,7 @@ pub mod keys;
 pub mod leader;
 pub mod managed_fields;
 pub mod metrics;
+pub mod pod_problem;
 pub mod reclone;
 pub mod reconciler;
 pub mod replication;

@@ -560,35 +560,9 @@ async fn observe(
         pod_ready: pod.is_some_and(pod_ready),
         terminating: pod.is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
         role_label: pod.and_then(|p| p.labels().get(ROLE_LABEL).cloned()),
-        container_problem: pod.and_then(container_problem),
+        container_problem: pod.and_then(|p| crate::pod_problem::of(p, (ctx.now)())),
         report,
     }
-}
-
-/// What the `database` container is stuck on, in one line: the waiting
-/// reason and message, the last termination's exit code and reason, and the
-/// restart count. `None` while it runs (or has not been tried yet).
-pub fn container_problem(pod: &Pod) -> Option<String> {
-    let status = pod.status.as_ref()?;
-    let all = status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
-    let stuck = all.filter(|c| c.name == crate::children::CONTAINER || c.name.starts_with("stead-")).find_map(|c| {
-        let waiting = c.state.as_ref()?.waiting.as_ref()?;
-        let reason = waiting.reason.as_deref().filter(|r| *r != "ContainerCreating" && *r != "PodInitializing")?;
-        Some((c, reason.to_owned(), waiting.message.clone()))
-    })?;
-    let (container, reason, message) = stuck;
-    let mut text = reason;
-    if let Some(message) = message.filter(|m| !m.is_empty()) {
-        text.push_str(&format!(": {message}"));
-    }
-    if let Some(last) = container.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
-        text.push_str(&format!("; last exit code {}", last.exit_code));
-        if let Some(why) = last.reason.as_deref() {
-            text.push_str(&format!(" ({why})"));
-        }
-    }
-    text.push_str(&format!("; {} restarts", container.restart_count));
-    Some(text)
 }
 
 /// Sets (or removes) the role label of a pod of our StatefulSet; a pod

@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
-use crate::replication::container_problem;
+use crate::pod_problem::{self, container_problem};
 
 fn pod(statuses: &serde_json::Value) -> Pod {
     serde_json::from_value(json!({"metadata": {"name": "orders-1"}, "status": statuses})).unwrap()
@@ -59,5 +59,37 @@ fn container_states_table() {
     ];
     for (case, status, want) in rows {
         assert_eq!(container_problem(&pod(&status)).as_deref(), want, "{case}");
+    }
+}
+
+#[test]
+fn a_pod_pending_beyond_the_bound_is_reported_with_the_schedulers_reason() {
+    let pod = |created: &str, conditions: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "orders-1", "creationTimestamp": created},
+            "status": {"phase": "Pending", "conditions": conditions},
+        }))
+        .unwrap()
+    };
+    let now: k8s_openapi::jiff::Timestamp = "2026-01-01T10:05:00Z".parse().unwrap();
+    let unschedulable = json!([{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient memory."
+    }]);
+    let rows = [
+        ("pending for a minute: normal start-up", pod("2026-01-01T10:04:00Z", unschedulable.clone()), None),
+        (
+            "pending for five minutes, unschedulable",
+            pod("2026-01-01T10:00:00Z", unschedulable),
+            Some("Pending for 300s: not scheduled (Unschedulable): 0/3 nodes are available: 3 Insufficient memory."),
+        ),
+        (
+            "pending for five minutes, scheduled",
+            pod("2026-01-01T10:00:00Z", json!([{"type": "PodScheduled", "status": "True"}])),
+            Some("Pending for 300s: scheduled, but its containers have not started"),
+        ),
+    ];
+    for (case, pod, want) in rows {
+        assert_eq!(pod_problem::of(&pod, now).as_deref(), want, "{case}");
     }
 }
