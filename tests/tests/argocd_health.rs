@@ -1,5 +1,6 @@
-//! Runs the Argo CD health check for `stead.dev/DatabaseCluster`
-//! (`manifests/argocd/health/databasecluster.lua`) in a Lua 5.1 VM set up
+//! Runs the Argo CD health checks for `stead.dev/DatabaseCluster`
+//! (`manifests/argocd/health/databasecluster.lua`) and `stead.dev/DatabaseBackup`
+//! (`databasebackup.lua`) in a Lua 5.1 VM set up
 //! the way Argo CD sets up gopher-lua for health checks: only the base,
 //! package and table libraries, a fresh VM per object, the object as the
 //! global `obj` with JSON null as nil, and the returned table read as
@@ -13,6 +14,7 @@ use mlua::{Lua, LuaOptions, LuaSerdeExt, StdLib, Table};
 use serde_json::{Value, json};
 
 const HEALTH_KEY: &str = "resource.customizations.health.stead.dev_DatabaseCluster";
+const BACKUP_HEALTH_KEY: &str = "resource.customizations.health.stead.dev_DatabaseBackup";
 
 /// Health statuses Argo CD accepts from a script; anything else becomes Unknown.
 const VALID_STATUSES: &[&str] = &["Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"];
@@ -22,7 +24,11 @@ fn repo_root() -> PathBuf {
 }
 
 fn script() -> String {
-    let path = repo_root().join("manifests/argocd/health/databasecluster.lua");
+    script_named("databasecluster.lua")
+}
+
+fn script_named(file: &str) -> String {
+    let path = repo_root().join("manifests/argocd/health").join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
@@ -33,8 +39,13 @@ struct Health {
     message: String,
 }
 
-/// Evaluates the health script against one object, as Argo CD does.
+/// Evaluates the DatabaseCluster health script against one object, as Argo CD does.
 fn health_of(object: &Value) -> Health {
+    health_by("databasecluster.lua", object)
+}
+
+/// Evaluates the health script `file` against one object, as Argo CD does.
+fn health_by(file: &str, object: &Value) -> Health {
     // Argo CD opens package, base, table and a reduced os library: no
     // string or math, so a script that calls string.format fails there.
     let lua = Lua::new_with(StdLib::PACKAGE | StdLib::TABLE, LuaOptions::default()).unwrap();
@@ -45,8 +56,8 @@ fn health_of(object: &Value) -> Health {
     let obj = lua.to_value_with(object, options).unwrap();
     lua.globals().set("obj", obj).unwrap();
     let table: Table = lua
-        .load(script())
-        .set_name("databasecluster.lua")
+        .load(script_named(file))
+        .set_name(file)
         .eval()
         .unwrap_or_else(|e| panic!("health script failed on {object}: {e}"));
     let status: String = table.get("status").unwrap();
@@ -285,14 +296,16 @@ fn mentions(code: &str, name: &str) -> bool {
 fn script_uses_only_libraries_argo_cd_opens() {
     // Runtime calls are covered above; this also covers branches a fixture
     // might miss.
-    for (number, line) in script().lines().enumerate() {
-        let code = without_strings(line.split("--").next().unwrap_or_default());
-        for forbidden in ["string", "math", "io", "os", "debug", "require", "load", "loadstring", "dofile"] {
-            assert!(
-                !mentions(&code, forbidden),
-                "databasecluster.lua line {}: {forbidden:?} is not available to Argo CD health checks: {line}",
-                number + 1
-            );
+    for file in ["databasecluster.lua", "databasebackup.lua"] {
+        for (number, line) in script_named(file).lines().enumerate() {
+            let code = without_strings(line.split("--").next().unwrap_or_default());
+            for forbidden in ["string", "math", "io", "os", "debug", "require", "load", "loadstring", "dofile"] {
+                assert!(
+                    !mentions(&code, forbidden),
+                    "{file} line {}: {forbidden:?} is not available to Argo CD health checks: {line}",
+                    number + 1
+                );
+            }
         }
     }
 }
@@ -307,16 +320,19 @@ fn argocd_cm_patch_carries_the_same_script() {
     assert_eq!(patch["metadata"]["name"], "argocd-cm");
     assert_eq!(patch["metadata"]["namespace"], "argocd");
     let data = patch["data"].as_object().unwrap();
-    assert_eq!(data.keys().collect::<Vec<_>>(), vec![HEALTH_KEY], "argocd-cm patch data keys");
-    let lua = script();
-    let indented: String =
-        lua.lines().map(|l| if l.trim().is_empty() { "\n".to_owned() } else { format!("    {l}\n") }).collect();
-    assert!(
-        data[HEALTH_KEY].as_str() == Some(lua.as_str()),
-        "{} differs from manifests/argocd/health/databasecluster.lua; \
-         replace the block under `{HEALTH_KEY}: |` with:\n{indented}",
-        path.display()
-    );
+    let mut keys: Vec<&String> = data.keys().collect();
+    keys.sort();
+    assert_eq!(keys, vec![BACKUP_HEALTH_KEY, HEALTH_KEY], "argocd-cm patch data keys");
+    for (key, file) in [(HEALTH_KEY, "databasecluster.lua"), (BACKUP_HEALTH_KEY, "databasebackup.lua")] {
+        let lua = script_named(file);
+        let indented: String =
+            lua.lines().map(|l| if l.trim().is_empty() { "\n".to_owned() } else { format!("    {l}\n") }).collect();
+        assert!(
+            data[key].as_str() == Some(lua.as_str()),
+            "{} differs from manifests/argocd/health/{file}; replace the block under `{key}: |` with:\n{indented}",
+            path.display()
+        );
+    }
 }
 
 #[test]
@@ -328,4 +344,58 @@ fn health_key_names_the_crd_group_and_kind() {
     let group = crd["spec"]["group"].as_str().unwrap();
     let kind = crd["spec"]["names"]["kind"].as_str().unwrap();
     assert_eq!(HEALTH_KEY, format!("resource.customizations.health.{group}_{kind}"));
+}
+
+#[test]
+fn health_key_names_the_backup_crd_group_and_kind() {
+    let path = repo_root().join("manifests/crds/databasebackups.stead.dev.yaml");
+    let crd: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let group = crd["spec"]["group"].as_str().unwrap();
+    let kind = crd["spec"]["names"]["kind"].as_str().unwrap();
+    assert_eq!(BACKUP_HEALTH_KEY, format!("resource.customizations.health.{group}_{kind}"));
+}
+
+fn backup(status: Option<Value>) -> Value {
+    let mut object = json!({
+        "apiVersion": "stead.dev/v1alpha1",
+        "kind": "DatabaseBackup",
+        "metadata": {"name": "orders-202501010300", "namespace": "shop", "generation": 1},
+        "spec": {"cluster": "orders"},
+    });
+    if let Some(status) = status {
+        object["status"] = status;
+    }
+    object
+}
+
+#[test]
+fn a_backup_is_healthy_when_completed_degraded_when_failed_else_progressing() {
+    let rows: Vec<(Option<Value>, &str, &str)> = vec![
+        (
+            Some(
+                json!({"phase": "Completed", "instance": "orders-1", "snapshots": [{"name": "s", "persistentVolumeClaim": "data-orders-1", "readyToUse": true}]}),
+            ),
+            "Healthy",
+            "Completed: the snapshots of orders-1",
+        ),
+        (Some(json!({"phase": "Completed"})), "Healthy", "Completed"),
+        (
+            Some(json!({"phase": "Failed", "error": "VolumeSnapshot orders-202501010300-0: driver error"})),
+            "Degraded",
+            "Failed: VolumeSnapshot orders-202501010300-0: driver error",
+        ),
+        (Some(json!({"phase": "Failed"})), "Degraded", "Failed"),
+        (Some(json!({"phase": "Running", "startedAt": "2025-01-01T03:00:00Z"})), "Progressing", "Running"),
+        (Some(json!({"phase": "Pending"})), "Progressing", "Pending"),
+        (None, "Progressing", "Waiting for stead-controller"),
+        (Some(json!({})), "Progressing", "Waiting for stead-controller"),
+        (Some(json!({"phase": 7, "error": ["x"], "instance": {}})), "Progressing", "Waiting"),
+        (Some(json!("not an object")), "Progressing", "Waiting"),
+    ];
+    for (status, want, says) in rows {
+        let object = backup(status);
+        let health = health_by("databasebackup.lua", &object);
+        assert_eq!(health.status, want, "{object}: {health:?}");
+        assert!(health.message.contains(says), "{object}: {health:?} lacks {says:?}");
+    }
 }

@@ -321,11 +321,24 @@ fn quantity(text: &str) -> Option<f64> {
 /// The webhook configurations: fields, rules, the Service they call, the
 /// workload behind it, and the certificate whose CA cert-manager injects.
 fn check_webhooks(objects: &[Value], p: &mut Problems) {
+    // (kind, path, the operations of each resource's rule, in order). Deleting a
+    // backup never calls the webhook, so retention does not depend on it.
     let expected = [
-        ("MutatingWebhookConfiguration", "/mutate", vec!["CREATE", "UPDATE"]),
-        ("ValidatingWebhookConfiguration", "/validate", vec!["CREATE", "UPDATE", "DELETE"]),
+        (
+            "MutatingWebhookConfiguration",
+            "/mutate",
+            vec![("databaseclusters", vec!["CREATE", "UPDATE"]), ("databasebackups", vec!["CREATE", "UPDATE"])],
+        ),
+        (
+            "ValidatingWebhookConfiguration",
+            "/validate",
+            vec![
+                ("databaseclusters", vec!["CREATE", "UPDATE", "DELETE"]),
+                ("databasebackups", vec!["CREATE", "UPDATE"]),
+            ],
+        ),
     ];
-    for (config_kind, path, operations) in expected {
+    for (config_kind, path, resource_rules) in expected {
         let configs = of_kind(objects, config_kind);
         p.check(configs.len() == 1, || format!("want exactly one {config_kind}, found {}", configs.len()));
         let Some(config) = configs.first() else { continue };
@@ -354,18 +367,20 @@ fn check_webhooks(objects: &[Value], p: &mut Problems) {
             });
 
             let rules = webhook["rules"].as_array().map(Vec::as_slice).unwrap_or_default();
-            p.check(!rules.is_empty(), || format!("{at}: no rules"));
-            for rule in rules {
+            p.check(rules.len() == resource_rules.len(), || {
+                format!("{at}: want {} rules (one per resource), found {}", resource_rules.len(), rules.len())
+            });
+            for (rule, (resource, operations)) in rules.iter().zip(&resource_rules) {
                 p.check(strings(&rule["apiGroups"]) == ["stead.dev"], || {
                     format!("{at}: rule apiGroups must be [stead.dev], is {}", rule["apiGroups"])
                 });
-                p.check(strings(&rule["resources"]) == ["databaseclusters"], || {
-                    format!("{at}: rule resources must be [databaseclusters], is {}", rule["resources"])
+                p.check(strings(&rule["resources"]) == [*resource], || {
+                    format!("{at}: rule resources must be [{resource}], is {}", rule["resources"])
                 });
                 p.check(strings(&rule["apiVersions"]) == ["v1alpha1"], || {
                     format!("{at}: rule apiVersions must be [v1alpha1], is {}", rule["apiVersions"])
                 });
-                p.check(strings(&rule["operations"]) == operations, || {
+                p.check(strings(&rule["operations"]) == *operations, || {
                     format!("{at}: rule operations must be {operations:?}, is {}", rule["operations"])
                 });
                 p.check(rule["scope"] == "Namespaced", || format!("{at}: rule scope must be Namespaced"));
@@ -782,26 +797,35 @@ fn check_rbac(objects: &[Value], p: &mut Problems) {
         }
     }
 
-    // The webhook: no token and no permissions at all.
+    // The webhook: a token for exactly one read each of DatabaseClusters and
+    // DatabaseBackups (GET by name, the admission lookups), cluster-wide.
     let Some(webhook) = workload_running(objects, "/usr/local/bin/stead-webhook") else {
         p.0.push("no workload runs stead-webhook".into());
         return;
     };
     let pod = &webhook["spec"]["template"]["spec"];
     let webhook_sa = pod["serviceAccountName"].as_str().unwrap_or("default");
-    p.check(pod["automountServiceAccountToken"] == false, || {
-        format!("{}: automountServiceAccountToken must be false", id(webhook))
+    p.check(pod["automountServiceAccountToken"] == true, || {
+        format!("{}: automountServiceAccountToken must be true (the admission lookups)", id(webhook))
     });
     p.check(webhook_sa != "default", || format!("{}: must use its own ServiceAccount", id(webhook)));
-    match objects.iter().find(|o| kind(o) == "ServiceAccount" && name(o) == webhook_sa && namespace(o) == ns) {
-        Some(account) => p.check(account["automountServiceAccountToken"] == false, || {
-            format!("{}: automountServiceAccountToken must be false", id(account))
-        }),
-        None => p.0.push(format!("ServiceAccount {webhook_sa} of the webhook is not in the render")),
+    if !objects.iter().any(|o| kind(o) == "ServiceAccount" && name(o) == webhook_sa && namespace(o) == ns) {
+        p.0.push(format!("ServiceAccount {webhook_sa} of the webhook is not in the render"));
     }
-    let webhook_roles = roles_of(objects, webhook_sa, namespace(webhook));
-    p.check(webhook_roles.is_empty(), || {
-        format!("the webhook's ServiceAccount must have no RBAC, has {}", webhook_roles.len())
+    let mut webhook_grants = BTreeSet::new();
+    for (_, role) in roles_of(objects, webhook_sa, namespace(webhook)) {
+        p.check(kind(role) == "ClusterRole", || format!("{}: the webhook's reads are cluster-wide", id(role)));
+        for (grant, names) in grants(role) {
+            p.check(names.is_empty(), || format!("{}: the webhook reads objects by the name it is given", id(role)));
+            webhook_grants.insert(grant);
+        }
+    }
+    let want: BTreeSet<(String, String, String)> = ["databaseclusters", "databasebackups"]
+        .into_iter()
+        .map(|resource| ("stead.dev".to_owned(), resource.to_owned(), "get".to_owned()))
+        .collect();
+    p.check(webhook_grants == want, || {
+        format!("the webhook's ServiceAccount must be granted exactly {want:?}, is {webhook_grants:?}")
     });
 }
 
@@ -1216,8 +1240,9 @@ fn default_installs_everything_into_stead_system() {
     assert_eq!(namespaces.len(), 1);
     assert_eq!(name(namespaces[0]), NAMESPACE);
     assert_eq!(namespaces[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
-    let crd = find(objects, "CustomResourceDefinition", "databaseclusters.stead.dev");
-    assert!(crd.is_some(), "default must install the CRD");
+    for crd in ["databaseclusters.stead.dev", "databasebackups.stead.dev"] {
+        assert!(find(objects, "CustomResourceDefinition", crd).is_some(), "default must install the CRD {crd}");
+    }
     assert!(of_kind(objects, "DatabaseCluster").is_empty(), "examples do not belong in default");
     for part in ["crds", "rbac", "certmanager", "webhook", "controller"] {
         for o in &rendered()[part] {
