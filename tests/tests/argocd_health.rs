@@ -23,10 +23,6 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn script() -> String {
-    script_named("databasecluster.lua")
-}
-
 fn script_named(file: &str) -> String {
     let path = repo_root().join("manifests/argocd/health").join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
