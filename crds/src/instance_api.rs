@@ -11,6 +11,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 /// A position in the WAL stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Lsn(pub u64);
@@ -134,6 +136,16 @@ pub struct InstanceStatus {
     pub restarts: u32,
     /// A changed parameter waits for a restart.
     pub pending_restart: bool,
+    /// The backup running on this instance (`POST /backup/start` answered,
+    /// `POST /backup/stop` not yet). Absent when none runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupInProgress>,
+    /// PGDATA was restored from a backup of another instance (its marker
+    /// file names another pod): postgres is not started, `role` is
+    /// `bootstrapping`, and only `POST /bootstrap {"mode":"restore"}` starts
+    /// it, as the new primary. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restorable: Option<BackupMarker>,
 }
 
 /// The body of `POST /bootstrap`: how a new instance gets its data.
@@ -150,15 +162,125 @@ pub enum Bootstrap {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         primary_port: Option<u16>,
     },
+    /// PGDATA holds data restored from a backup (`restorable` in the
+    /// status): start it as the new primary, with this cluster's settings
+    /// and passwords.
+    Restore,
 }
 
 impl Bootstrap {
-    /// `initdb` or `clone`, for messages.
+    /// `initdb`, `clone` or `restore`, for messages.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Initdb => "initdb",
             Self::Clone { .. } => "clone",
+            Self::Restore => "restore",
         }
+    }
+}
+
+/// How `POST /backup/start` makes the data directory consistent for a
+/// volume snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMode {
+    /// A streaming replica only: CHECKPOINT (a restartpoint), then a clean
+    /// fast shutdown; postgres stays stopped ("fenced") until the stop.
+    Cold,
+    /// `pg_backup_start` on a session held until the stop; postgres keeps serving.
+    Hot,
+}
+
+impl BackupMode {
+    /// `cold` or `hot`, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cold => "cold",
+            Self::Hot => "hot",
+        }
+    }
+}
+
+impl fmt::Display for BackupMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of `POST /backup/start`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackupStart {
+    pub mode: BackupMode,
+    /// Names the backup (the DatabaseBackup's name); 1 to 253 printable
+    /// characters, no line breaks.
+    pub label: String,
+}
+
+/// The answer of `POST /backup/start`: the data directory may be snapshotted now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStarted {
+    pub mode: BackupMode,
+    pub label: String,
+    /// Hot: what `pg_backup_start` returned. Cold: the WAL position the
+    /// stopped data directory is consistent at (pg_controldata's `Minimum
+    /// recovery ending location`, or `Latest checkpoint location` when later).
+    pub begin_lsn: Lsn,
+}
+
+/// The body of `POST /backup/stop`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackupStop {
+    pub label: String,
+}
+
+/// The answer of `POST /backup/stop`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStopped {
+    pub label: String,
+    /// Hot: the `lsn` of `pg_backup_stop`. Cold: the begin LSN (nothing moved while fenced).
+    pub end_lsn: Lsn,
+    /// Hot: the `labelfile` of `pg_backup_stop` (keep it with the snapshot;
+    /// it is needed only to recover with a WAL archive). Cold: absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_label: Option<String>,
+}
+
+/// A backup running on an instance, as `GET /status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupInProgress {
+    pub mode: BackupMode,
+    pub label: String,
+    /// When `POST /backup/start` began it.
+    pub since: Time,
+}
+
+/// `stead-backup.json`: written into PGDATA by `POST /backup/start` (so the
+/// volume snapshot carries it) and removed from the live data directory by
+/// the stop. Found at startup with another pod's identity, it marks restored
+/// data; with this pod's own, an interrupted backup (removed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupMarker {
+    pub label: String,
+    pub mode: BackupMode,
+    /// Namespace and pod name of the instance the backup was taken on.
+    pub namespace: String,
+    pub pod: String,
+    /// `pg_control_system().system_identifier` of the data.
+    pub system_identifier: String,
+    pub begin_lsn: Lsn,
+    pub created_at: Time,
+}
+
+impl BackupMarker {
+    /// Whether this marker was written by the instance `namespace`/`pod`.
+    pub fn written_by(&self, namespace: &str, pod: &str) -> bool {
+        self.namespace == namespace && self.pod == pod
     }
 }
 
@@ -224,6 +346,40 @@ mod tests {
         assert_eq!(b.bytes_after(a), 0x1_0000_0000 - 0x0300_0060);
         assert_eq!(a.bytes_after(b), 0);
         assert_eq!(a.bytes_after(a), 0);
+    }
+
+    #[test]
+    fn backup_bodies() {
+        let start: BackupStart = serde_json::from_str(r#"{"mode":"cold","label":"orders-202501010200"}"#).unwrap();
+        assert_eq!(start, BackupStart { mode: BackupMode::Cold, label: "orders-202501010200".into() });
+        assert!(serde_json::from_str::<BackupStart>(r#"{"mode":"warm","label":"x"}"#).is_err());
+        assert!(serde_json::from_str::<BackupStart>(r#"{"mode":"hot","label":"x","fast":true}"#).is_err());
+        let stopped = BackupStopped { label: "b".into(), end_lsn: Lsn(0x0300_0060), backup_label: None };
+        assert_eq!(serde_json::to_value(&stopped).unwrap(), serde_json::json!({"label":"b","endLsn":"0/3000060"}));
+        let started = BackupStarted { mode: BackupMode::Hot, label: "b".into(), begin_lsn: Lsn(1) };
+        assert_eq!(
+            serde_json::to_value(&started).unwrap(),
+            serde_json::json!({"mode":"hot","label":"b","beginLsn":"0/1"})
+        );
+        let bootstrap: Bootstrap = serde_json::from_str(r#"{"mode":"restore"}"#).unwrap();
+        assert_eq!(
+            (bootstrap.name(), serde_json::to_string(&bootstrap).unwrap()),
+            ("restore", r#"{"mode":"restore"}"#.into())
+        );
+    }
+
+    #[test]
+    fn markers_round_trip_and_know_their_writer() {
+        let json = r#"{"label":"orders-1","mode":"cold","namespace":"shop","pod":"orders-1",
+            "systemIdentifier":"7393517237520473112","beginLsn":"0/5000028","createdAt":"2025-01-01T02:00:00Z",
+            "addedLater":true}"#;
+        let marker: BackupMarker = serde_json::from_str(json).unwrap();
+        assert_eq!(marker.begin_lsn, Lsn(0x0500_0028));
+        assert!(marker.written_by("shop", "orders-1"));
+        assert!(!marker.written_by("shop", "orders-0"));
+        assert!(!marker.written_by("other", "orders-1"));
+        let back: BackupMarker = serde_json::from_value(serde_json::to_value(&marker).unwrap()).unwrap();
+        assert_eq!(back, marker);
     }
 
     #[test]
