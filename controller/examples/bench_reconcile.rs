@@ -31,7 +31,9 @@ use stead_controller::reconciler::reconcile;
 use stead_controller::replication::FailoverState;
 use stead_controller::status::{Outcome, Replication, compute_status};
 use stead_controller::topology::{decide, members_without_pods};
-use stead_crds::instance_api::{Bootstrap, Demote, InstanceStatus};
+use stead_crds::instance_api::{
+    BackupStart, BackupStarted, BackupStop, BackupStopped, Bootstrap, Demote, InstanceStatus,
+};
 use stead_crds::names::{FINALIZER, credentials_secret_name};
 use stead_crds::{DatabaseCluster, DatabaseClusterSpec, StorageSpec};
 
@@ -44,10 +46,10 @@ fn keys() -> Arc<ControllerKeys> {
 /// The benchmark's clusters have no pods, so no instance manager is ever asked.
 struct NoPods;
 
-type Answer<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<InstanceStatus, CallError>> + Send + 'a>>;
+type Answer<'a, T = InstanceStatus> = stead_controller::instances::Answer<'a, T>;
 
 impl NoPods {
-    fn refuse(target: &Target) -> Answer<'_> {
+    fn refuse<T>(target: &Target) -> Answer<'_, T> {
         let error = CallError::Unreachable {
             pod: target.pod.clone(),
             ip: target.ip.clone(),
@@ -70,6 +72,12 @@ impl InstanceApi for NoPods {
         Self::refuse(target)
     }
     fn promote<'a>(&'a self, target: &'a Target) -> Answer<'a> {
+        Self::refuse(target)
+    }
+    fn backup_start<'a>(&'a self, target: &'a Target, _: &'a BackupStart) -> Answer<'a, BackupStarted> {
+        Self::refuse(target)
+    }
+    fn backup_stop<'a>(&'a self, target: &'a Target, _: &'a BackupStop) -> Answer<'a, BackupStopped> {
         Self::refuse(target)
     }
 }
@@ -206,6 +214,7 @@ async fn main() {
                     topology: &topology,
                     failover: Some(&failover),
                     rollout: None,
+                    backups: None,
                     namespace: NAMESPACE,
                     port: 5432,
                 };

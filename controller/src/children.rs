@@ -292,6 +292,16 @@ fn volume_claim_template(view: &ClusterView) -> Value {
     })
 }
 
+/// The data claim `name` exactly as the StatefulSet would create it from
+/// its template (labels, access modes, size, class), for a restore, which
+/// must create it first with a `dataSource`.
+pub fn restore_claim(view: &ClusterView, name: &str) -> k8s_openapi::api::core::v1::PersistentVolumeClaim {
+    let mut claim = volume_claim_template(view);
+    claim["metadata"]["name"] = json!(name);
+    claim["metadata"]["namespace"] = json!(view.namespace);
+    serde_json::from_value(claim).unwrap_or_default()
+}
+
 /// `requests`/`limits` that are set and non-empty; `None` when nothing is.
 fn container_resources(resources: Option<&ResourceRequirements>) -> Option<Value> {
     let resources = resources?;

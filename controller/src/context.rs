@@ -15,6 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
 use stead_crds::DatabaseCluster;
+use stead_crds::backup::DatabaseBackup;
 
 use crate::cli::Settings;
 use crate::instances::InstanceApi;
@@ -38,6 +39,8 @@ pub struct Stores {
     pub claims: Store<PersistentVolumeClaim>,
     /// The database pods, for their IPs, readiness and role labels.
     pub pods: Store<Pod>,
+    /// Every DatabaseBackup: the scheduler, retention and the backups under way.
+    pub backups: Store<DatabaseBackup>,
 }
 
 /// The writing halves of [`Stores`]: the informers own them, tests fill them by hand.
@@ -47,6 +50,7 @@ pub struct StoreWriters {
     pub pdbs: Writer<PodDisruptionBudget>,
     pub claims: Writer<PersistentVolumeClaim>,
     pub pods: Writer<Pod>,
+    pub backups: Writer<DatabaseBackup>,
 }
 
 /// Empty caches and their writers.
@@ -57,6 +61,7 @@ pub fn stores() -> (Stores, StoreWriters) {
         pdbs: Writer::default(),
         claims: Writer::default(),
         pods: Writer::default(),
+        backups: Writer::default(),
     };
     let stores = Stores {
         stateful_sets: writers.stateful_sets.as_reader(),
@@ -64,6 +69,7 @@ pub fn stores() -> (Stores, StoreWriters) {
         pdbs: writers.pdbs.as_reader(),
         claims: writers.claims.as_reader(),
         pods: writers.pods.as_reader(),
+        backups: writers.backups.as_reader(),
     };
     (stores, writers)
 }
@@ -75,7 +81,8 @@ impl Stores {
         self.services.wait_until_ready().await?;
         self.pdbs.wait_until_ready().await?;
         self.claims.wait_until_ready().await?;
-        self.pods.wait_until_ready().await
+        self.pods.wait_until_ready().await?;
+        self.backups.wait_until_ready().await
     }
 }
 
@@ -93,6 +100,12 @@ impl StoreWriters {
         seed(&mut self.pdbs, pdbs);
         seed(&mut self.claims, claims);
         seed(&mut self.pods, std::iter::empty());
+        seed(&mut self.backups, std::iter::empty());
+    }
+
+    /// Puts DatabaseBackups into their cache, as a finished initial list would.
+    pub fn seed_backups(&mut self, backups: impl IntoIterator<Item = DatabaseBackup>) {
+        seed(&mut self.backups, backups);
     }
 
     /// Puts pods into their cache, as a finished initial list would.

@@ -36,6 +36,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource};
 use stead_crds::DatabaseCluster;
+use stead_crds::backup::DatabaseBackup;
 use stead_crds::names::{MANAGED_BY, selector_labels};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -147,6 +148,19 @@ impl Informers {
             .map(|r| r.map(|pod| cluster_of_labels(&pod.metadata).into_iter().collect()))
             .boxed(),
         );
+        // DatabaseBackups: the cluster they name is reconciled, which drives
+        // them (one at a time), schedules new ones and applies retention.
+        streams.push(
+            reflector::reflector(
+                writers.backups,
+                watcher(api::<DatabaseBackup>(client, namespace), watcher::Config::default().any_semantic())
+                    .modify(|backup| backup.metadata.managed_fields = None),
+            )
+            .default_backoff()
+            .touched_objects()
+            .map(|r| r.map(|backup| cluster_of_backup(&backup).into_iter().collect()))
+            .boxed(),
+        );
         Self { clusters, streams }
     }
 
@@ -179,6 +193,12 @@ pub fn owner_of(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<DatabaseCluste
                 && o.api_version == DatabaseCluster::api_version(&())
         })
         .map(|o| ObjectRef::new(&o.name).within(namespace))
+}
+
+/// The cluster a DatabaseBackup backs up (`spec.cluster`, same namespace).
+pub fn cluster_of_backup(backup: &DatabaseBackup) -> Option<ObjectRef<DatabaseCluster>> {
+    let namespace = backup.metadata.namespace.as_deref()?;
+    Some(ObjectRef::new(&backup.spec.cluster).within(namespace))
 }
 
 /// The cluster a volume claim belongs to, from the labels the StatefulSet copies onto it.

@@ -90,6 +90,13 @@ pub enum Error {
     )]
     Keys { cluster: String, why: String },
 
+    /// A cluster restored from a backup waits for that backup.
+    #[error(
+        "DatabaseCluster {cluster} cannot be restored yet: {why}; its StatefulSet is created once \
+         spec.bootstrap.fromBackup names a Completed DatabaseBackup in the same namespace"
+    )]
+    RestorePending { cluster: String, why: String },
+
     /// An object could not be turned into JSON (a bug, never input); `what` names it.
     #[error(
         "could not turn {what} into JSON ({source}); this is a bug in stead-controller, please report it with \
@@ -161,7 +168,9 @@ impl Error {
                 finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer => ErrorKind::Other,
             },
             Self::MissingMetadata { .. } | Self::ForeignChild { .. } => ErrorKind::Conflicting,
-            Self::Serialize { .. } | Self::Password { .. } | Self::Keys { .. } => ErrorKind::Other,
+            Self::Serialize { .. } | Self::Password { .. } | Self::Keys { .. } | Self::RestorePending { .. } => {
+                ErrorKind::Other
+            }
         }
     }
 
@@ -169,6 +178,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::ForeignChild { .. } => FOREIGN_CHILD,
+            Self::RestorePending { .. } => "RestorePending",
             Self::Finalizer { source, .. } => match source.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
                 _ => RECONCILE_FAILED,
@@ -458,6 +468,7 @@ mod tests {
             Error::Password { .. } => "Password",
             Error::Serialize { .. } => "Serialize",
             Error::Keys { .. } => "Keys",
+            Error::RestorePending { .. } => "RestorePending",
         }
     }
 
@@ -555,6 +566,14 @@ mod tests {
                 "delete it to have a new one made",
             ),
             (
+                Error::RestorePending {
+                    cluster: "shop/orders".into(),
+                    why: "DatabaseBackup shop/nightly is Running, not Completed".into(),
+                },
+                "DatabaseCluster shop/orders",
+                "names a Completed DatabaseBackup",
+            ),
+            (
                 Error::Password {
                     namespace: "shop".into(),
                     name: "orders-credentials".into(),
@@ -596,6 +615,7 @@ mod tests {
             "Kube",
             "MissingMetadata",
             "Password",
+            "RestorePending",
             "Serialize",
         ];
         assert_eq!(covered.into_iter().collect::<Vec<_>>(), all, "every variant has a row");

@@ -188,6 +188,8 @@ mod tests {
             primary_host: None,
             restarts: 0,
             pending_restart: false,
+            backup: None,
+            restorable: None,
         }
     }
 

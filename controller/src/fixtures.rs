@@ -27,7 +27,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use k8s_openapi::api::core::v1::Pod;
-use stead_crds::instance_api::{Bootstrap, Demote, InstanceStatus, Lsn, Postmaster, Role};
+use stead_crds::instance_api::{
+    BackupStart, BackupStarted, BackupStop, BackupStopped, Bootstrap, Demote, InstanceStatus, Lsn, Postmaster, Role,
+};
 
 use crate::children::{self, ChildKind, ClusterView};
 use crate::cli::Settings;
@@ -149,6 +151,38 @@ impl InstanceApi for FakeInstances {
                 status.lag_bytes = Some(0);
             }
             self.operation(target, format!("POST /demote {} {body}", target.pod)).await
+        })
+    }
+
+    fn backup_start<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a BackupStart,
+    ) -> crate::instances::Answer<'a, BackupStarted> {
+        let body = serde_json::to_string(request).unwrap();
+        Box::pin(async move {
+            let status = self.answer(target, format!("POST /backup/start {} {body}", target.pod))?;
+            Ok(BackupStarted {
+                mode: request.mode,
+                label: request.label.clone(),
+                begin_lsn: status.current_lsn.unwrap_or(Lsn(0)),
+            })
+        })
+    }
+
+    fn backup_stop<'a>(
+        &'a self,
+        target: &'a Target,
+        request: &'a BackupStop,
+    ) -> crate::instances::Answer<'a, BackupStopped> {
+        let body = serde_json::to_string(request).unwrap();
+        Box::pin(async move {
+            let status = self.answer(target, format!("POST /backup/stop {} {body}", target.pod))?;
+            Ok(BackupStopped {
+                label: request.label.clone(),
+                end_lsn: status.current_lsn.unwrap_or(Lsn(0)),
+                backup_label: None,
+            })
         })
     }
 
@@ -508,6 +542,8 @@ pub fn primary_status(ordinal: i32) -> InstanceStatus {
         primary_host: None,
         restarts: 0,
         pending_restart: false,
+        backup: None,
+        restorable: None,
     }
 }
 
@@ -596,8 +632,14 @@ pub fn settled(mut c: DatabaseCluster, sts: Option<&StatefulSet>) -> DatabaseClu
     let view = ClusterView::new(&c).unwrap();
     let topology = decide(None, &members_without_pods(NAME, view.replicas()), 5432);
     let failover = FailoverState { phase: "Healthy", ..FailoverState::default() };
-    let replication =
-        Replication { topology: &topology, failover: Some(&failover), rollout: None, namespace: NS, port: view.port() };
+    let replication = Replication {
+        topology: &topology,
+        failover: Some(&failover),
+        rollout: None,
+        backups: None,
+        namespace: NS,
+        port: view.port(),
+    };
     c.status = Some(compute_status(&c, sts, Outcome::Reconciled, now(), Some(SECRET), Some(&replication)));
     c
 }

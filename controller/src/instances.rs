@@ -20,7 +20,9 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use stead_crds::instance_api::{ApiError, Bootstrap, Demote, InstanceStatus};
+use stead_crds::instance_api::{
+    ApiError, BackupStart, BackupStarted, BackupStop, BackupStopped, Bootstrap, Demote, InstanceStatus,
+};
 use stead_crds::names::INSTANCE_API_PORT;
 use tokio_rustls::TlsConnector;
 
@@ -58,7 +60,7 @@ pub enum CallError {
     Refused { pod: String, method: &'static str, path: &'static str, status: u16, message: String },
 }
 
-type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, CallError>> + Send + 'a>>;
+pub type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, CallError>> + Send + 'a>>;
 
 /// The instance managers' API; the reconciler's tests put canned answers behind it.
 pub trait InstanceApi: Send + Sync {
@@ -70,6 +72,10 @@ pub trait InstanceApi: Send + Sync {
     fn demote<'a>(&'a self, target: &'a Target, request: &'a Demote) -> Answer<'a, InstanceStatus>;
     /// `POST /promote`.
     fn promote<'a>(&'a self, target: &'a Target) -> Answer<'a, InstanceStatus>;
+    /// `POST /backup/start`: make the data directory consistent for a snapshot.
+    fn backup_start<'a>(&'a self, target: &'a Target, request: &'a BackupStart) -> Answer<'a, BackupStarted>;
+    /// `POST /backup/stop`: the snapshot is cut; leave backup mode.
+    fn backup_stop<'a>(&'a self, target: &'a Target, request: &'a BackupStop) -> Answer<'a, BackupStopped>;
 }
 
 /// The real client over HTTPS.
@@ -167,5 +173,13 @@ impl InstanceApi for HttpsInstances {
 
     fn promote<'a>(&'a self, target: &'a Target) -> Answer<'a, InstanceStatus> {
         Box::pin(self.call(target, "POST", "/promote", Some(&EMPTY)))
+    }
+
+    fn backup_start<'a>(&'a self, target: &'a Target, request: &'a BackupStart) -> Answer<'a, BackupStarted> {
+        Box::pin(self.call(target, "POST", "/backup/start", Some(request)))
+    }
+
+    fn backup_stop<'a>(&'a self, target: &'a Target, request: &'a BackupStop) -> Answer<'a, BackupStopped> {
+        Box::pin(self.call(target, "POST", "/backup/stop", Some(request)))
     }
 }

@@ -5,6 +5,8 @@
 //! Pure parts (`children`, `credentials`, `diff`, `managed_fields`, `status`, `storage`) are separate from the
 //! parts that talk to the API server (`reconciler`, `controller`, `leader`).
 
+pub mod backup_plan;
+pub mod backups;
 pub mod children;
 pub mod cli;
 pub mod context;
@@ -27,6 +29,7 @@ pub mod rollout;
 pub mod status;
 pub mod storage;
 pub mod topology;
+pub mod volume_snapshot;
 
 #[cfg(test)]
 mod fixtures;

@@ -103,6 +103,7 @@ mod tests {
             timeline: None,
             problem: None,
             starting: false,
+            fenced_for_backup: false,
         }
     }
 

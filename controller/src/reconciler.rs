@@ -130,6 +130,15 @@ async fn apply(cluster: &DatabaseCluster, ctx: &Arc<Context>) -> Result<Action, 
         Ok(secret) => secret,
         Err(err) => return failed(cluster, ctx, &view, None, err).await,
     };
+    // A cluster restored from a backup: ordinal 0's claim comes from the snapshot, before the StatefulSet.
+    match crate::backups::ensure_restore_claim(ctx, &view, live_sts.is_some()).await {
+        Ok(None) => {}
+        Ok(Some(why)) => {
+            let err = Error::RestorePending { cluster: format!("{}/{}", view.namespace, view.name), why };
+            return failed(cluster, ctx, &view, Some(&credentials), err).await;
+        }
+        Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
+    }
     let sts = match apply_children(cluster, &view, ctx, live_sts).await {
         Ok(sts) => sts,
         Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
@@ -154,10 +163,17 @@ async fn apply(cluster: &DatabaseCluster, ctx: &Arc<Context>) -> Result<Action, 
         },
         Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
     };
+    // Backups: the one under way, the schedule, retention. None starts while the primary moves or pods roll.
+    let quiet = rolling.is_some() || converged.failover.phase != "Healthy";
+    let backups = match crate::backups::drive(cluster, ctx, &view, &converged, quiet).await {
+        Ok(backups) => backups,
+        Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
+    };
     let replication = Replication {
         topology: &converged.topology,
         failover: Some(&converged.failover),
         rollout: rolling.as_ref().map(|(reason, message)| (*reason, message.as_str())),
+        backups: Some(&backups),
         namespace: &view.namespace,
         port: view.port(),
     };
@@ -165,8 +181,8 @@ async fn apply(cluster: &DatabaseCluster, ctx: &Arc<Context>) -> Result<Action, 
     let cluster = converged.recorded.as_ref().unwrap_or(cluster);
     let written =
         write_status(cluster, ctx, sts.as_deref(), Outcome::Reconciled, Some(&credentials), Some(&replication)).await?;
-    let poll = Action::requeue(ctx.settings.poll);
-    Ok(if written == StatusWrite::Gone { Action::await_change() } else { poll })
+    let poll = if backups.active { ctx.settings.poll.min(crate::backups::ACTIVE_POLL) } else { ctx.settings.poll };
+    Ok(if written == StatusWrite::Gone { Action::await_change() } else { Action::requeue(poll) })
 }
 
 /// Records a failed apply in the status (and an event, once per change), then returns the error.

@@ -665,6 +665,10 @@ fn describe_call(call: &Call) -> (&'static str, String) {
         Call::Bootstrap { pod, request: Bootstrap::Initdb, .. } => {
             ("Bootstrapping", format!("initialising {pod} as the first primary"))
         }
+        Call::Bootstrap { pod, request: Bootstrap::Restore, .. } => (
+            "Restoring",
+            format!("starting {pod} as the first primary from the data restored from spec.bootstrap.fromBackup"),
+        ),
         Call::Bootstrap { pod, request: Bootstrap::Clone { primary_host, .. }, .. } => (
             "Bootstrapping",
             format!(

@@ -72,6 +72,9 @@ pub fn compute_status(
     if let Some(health) = &health {
         proposed.push(replication_healthy(health));
     }
+    if let Some((ok, reason, message)) = replication.and_then(|r| r.backups).and_then(|b| b.condition.clone()) {
+        proposed.push(self::proposed(stead_crds::cluster::CONDITION_LAST_BACKUP_SUCCEEDED, ok, reason, message));
+    }
     let stored = cluster.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
     let ours: Vec<&str> = proposed.iter().map(|p| p.type_).collect();
@@ -101,6 +104,8 @@ pub struct Replication<'a> {
     /// What a rolling update or a re-clone does or waits for, as the
     /// Progressing reason and message; `None` when there is none.
     pub rollout: Option<(&'static str, &'a str)>,
+    /// What the cluster's backups report; `None` keeps what is stored.
+    pub backups: Option<&'a crate::backups::BackupReport>,
     /// `<name>` and `<namespace>` for the endpoints' DNS names.
     pub namespace: &'a str,
     pub port: i32,
@@ -154,7 +159,7 @@ impl ReplicationHealth {
                         instance.pod,
                         lag.unwrap_or_default()
                     )),
-                    "replica" if instance.streaming => {}
+                    "replica" if instance.streaming || instance.fenced_for_backup => {}
                     "unknown" => health.not_streaming.push(format!(
                         "{} does not answer ({})",
                         instance.pod,
@@ -205,6 +210,10 @@ fn replication_status(
             primary_failing_since: stored.primary_failing_since,
             last_failover_time: stored.last_failover_time,
             failover_count: stored.failover_count,
+            last_successful_backup: stored.last_successful_backup,
+            last_failed_backup: stored.last_failed_backup,
+            next_scheduled_backup: stored.next_scheduled_backup,
+            last_schedule_time: stored.last_schedule_time,
             ..DatabaseClusterStatus::default()
         };
     };
@@ -225,6 +234,22 @@ fn replication_status(
             read_only: address(ChildKind::ReplicaService),
             any: address(ChildKind::AnyService),
         }),
+        last_successful_backup: match replication.backups {
+            Some(b) => time(b.last_successful),
+            None => stored.last_successful_backup,
+        },
+        last_failed_backup: match replication.backups {
+            Some(b) => time(b.last_failed),
+            None => stored.last_failed_backup,
+        },
+        next_scheduled_backup: match replication.backups {
+            Some(b) => time(b.next_scheduled),
+            None => stored.next_scheduled_backup,
+        },
+        last_schedule_time: match replication.backups {
+            Some(b) => time(b.last_schedule_time),
+            None => stored.last_schedule_time,
+        },
         ..DatabaseClusterStatus::default()
     }
 }

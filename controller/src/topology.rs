@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use stead_crds::instance_api::{Bootstrap, Demote, InstanceStatus, Postmaster, Role};
+use stead_crds::instance_api::{BackupMode, Bootstrap, Demote, InstanceStatus, Postmaster, Role};
 
 /// The label that routes clients by role.
 pub const ROLE_LABEL: &str = "stead.dev/role";
@@ -107,6 +107,8 @@ pub struct Observed {
     /// Its pod is starting: not Ready yet, its manager not answering yet, and
     /// no container stuck. Such an instance is progress, not a problem.
     pub starting: bool,
+    /// A replica fenced (stopped) for a cold backup: expected, not a problem.
+    pub fenced_for_backup: bool,
 }
 
 /// The members of a cluster none of whose pods has an IP yet (nothing to ask).
@@ -185,6 +187,12 @@ fn next_call(
     match status.role {
         // The very first primary is created on ordinal 0, once, while no
         // instance anywhere reports data of its own.
+        // Data restored from a backup (spec.bootstrap.fromBackup) starts as
+        // that first primary instead; it is never overwritten by a clone.
+        Role::Bootstrapping if status.restorable.is_some() => (first_primary
+            && member.ordinal == 0
+            && primary.is_none())
+        .then(|| Call::Bootstrap { pod: member.pod.clone(), ip, request: Bootstrap::Restore }),
         Role::Bootstrapping if first_primary && member.ordinal == 0 && primary.is_none() => {
             Some(Call::Bootstrap { pod: member.pod.clone(), ip, request: Bootstrap::Initdb })
         }
@@ -235,6 +243,10 @@ fn observe(member: &Member, is_primary: bool, primary: Option<&Member>) -> Obser
             let problem = match s.role {
                 Role::Bootstrapping => Some("waiting for its data (initdb or a copy of the primary)".to_owned()),
                 Role::Stopped => Some("postgres is stopped".to_owned()),
+                Role::Replica if s.backup.as_ref().is_some_and(|b| b.mode == BackupMode::Cold) => Some(format!(
+                    "fenced for the cold backup {}: postgres is stopped until its snapshot is cut",
+                    s.backup.as_ref().map_or("?", |b| b.label.as_str())
+                )),
                 Role::Replica if !s.streaming => Some("not streaming from the primary".to_owned()),
                 _ if s.postmaster == Postmaster::Crashed => {
                     Some(format!("postgres crashed {} times and is no longer restarted", s.restarts))
@@ -259,6 +271,7 @@ fn observe(member: &Member, is_primary: bool, primary: Option<&Member>) -> Obser
             && !member.pod_ready
             && member.container_problem.is_none()
             && !member.terminating,
+        fenced_for_backup: status.and_then(|s| s.backup.as_ref()).is_some_and(|b| b.mode == BackupMode::Cold),
     }
 }
 
@@ -286,6 +299,8 @@ mod tests {
             primary_host: (role == Role::Replica).then(|| "10.0.0.10".to_owned()),
             restarts: 0,
             pending_restart: false,
+            backup: None,
+            restorable: None,
         }
     }
 
@@ -340,6 +355,31 @@ mod tests {
                 request: Bootstrap::Clone { primary_host: Some("10.0.0.10".into()), primary_port: Some(5432) },
             }]
         );
+    }
+
+    #[test]
+    fn restored_data_starts_as_the_first_primary_and_is_never_cloned_over() {
+        let marker = stead_crds::instance_api::BackupMarker {
+            label: "orders-202603010200".into(),
+            mode: stead_crds::instance_api::BackupMode::Cold,
+            namespace: "shop".into(),
+            pod: "orders-2".into(),
+            system_identifier: "7000000000000000001".into(),
+            begin_lsn: Lsn(0x0300_0060),
+            created_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time("2026-03-01T02:00:00Z".parse().unwrap()),
+        };
+        let restored = || {
+            Report::Status(Box::new(InstanceStatus { restorable: Some(marker.clone()), ..status(Role::Bootstrapping) }))
+        };
+        let members = [member(0, restored(), None), member(1, reports(Role::Bootstrapping), None)];
+        let t = decide(None, &members, 5432);
+        assert_eq!(
+            t.calls,
+            vec![Call::Bootstrap { pod: "orders-0".into(), ip: "10.0.0.10".into(), request: Bootstrap::Restore }]
+        );
+        // Restored data on another ordinal, with a primary serving: left alone, never cloned over.
+        let members = [member(0, reports(Role::Primary), None), member(1, restored(), None)];
+        assert!(decide(None, &members, 5432).calls.is_empty());
     }
 
     #[test]

@@ -646,15 +646,19 @@ fn check_certificate_chain(objects: &[Value], p: &mut Problems) {
 
 /// The controller's verbs, exactly: the API calls stead-controller makes.
 fn controller_permissions() -> BTreeSet<(String, String, String)> {
-    let grants: [(&str, &str, &[&str]); 10] = [
+    let grants: [(&str, &str, &[&str]); 14] = [
         ("stead.dev", "databaseclusters", &["list", "watch", "patch"]),
         ("stead.dev", "databaseclusters/status", &["patch"]),
         ("stead.dev", "databaseclusters/finalizers", &["update"]),
+        ("stead.dev", "databasebackups", &["list", "watch", "create", "delete"]),
+        ("stead.dev", "databasebackups/status", &["patch"]),
+        ("stead.dev", "databasebackups/finalizers", &["update"]),
+        ("snapshot.storage.k8s.io", "volumesnapshots", &["get", "create", "patch"]),
         ("apps", "statefulsets", &["list", "watch", "create", "patch"]),
         ("", "services", &["list", "watch", "create", "patch", "delete"]),
         ("", "pods", &["list", "watch", "patch", "delete"]),
         ("policy", "poddisruptionbudgets", &["list", "watch", "create", "patch", "delete"]),
-        ("", "persistentvolumeclaims", &["list", "watch", "patch", "delete"]),
+        ("", "persistentvolumeclaims", &["list", "watch", "patch", "delete", "create"]),
         ("events.k8s.io", "events", &["create", "patch"]),
         ("", "secrets", &["create"]),
     ];
