@@ -1,5 +1,6 @@
 //! What the e2e suite and the controller benchmark share: finding binaries,
-//! running a control plane, stead's processes, the stand-in kubelet, kubectl,
+//! running a control plane, stead's processes, the stand-in kubelet and
+//! snapshotter, kubectl,
 //! and reading health, metrics and audit data. Pure helpers carry their own unit tests.
 
 pub mod assets;
@@ -12,6 +13,7 @@ pub mod kubelet;
 pub mod metrics;
 pub mod ports;
 pub mod process;
+pub mod snapshotter;
 pub mod stead;
 pub mod wait;
 
