@@ -86,6 +86,8 @@ pub(crate) struct NodeSettings {
 pub(crate) struct Dirs {
     pub pods: PathBuf,
     pub claims: PathBuf,
+    /// The stand-in snapshotter's copies, which claims are restored from.
+    pub snapshots: PathBuf,
     pub logs: PathBuf,
 }
 
@@ -223,6 +225,7 @@ impl Kubelet {
         let dirs = Dirs {
             pods: options.root.join("pods"),
             claims: options.root.join("claims"),
+            snapshots: options.root.join("snapshots"),
             logs: options.log_dir.join("pods"),
         };
         for dir in [&options.root, &dirs.pods, &dirs.claims] {
@@ -235,6 +238,7 @@ impl Kubelet {
         let dirs = Dirs {
             pods: fs::canonicalize(&dirs.pods).context("resolving the pods directory")?,
             claims: fs::canonicalize(&dirs.claims).context("resolving the claims directory")?,
+            snapshots: dirs.snapshots,
             logs: dirs.logs,
         };
         let log_path = options.log_dir.join("kubelet.log");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{
     Binding, ConfigMap, Container, ObjectReference, PersistentVolumeClaim, Pod, Probe, Secret,
 };
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::ObjectMeta;
 use rustix::process::Signal;
 use serde_json::{Value, json};
@@ -25,8 +25,9 @@ use super::spec::{self, Addresses, ClaimUids, PathMap, Sources};
 use super::status::{
     self, BACKOFF_CAP, BACKOFF_RESET, ContainerRecord, Exit, PodRecord, State, backoff_message, restart_delay,
 };
-use super::volumes::{self, VolumeDirs};
+use super::volumes::{self, Restore, Restores, VolumeDirs};
 use super::{EmptyDirs, Shared};
+use crate::support::snapshotter;
 
 /// How often the worker looks at its processes, probes and the pod.
 const TICK: Duration = Duration::from_millis(200);
@@ -271,17 +272,61 @@ impl Worker {
     }
 
     /// The uid of each claim the pod mounts, fresh from the API. A claim
-    /// being deleted is not mounted (a real one would be detached).
-    async fn claim_uids(&self) -> ClaimUids {
+    /// being deleted is not mounted (a real one would be detached). For a
+    /// claim created from a VolumeSnapshot whose volume does not exist yet,
+    /// where its contents come from.
+    async fn claim_uids(&self) -> (ClaimUids, Restores) {
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.shared.client.clone(), &self.namespace);
         let names = self.pod.spec.iter().flat_map(|spec| spec.volumes.iter().flatten());
         let mut uids = ClaimUids::new();
+        let mut restores = Restores::new();
         for name in names.filter_map(|v| v.persistent_volume_claim.as_ref()).map(|c| c.claim_name.clone()) {
-            let claim = claims.get_opt(&name).await.ok().flatten();
-            let uid = claim.filter(|c| c.metadata.deletion_timestamp.is_none()).and_then(|c| c.metadata.uid);
+            let claim = claims.get_opt(&name).await.ok().flatten().filter(|c| c.metadata.deletion_timestamp.is_none());
+            let uid = claim.as_ref().and_then(|c| c.metadata.uid.clone());
+            if let (Some(claim), Some(uid)) = (&claim, &uid) {
+                let made = self.shared.dirs.claims.join(&self.namespace).join(&name).join(uid).exists();
+                match volumes::snapshot_source(claim) {
+                    Some(_) if made => {}
+                    Some(Ok(snapshot)) => {
+                        restores.insert(name.clone(), self.restore_source(&name, &snapshot).await);
+                    }
+                    Some(Err(why)) => {
+                        restores.insert(name.clone(), Restore::Unavailable(why));
+                    }
+                    None => {}
+                }
+            }
             uids.insert(name, uid);
         }
-        uids
+        (uids, restores)
+    }
+
+    /// The snapshotter's copy of the VolumeSnapshot `snapshot`, or why there is none (yet).
+    async fn restore_source(&self, claim: &str, snapshot: &str) -> Restore {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.shared.client.clone(), &self.namespace, &snapshotter::resource("VolumeSnapshot"));
+        let object = match api.get_opt(snapshot).await {
+            Ok(Some(object)) => object,
+            Ok(None) => {
+                return Restore::Unavailable(format!(
+                    "volumesnapshot {snapshot:?} not found: claim {claim:?} is to be restored from it"
+                ));
+            }
+            Err(err) => return Restore::Unavailable(format!("reading volumesnapshot {snapshot:?}: {err}")),
+        };
+        if object.data.pointer("/status/readyToUse") != Some(&json!(true)) {
+            return Restore::Unavailable(format!("volumesnapshot {snapshot:?} is not ready to use yet"));
+        }
+        let uid = object.metadata.uid.unwrap_or_default();
+        let copy = snapshotter::copy_dir(&self.shared.dirs.snapshots, &self.namespace, &uid);
+        if copy.is_dir() {
+            Restore::From(copy)
+        } else {
+            Restore::Unavailable(format!(
+                "volumesnapshot {snapshot:?} (uid {uid}) has no copy at {}: the stand-in snapshotter did not take it",
+                copy.display()
+            ))
+        }
     }
 
     /// The data of the Secrets and ConfigMaps the pod names, fresh from the API.
@@ -331,15 +376,23 @@ impl Worker {
             return;
         }
         let (secrets, maps) = self.sources().await;
-        let claim_uids = self.claim_uids().await;
+        let (claim_uids, restores) = self.claim_uids().await;
         let empty_dir_owner = match self.shared.empty_dirs(&self.namespace) {
             EmptyDirs::AsKubelet => None,
         };
         let dirs = VolumeDirs { pod: self.dir.clone(), claims: self.shared.dirs.claims.clone(), empty_dir_owner };
-        let prepared =
-            self.fs_group().and_then(|group| volumes::prepare(&self.pod, &dirs, group, &secrets, &maps, &claim_uids));
+        let prepared = self
+            .fs_group()
+            .and_then(|group| volumes::prepare(&self.pod, &dirs, group, &secrets, &maps, &claim_uids, &restores));
         match prepared {
-            Ok(volumes) => self.volumes = Some(volumes),
+            Ok(volumes) => {
+                for (claim, restore) in &restores {
+                    if let Restore::From(copy) = restore {
+                        self.say(&format!("claim {claim} restored from the snapshot copy {}", copy.display()));
+                    }
+                }
+                self.volumes = Some(volumes);
+            }
             Err(why) => {
                 if self.next_mount <= Instant::now() {
                     self.say(&format!("FailedMount: {why}"));

@@ -7,7 +7,10 @@
 //!   (`<namespace>/<claim>/<uid>`), so a claim deleted and created again
 //!   under the same name is a new, empty volume, as a provisioner makes it
 //!   that outlives pods, like a PV: a fresh volume root is root-owned, and
-//!   `fsGroup` makes it group-owned and group-writable (mode 2775).
+//!   `fsGroup` makes it group-owned and group-writable (mode 2775). A claim
+//!   with a `dataSource`/`dataSourceRef` naming a VolumeSnapshot starts as
+//!   a copy of the stand-in snapshotter's copy of it (owners and modes as
+//!   copied); until that copy exists, the mount fails and is retried.
 //! - `secret` and `configMap`: the object's keys (or `items`) as files,
 //!   with `defaultMode`/`mode`, group `fsGroup` (read-only volumes get
 //!   `g+r`). Files are written in place, not through `..data` symlinks.
@@ -19,9 +22,10 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{KeyToPath, Pod};
+use k8s_openapi::api::core::v1::{KeyToPath, PersistentVolumeClaim, Pod};
 
 use super::spec::{ClaimUids, Sources};
+use crate::support::snapshotter;
 
 /// The setgid bit a kubelet puts on directories it hands to `fsGroup`.
 const SETGID: u32 = 0o2000;
@@ -36,6 +40,38 @@ pub struct VolumeDirs {
     /// `(uid, gid)` to own emptyDir volumes instead of root (a deviation from
     /// the kubelet, for namespaces served that way; see the README).
     pub empty_dir_owner: Option<(u32, u32)>,
+}
+
+/// Where a claim created from a VolumeSnapshot gets its first contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restore {
+    /// The snapshotter's copy of the snapshot.
+    From(PathBuf),
+    /// Not yet (or never): why, as the mount error says it.
+    Unavailable(String),
+}
+
+/// The restore source of each claim (by name) that has one and no volume yet.
+pub type Restores = BTreeMap<String, Restore>;
+
+/// The VolumeSnapshot a claim is created from (`dataSourceRef`, else
+/// `dataSource`): `Some(Ok(name))`; `Some(Err(why))` for a data source the
+/// stand-in cannot provide; `None` without one.
+pub fn snapshot_source(claim: &PersistentVolumeClaim) -> Option<Result<String, String>> {
+    let spec = claim.spec.as_ref()?;
+    let (group, kind, name) = match (&spec.data_source_ref, &spec.data_source) {
+        (Some(r), _) => (r.api_group.clone(), r.kind.clone(), r.name.clone()),
+        (None, Some(s)) => (s.api_group.clone(), s.kind.clone(), s.name.clone()),
+        (None, None) => return None,
+    };
+    if group.as_deref() == Some(snapshotter::GROUP) && kind == "VolumeSnapshot" {
+        Some(Ok(name))
+    } else {
+        Some(Err(format!(
+            "data source {kind} {name:?} (group {:?}): the stand-in provisions claims from VolumeSnapshots only",
+            group.unwrap_or_default()
+        )))
+    }
 }
 
 /// The host directory of every object of each claim the pod mounts.
@@ -59,6 +95,7 @@ pub fn prepare(
     secrets: &Sources,
     config_maps: &Sources,
     claim_uids: &ClaimUids,
+    restores: &Restores,
 ) -> Result<BTreeMap<String, PathBuf>, String> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let mut prepared = BTreeMap::new();
@@ -81,7 +118,14 @@ pub fn prepare(
             let dir = dirs.claims.join(&namespace).join(&claim.claim_name).join(uid);
             make_parents(&dir).map_err(failed)?;
             if !dir.exists() {
-                make_dir(&dir, 0o775, fs_group).map_err(failed)?;
+                match restores.get(&claim.claim_name) {
+                    None => make_dir(&dir, 0o775, fs_group).map_err(failed)?,
+                    Some(Restore::Unavailable(why)) => return Err(failed(why.clone())),
+                    Some(Restore::From(copy)) => {
+                        restore(copy, &dir).map_err(failed)?;
+                        set_owner(&dir, 0o775, fs_group).map_err(failed)?;
+                    }
+                }
             } else if fs_group.is_some() {
                 // fsGroupChangePolicy OnRootMismatch: only the root is looked at.
                 set_owner(&dir, 0o775, fs_group).map_err(failed)?;
@@ -108,6 +152,18 @@ pub fn prepare(
         prepared.insert(name.clone(), path);
     }
     Ok(prepared)
+}
+
+/// Fills a new claim directory with a copy of a snapshot's copy, whole or not at all.
+fn restore(copy: &Path, dir: &Path) -> Result<(), String> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let partial = dir.with_file_name(format!(".{name}.restoring"));
+    if partial.exists() {
+        fs::remove_dir_all(&partial).map_err(|e| format!("clearing {}: {e}", partial.display()))?;
+    }
+    snapshotter::copy_tree(copy, &partial)
+        .map_err(|e| format!("restoring from the snapshot copy {}: {e}", copy.display()))?;
+    fs::rename(&partial, dir).map_err(|e| format!("moving {} into place: {e}", partial.display()))
 }
 
 fn mode_bits(mode: i32) -> u32 {
@@ -229,7 +285,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dirs =
             VolumeDirs { pod: root.path().join("pods/1"), claims: root.path().join("claims"), empty_dir_owner: None };
-        let volumes = prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new(), &claim_uids()).unwrap();
+        let volumes =
+            prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new(), &claim_uids(), &Restores::new()).unwrap();
 
         let run = fs::metadata(&volumes["run"]).unwrap();
         assert_eq!((run.uid(), run.gid(), run.mode() & 0o7777), (0, 4242, 0o2777));
@@ -244,18 +301,87 @@ mod tests {
 
         // A second pod on the same claim finds what the first one left.
         fs::write(volumes["data"].join("marker"), "kept").unwrap();
-        let again = prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new(), &claim_uids()).unwrap();
+        let again =
+            prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new(), &claim_uids(), &Restores::new()).unwrap();
         assert_eq!(fs::read_to_string(again["data"].join("marker")).unwrap(), "kept");
         // A claim deleted and created again is a new, empty volume.
         let renewed = BTreeMap::from([("data-orders-0".to_owned(), Some("uid-2".to_owned()))]);
-        let fresh = prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new(), &renewed).unwrap();
+        let fresh =
+            prepare(&pod(), &dirs, Some(4242), &secrets(), &Sources::new(), &renewed, &Restores::new()).unwrap();
         assert!(!fresh["data"].join("marker").exists(), "a new claim object starts empty");
 
         // Served with emptyDirs owned by the pod's user.
         let owned = VolumeDirs { empty_dir_owner: Some((4343, 4242)), ..dirs };
-        let volumes = prepare(&pod(), &owned, Some(4242), &secrets(), &Sources::new(), &claim_uids()).unwrap();
+        let volumes =
+            prepare(&pod(), &owned, Some(4242), &secrets(), &Sources::new(), &claim_uids(), &Restores::new()).unwrap();
         let run = fs::metadata(&volumes["run"]).unwrap();
         assert_eq!((run.uid(), run.gid(), run.mode() & 0o7777), (4343, 4242, 0o2777));
+    }
+
+    fn claim(spec: &serde_json::Value) -> PersistentVolumeClaim {
+        serde_json::from_value(json!({"metadata": {"name": "data-restored-0"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn a_claim_names_the_snapshot_it_is_created_from() {
+        let from = json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "orders-b1-data"});
+        assert_eq!(snapshot_source(&claim(&json!({"dataSource": from}))), Some(Ok("orders-b1-data".to_owned())));
+        assert_eq!(snapshot_source(&claim(&json!({"dataSourceRef": from}))), Some(Ok("orders-b1-data".to_owned())));
+        assert_eq!(snapshot_source(&claim(&json!({}))), None);
+        let clone = json!({"dataSource": {"kind": "PersistentVolumeClaim", "name": "data-orders-0"}});
+        let refused = snapshot_source(&claim(&clone)).unwrap().unwrap_err();
+        assert!(refused.contains("PersistentVolumeClaim \"data-orders-0\""), "{refused}");
+        let core_group = json!({"dataSource": {"apiGroup": "example.com", "kind": "VolumeSnapshot", "name": "x"}});
+        assert!(snapshot_source(&claim(&core_group)).unwrap().is_err(), "another group's VolumeSnapshot");
+    }
+
+    #[test]
+    fn a_claim_from_a_snapshot_waits_for_its_copy() {
+        // No chown is reached before the error, so this runs without root.
+        let root = tempfile::tempdir().unwrap();
+        let dirs =
+            VolumeDirs { pod: root.path().join("pods/1"), claims: root.path().join("claims"), empty_dir_owner: None };
+        let mut pod = pod();
+        pod.spec.as_mut().unwrap().volumes.as_mut().unwrap().retain(|v| v.name == "data");
+        let waiting = BTreeMap::from([(
+            "data-orders-0".to_owned(),
+            Restore::Unavailable("volumesnapshot \"b1\" is not ready to use yet".to_owned()),
+        )]);
+        let err = prepare(&pod, &dirs, None, &Sources::new(), &Sources::new(), &claim_uids(), &waiting).unwrap_err();
+        assert_eq!(err, "MountVolume.SetUp failed for volume \"data\": volumesnapshot \"b1\" is not ready to use yet");
+        assert!(!root.path().join("claims/shop/data-orders-0/uid-1").exists(), "no empty volume is made meanwhile");
+    }
+
+    #[test]
+    fn a_claim_from_a_snapshot_starts_as_its_copy_and_keeps_it() {
+        if !is_root() {
+            return;
+        }
+        use std::os::unix::fs::lchown;
+        let root = tempfile::tempdir().unwrap();
+        let copy = root.path().join("snapshots/shop/snap-uid");
+        fs::create_dir_all(copy.join("pgdata")).unwrap();
+        fs::write(copy.join("pgdata/PG_VERSION"), "15\n").unwrap();
+        lchown(copy.join("pgdata"), Some(4343), Some(4242)).unwrap();
+        lchown(copy.join("pgdata/PG_VERSION"), Some(4343), Some(4242)).unwrap();
+        fs::set_permissions(copy.join("pgdata"), fs::Permissions::from_mode(0o700)).unwrap();
+        let dirs =
+            VolumeDirs { pod: root.path().join("pods/1"), claims: root.path().join("claims"), empty_dir_owner: None };
+        let mut pod = pod();
+        pod.spec.as_mut().unwrap().volumes.as_mut().unwrap().retain(|v| v.name == "data");
+        let from = BTreeMap::from([("data-orders-0".to_owned(), Restore::From(copy.clone()))]);
+        let volumes = prepare(&pod, &dirs, Some(4242), &Sources::new(), &Sources::new(), &claim_uids(), &from).unwrap();
+        let data = &volumes["data"];
+        assert_eq!(fs::read_to_string(data.join("pgdata/PG_VERSION")).unwrap(), "15\n");
+        let meta = fs::metadata(data.join("pgdata")).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (4343, 4242, 0o700), "as copied");
+        let top = fs::metadata(data).unwrap();
+        assert_eq!((top.uid(), top.gid(), top.mode() & 0o7777), (0, 4242, 0o2775), "the volume root as a kubelet's");
+        // Once made, the volume is the claim's own: a later mount does not restore again.
+        fs::write(data.join("pgdata/written-later"), "kept").unwrap();
+        let again = prepare(&pod, &dirs, Some(4242), &Sources::new(), &Sources::new(), &claim_uids(), &from).unwrap();
+        assert!(again["data"].join("pgdata/written-later").exists());
+        assert!(copy.join("pgdata/PG_VERSION").exists() && !copy.join("pgdata/written-later").exists());
     }
 
     #[test]
@@ -266,13 +392,14 @@ mod tests {
         let mut pod = pod();
         // Without the secret (and without root: no chown is reached for it).
         pod.spec.as_mut().unwrap().volumes.as_mut().unwrap().retain(|v| v.name == "credentials");
-        let err = prepare(&pod, &dirs, None, &Sources::new(), &Sources::new(), &ClaimUids::new()).unwrap_err();
+        let err = prepare(&pod, &dirs, None, &Sources::new(), &Sources::new(), &ClaimUids::new(), &Restores::new())
+            .unwrap_err();
         assert_eq!(err, "MountVolume.SetUp failed for volume \"credentials\": secret \"orders-credentials\" not found");
         // Without its claim (deleted, or being deleted).
         let mut pod = super::tests::pod();
         pod.spec.as_mut().unwrap().volumes.as_mut().unwrap().retain(|v| v.name == "data");
         let gone = BTreeMap::from([("data-orders-0".to_owned(), None)]);
-        let err = prepare(&pod, &dirs, None, &Sources::new(), &Sources::new(), &gone).unwrap_err();
+        let err = prepare(&pod, &dirs, None, &Sources::new(), &Sources::new(), &gone, &Restores::new()).unwrap_err();
         assert_eq!(
             err,
             "MountVolume.SetUp failed for volume \"data\": persistentvolumeclaim \"data-orders-0\" not found (or being \
@@ -284,7 +411,8 @@ mod tests {
             "spec": {"containers": [], "volumes": [{"name": "host", "hostPath": {"path": "/etc"}}]}
         }))
         .unwrap();
-        let err = prepare(&odd, &dirs, None, &Sources::new(), &Sources::new(), &ClaimUids::new()).unwrap_err();
+        let err = prepare(&odd, &dirs, None, &Sources::new(), &Sources::new(), &ClaimUids::new(), &Restores::new())
+            .unwrap_err();
         assert!(err.contains("volume \"host\" is of a kind"), "{err}");
     }
 }
