@@ -20,7 +20,7 @@ use crate::support::stead::{
     Controller, ControllerOptions, MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION, WEBHOOK_QUANTITY_MESSAGE,
 };
 use crate::support::wait::{self, Poll};
-use crate::{database, finalizers, operations, ownership};
+use crate::{backups, database, finalizers, operations, ownership};
 
 /// What every scenario can reach.
 pub struct Ctx<'a> {
@@ -39,6 +39,8 @@ pub struct Ctx<'a> {
     pub log_dir: PathBuf,
     /// The stand-in kubelet, or why database pods cannot run here.
     pub kubelet: Result<&'a Kubelet, String>,
+    /// The stand-in snapshotter (VolumeSnapshots of the kubelet's claims).
+    pub snapshotter: &'a crate::support::snapshotter::Snapshotter,
     /// Where stead-webhook serves, and the CA of its certificate.
     pub webhook_url: String,
     pub webhook_ca: String,
@@ -89,7 +91,7 @@ pub struct Scenario {
 }
 
 /// All scenarios, in order.
-pub const SCENARIOS: [Scenario; 26] = [
+pub const SCENARIOS: [Scenario; 30] = [
     Scenario { name: "defaulting", run: defaulting },
     Scenario { name: "invalid-specs-refused", run: invalid_specs_refused },
     Scenario { name: "server-dry-run-same-answers", run: server_dry_run_same_answers },
@@ -118,6 +120,10 @@ pub const SCENARIOS: [Scenario; 26] = [
         name: "image-change-rolls-replicas-first-and-the-primary-last",
         run: operations::image_change_rolls_replicas_first_and_the_primary_last,
     },
+    Scenario { name: "backup-of-a-replica-completes", run: backups::backup_of_a_replica_completes },
+    Scenario { name: "restore-into-a-new-cluster", run: backups::restore_into_a_new_cluster },
+    Scenario { name: "failed-snapshot-fails-the-backup", run: backups::failed_snapshot_fails_the_backup },
+    Scenario { name: "scheduled-backups-keep-the-last-one", run: backups::scheduled_backups_keep_the_last_one },
     Scenario { name: "deleted-cluster-takes-its-pods", run: database::deleted_cluster_takes_its_pods },
     Scenario { name: "deletion-protection-and-finalizer", run: deletion_protection_and_finalizer },
     Scenario { name: "foreign-objects-are-never-adopted", run: ownership::foreign_objects_are_never_adopted },

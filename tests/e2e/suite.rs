@@ -1,5 +1,5 @@
-//! Sets the stage (control plane, CRD, webhook, controller, stand-in
-//! kubelet), runs the scenarios in order, and reports. Every process is
+//! Sets the stage (control plane, CRDs, webhook, controller, stand-in
+//! kubelet and snapshotter), runs the scenarios in order, and reports. Every process is
 //! stopped by its guard, whether the run passes, fails or panics.
 
 use std::env;
@@ -13,6 +13,7 @@ use crate::support::control_plane::{self, ControlPlane, Options};
 use crate::support::kubelet::{self, Kubelet};
 use crate::support::process::ManagedProcess;
 use crate::support::say;
+use crate::support::snapshotter::{self, Snapshotter};
 use crate::support::stead::{self, CONTROLLER_BINARY, Controller, ControllerOptions, WEBHOOK_BINARY, Webhook};
 
 /// Comma-separated parts of scenario names; only matching scenarios run.
@@ -85,6 +86,7 @@ struct Stage {
     webhook: Option<Webhook>,
     controller: Option<Controller>,
     kubelet: Option<Kubelet>,
+    snapshotter: Option<Snapshotter>,
 }
 
 impl Stage {
@@ -95,6 +97,9 @@ impl Stage {
         }
         if let Some(kubelet) = self.kubelet.as_mut() {
             kubelet.stop()?;
+        }
+        if let Some(snapshotter) = self.snapshotter.as_mut() {
+            snapshotter.stop();
         }
         Ok(())
     }
@@ -132,6 +137,7 @@ fn start_kubelet(control_plane: &ControlPlane, binaries: &Binaries) -> anyhow::R
 fn run_scenarios(control_plane: &mut ControlPlane, stage: &mut Stage, binaries: &Binaries) -> anyhow::Result<()> {
     let kubectl = control_plane.kubectl().clone();
     stead::install_crd(&kubectl)?;
+    stead::install_volume_snapshot_crds(&kubectl)?;
     stead::install_controller_rbac(&kubectl)?;
     let webhook = stage.webhook.insert(Webhook::start(&binaries.webhook, control_plane)?);
     webhook.register(&kubectl)?;
@@ -159,6 +165,16 @@ fn run_scenarios(control_plane: &mut ControlPlane, stage: &mut Stage, binaries: 
             Err(reason)
         }
     };
+    let snapshotter = &*stage.snapshotter.insert(Snapshotter::start(&snapshotter::Options {
+        kubeconfig: layout.admin_kubeconfig(),
+        root: layout.kubelet(),
+        log_dir: layout.logs(),
+    })?);
+    say(&format!(
+        "e2e: VolumeSnapshot CRDs installed; stand-in snapshotter takes snapshots of class {} (driver {})",
+        snapshotter::CLASS,
+        snapshotter::DRIVER
+    ));
     let Some(controller) = stage.controller.as_mut() else { bail!("the controller was not started") };
 
     let only = only_filter(env::var(ONLY_ENV).ok().as_deref());
@@ -173,6 +189,7 @@ fn run_scenarios(control_plane: &mut ControlPlane, stage: &mut Stage, binaries: 
         controller_options,
         log_dir: layout.logs(),
         kubelet,
+        snapshotter,
         webhook_url,
         webhook_ca,
         figures: Vec::new(),
@@ -232,6 +249,9 @@ fn failure_report(control_plane: &mut ControlPlane, stage: &Stage) -> String {
         for log in kubelet.container_logs() {
             report.push_str(&file_section(&log, FAILURE_POD_LOG_LINES));
         }
+    }
+    if let Some(snapshotter) = stage.snapshotter.as_ref() {
+        report.push_str(&file_section(snapshotter.log_path(), FAILURE_LOG_LINES));
     }
     report.push_str(&control_plane.log_tails(FAILURE_LOG_LINES));
     let kept = control_plane.keep_work_dir();

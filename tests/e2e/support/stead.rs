@@ -23,6 +23,14 @@ pub const WEBHOOK_BINARY: &str = "stead-webhook";
 pub const CONTROLLER_BINARY: &str = "stead-controller";
 /// Name of the CRD.
 pub const CRD_NAME: &str = "databaseclusters.stead.dev";
+/// Name of the DatabaseBackup CRD.
+pub const BACKUP_CRD_NAME: &str = "databasebackups.stead.dev";
+/// The VolumeSnapshot CRDs the suite installs (upstream's, copied as test data).
+pub const VOLUME_SNAPSHOT_CRDS: [&str; 3] = [
+    "volumesnapshotclasses.snapshot.storage.k8s.io",
+    "volumesnapshotcontents.snapshot.storage.k8s.io",
+    "volumesnapshots.snapshot.storage.k8s.io",
+];
 /// Names of the webhook configurations the suite registers.
 pub const MUTATING_CONFIGURATION: &str = "stead-e2e-mutating";
 pub const VALIDATING_CONFIGURATION: &str = "stead-e2e-validating";
@@ -50,21 +58,61 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
-/// Installs the CRD rendered from the Rust types and waits until kubectl can use it.
+/// Installs the CRDs rendered from the Rust types (DatabaseCluster and
+/// DatabaseBackup) and waits until kubectl can use them.
 pub fn install_crd(kubectl: &Kubectl) -> anyhow::Result<()> {
-    let yaml = stead_crds::crd::crd_yaml().context("rendering the DatabaseCluster CRD")?;
-    kubectl
-        .run_with_input(&["apply", "--server-side", "--field-manager=stead-e2e", "-f", "-"], Some(&yaml))?
-        .ok()
-        .context("installing the DatabaseCluster CRD")?;
-    let crd = format!("crd/{CRD_NAME}");
-    kubectl
-        .ok(&["wait", "--for=condition=Established", "--timeout=60s", &crd])
-        .context("waiting for the CRD to be Established")?;
-    wait::until("kubectl to discover databaseclusters", CRD_TIMEOUT, || {
-        let output = kubectl.run(&["get", "databaseclusters.stead.dev", "-A", "-o", "name"])?;
+    let rendered = [
+        ("DatabaseCluster", CRD_NAME, stead_crds::crd::crd_yaml()),
+        ("DatabaseBackup", BACKUP_CRD_NAME, stead_crds::crd::backup_crd_yaml()),
+    ];
+    for (kind, name, yaml) in rendered {
+        let yaml = yaml.with_context(|| format!("rendering the {kind} CRD"))?;
+        kubectl
+            .run_with_input(&["apply", "--server-side", "--field-manager=stead-e2e", "-f", "-"], Some(&yaml))?
+            .ok()
+            .with_context(|| format!("installing the {kind} CRD"))?;
+        let crd = format!("crd/{name}");
+        kubectl
+            .ok(&["wait", "--for=condition=Established", "--timeout=60s", &crd])
+            .with_context(|| format!("waiting for the {kind} CRD to be Established"))?;
+        wait_for_discovery(kubectl, name)?;
+    }
+    Ok(())
+}
+
+fn wait_for_discovery(kubectl: &Kubectl, resource: &str) -> anyhow::Result<()> {
+    wait::until(&format!("kubectl to discover {resource}"), CRD_TIMEOUT, || {
+        let output = kubectl.run(&["get", resource, "-A", "-o", "name"])?;
         Ok(if output.success() { Poll::Ready(()) } else { Poll::Pending(output.stderr.trim().to_owned()) })
     })
+}
+
+/// Where the suite keeps its copy of the upstream VolumeSnapshot CRDs.
+pub fn volume_snapshot_crds_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/testdata/volumesnapshot-crds")
+}
+
+/// Installs the VolumeSnapshot CRDs (server-side, from the suite's copy),
+/// then the default VolumeSnapshotClass `stead-e2e` of the stand-in
+/// snapshotter's driver, and waits until kubectl can use them.
+pub fn install_volume_snapshot_crds(kubectl: &Kubectl) -> anyhow::Result<()> {
+    let dir = volume_snapshot_crds_dir();
+    let dir = dir.to_str().with_context(|| format!("{} is not UTF-8", dir.display()))?;
+    kubectl
+        .ok(&["apply", "--server-side", "--field-manager=stead-e2e", "-f", dir])
+        .context("installing the VolumeSnapshot CRDs")?;
+    for name in VOLUME_SNAPSHOT_CRDS {
+        let crd = format!("crd/{name}");
+        kubectl
+            .ok(&["wait", "--for=condition=Established", "--timeout=60s", &crd])
+            .with_context(|| format!("waiting for the CRD {name} to be Established"))?;
+        wait_for_discovery(kubectl, name)?;
+    }
+    kubectl
+        .apply(&super::snapshotter::default_class(), &["--server-side", "--field-manager=stead-e2e"])?
+        .ok()
+        .context("creating the VolumeSnapshotClass stead-e2e")?;
+    Ok(())
 }
 
 /// The namespace the controller keeps its key Secret in, as `stead-system` in an install.
@@ -136,8 +184,9 @@ pub fn install_controller_rbac(kubectl: &Kubectl) -> anyhow::Result<()> {
     })
 }
 
-/// stead-webhook's command line.
-pub fn webhook_args(port: u16, metrics_port: u16, cert_dir: &Path) -> Vec<String> {
+/// stead-webhook's command line. `kubeconfig` is for the reads of admission
+/// (a backup's cluster, a restored backup); the suite gives it the admin's.
+pub fn webhook_args(port: u16, metrics_port: u16, cert_dir: &Path, kubeconfig: &Path) -> Vec<String> {
     vec![
         "serve".to_owned(),
         "--listen".to_owned(),
@@ -146,13 +195,17 @@ pub fn webhook_args(port: u16, metrics_port: u16, cert_dir: &Path) -> Vec<String
         cert_dir.display().to_string(),
         "--metrics-listen".to_owned(),
         loopback(metrics_port).to_string(),
+        "--kubeconfig".to_owned(),
+        kubeconfig.display().to_string(),
     ]
 }
 
 /// The two webhook configurations (a v1 List), calling the server at
 /// `base_url` (`https://127.0.0.1:<port>`) and trusting `ca_pem`. Rules match
 /// `manifests/webhook/*`: DatabaseCluster CREATE/UPDATE for defaulting, plus
-/// DELETE for validation; the scale subresource is not sent to the webhook.
+/// DELETE for validation; DatabaseBackup CREATE/UPDATE for both (never
+/// DELETE, so retention does not depend on the webhook); the scale
+/// subresource is not sent to the webhook.
 /// Both carry the shipped `matchConditions`, naming the suite's controller
 /// user where an install names its ServiceAccount.
 pub fn webhook_configurations(base_url: &str, ca_pem: &str) -> anyhow::Result<Value> {
@@ -171,6 +224,12 @@ pub fn webhook_configurations(base_url: &str, ca_pem: &str) -> anyhow::Result<Va
                 "apiVersions": [stead_crds::cluster::VERSION],
                 "resources": [stead_crds::cluster::PLURAL],
                 "operations": operations,
+                "scope": "Namespaced"
+            }, {
+                "apiGroups": [stead_crds::cluster::GROUP],
+                "apiVersions": [stead_crds::cluster::VERSION],
+                "resources": [stead_crds::backup::PLURAL],
+                "operations": ["CREATE", "UPDATE"],
                 "scope": "Namespaced"
             }]
         })
@@ -272,7 +331,7 @@ impl Webhook {
         let mut process = ManagedProcess::spawn(
             WEBHOOK_BINARY,
             binary,
-            &webhook_args(port, metrics_port, &layout.webhook_certs()),
+            &webhook_args(port, metrics_port, &layout.webhook_certs(), &layout.admin_kubeconfig()),
             std::iter::empty::<(&str, &str)>(),
             &layout.logs(),
         )?;
@@ -520,7 +579,7 @@ mod tests {
 
     #[test]
     fn webhook_is_served_on_loopback_with_the_contracted_flags() {
-        let args = webhook_args(9443, 9090, Path::new("/w/webhook-certs"));
+        let args = webhook_args(9443, 9090, Path::new("/w/webhook-certs"), Path::new("/w/admin.kubeconfig"));
         assert_eq!(
             args,
             [
@@ -530,7 +589,9 @@ mod tests {
                 "--cert-dir",
                 "/w/webhook-certs",
                 "--metrics-listen",
-                "127.0.0.1:9090"
+                "127.0.0.1:9090",
+                "--kubeconfig",
+                "/w/admin.kubeconfig"
             ]
         );
     }
@@ -557,6 +618,8 @@ mod tests {
         assert!(v.get("reinvocationPolicy").is_none());
 
         for hook in [m, v] {
+            assert_eq!(hook["rules"][1]["resources"], json!(["databasebackups"]));
+            assert_eq!(hook["rules"][1]["operations"], json!(["CREATE", "UPDATE"]), "never DELETE");
             let bundle = hook["clientConfig"]["caBundle"].as_str().unwrap();
             let decoded = base64::engine::general_purpose::STANDARD.decode(bundle).unwrap();
             assert_eq!(decoded, b"-----CA-----\n");
