@@ -32,6 +32,8 @@ pub mod topology;
 pub mod volume_snapshot;
 
 #[cfg(test)]
+mod backup_tests;
+#[cfg(test)]
 mod fixtures;
 #[cfg(test)]
 mod reconciler_tests;

@@ -187,7 +187,7 @@ async fn steady_state_is_radio_silence() {
 }
 
 /// A settled cluster whose three pods run: 0 primary, 1 and 2 replicas; labels as given.
-fn running(
+pub(crate) fn running(
     labels: [Option<&'static str>; 3],
 ) -> (DatabaseCluster, Arc<FakeInstances>, impl FnOnce(&mut crate::context::StoreWriters)) {
     let base = finalized(cluster(spec()));
