@@ -94,6 +94,10 @@ pub struct Cli {
     /// Seconds an operation waits for postgres to accept connections after starting it.
     #[arg(long, env = "STEAD_READY_TIMEOUT_SECONDS", default_value_t = 120)]
     pub ready_timeout_seconds: u64,
+    /// Seconds a backup may stay started without POST /backup/stop: then a hot
+    /// one is aborted and a cold one's postgres started again.
+    #[arg(long, env = "STEAD_BACKUP_TIMEOUT_SECONDS", default_value_t = 3600)]
+    pub backup_timeout_seconds: u64,
 }
 
 /// What to do instead of running an instance.
@@ -186,6 +190,7 @@ impl Cli {
                 basebackup: secs(self.basebackup_timeout_seconds),
                 rewind: secs(self.rewind_timeout_seconds),
                 ready: secs(self.ready_timeout_seconds),
+                backup: secs(self.backup_timeout_seconds.max(1)),
                 ..defaults
             },
         })
@@ -239,6 +244,7 @@ mod tests {
         assert_eq!(settings.api_listen.port(), stead_crds::names::INSTANCE_API_PORT);
         assert_eq!(settings.parameters.get("work_mem").map(String::as_str), Some("8MB"));
         assert_eq!(settings.shutdown, ShutdownTimeouts::default());
+        assert_eq!(settings.timeouts.backup, Duration::from_secs(3600));
     }
 
     #[test]

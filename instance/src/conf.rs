@@ -172,6 +172,17 @@ pub fn render_hba(replication_user: &str) -> String {
     )
 }
 
+/// Renders [`HBA_FILE`] while restored data is brought up: the private unix
+/// socket only. Every TCP connection is refused until this cluster's
+/// passwords replaced the source cluster's, so those never work here.
+pub fn render_hba_local_only() -> String {
+    "# Written by stead-instance while restoring a backup; TCP connections are refused until the\n\
+     # passwords of this cluster's credentials Secret are set.\n\
+     # TYPE  DATABASE     USER  ADDRESS  METHOD\n\
+     local   all          all            trust\n"
+        .to_owned()
+}
+
 /// One pgpass line's user and password; host, port and database are `*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PassEntry<'a> {

@@ -49,6 +49,10 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
 
+    /// The request names something that is not there (a backup that is not running).
+    #[error("{0}")]
+    NotFound(String),
+
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),

@@ -175,6 +175,98 @@ impl Db {
     }
 }
 
+/// The session of a hot backup: `pg_backup_start` ran on it, and the
+/// backup lasts as long as the session (a non-exclusive backup ends with
+/// the session that started it). Dropping it aborts the backup.
+pub struct BackupSession {
+    client: Client,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for BackupSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupSession").field("closed", &self.client.is_closed()).finish_non_exhaustive()
+    }
+}
+
+/// What `pg_backup_stop` returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupEnd {
+    pub lsn: Lsn,
+    /// The `backup_label` file's text.
+    pub label_file: String,
+}
+
+impl Db {
+    /// Opens a dedicated session and runs `pg_backup_start(label, fast => true)`
+    /// on it within `limit` (the fast checkpoint); returns the session and the
+    /// start LSN. The session never times out while idle.
+    pub async fn backup_start(&self, user: &str, label: &str, limit: Duration) -> Result<(BackupSession, Lsn), Error> {
+        const ACTION: &str = "start the hot backup (pg_backup_start)";
+        let attempt = async {
+            let client = self.connect(user, limit).await?;
+            client.batch_execute("SET idle_session_timeout = 0; SET idle_in_transaction_session_timeout = 0").await?;
+            let row = client.query_one("SELECT pg_backup_start($1, true)::text", &[&label]).await?;
+            let lsn: String = row.try_get(0)?;
+            Ok::<_, tokio_postgres::Error>((client, lsn))
+        };
+        let (client, lsn) = match tokio::time::timeout(limit + self.timeout, attempt).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(err)) => return Err(Error::Postgres { action: ACTION, reason: backup_hint(describe(&err)) }),
+            Err(_) => return Err(Error::Timeout { what: ACTION, after: limit + self.timeout }),
+        };
+        let lsn = lsn.parse().map_err(|err: crate::lsn::LsnParseError| Error::Postgres {
+            action: ACTION,
+            reason: format!("pg_backup_start returned {}", err),
+        })?;
+        Ok((BackupSession { client, timeout: limit + self.timeout }, lsn))
+    }
+
+    /// `pg_reload_conf()`: postgres rereads its configuration files (pg_hba too).
+    pub async fn reload(&self, user: &str) -> Result<(), Error> {
+        self.execute(user, "reload the configuration", None, "SELECT pg_reload_conf()", self.timeout).await.map(drop)
+    }
+}
+
+impl BackupSession {
+    /// `pg_backup_stop(wait_for_archive => false)` on the session that
+    /// started the backup; the session is closed afterwards.
+    pub async fn stop(self) -> Result<BackupEnd, Error> {
+        const ACTION: &str = "stop the hot backup (pg_backup_stop)";
+        let attempt = async {
+            let row = self.client.query_one("SELECT lsn::text, labelfile FROM pg_backup_stop(false)", &[]).await?;
+            Ok::<_, tokio_postgres::Error>((row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?))
+        };
+        let (lsn, label_file) = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(err)) => {
+                let mut reason = describe(&err);
+                if self.client.is_closed() {
+                    reason.push_str(
+                        " (the backup's session is gone: postgres restarted or was stopped, which aborts a hot backup)",
+                    );
+                }
+                return Err(Error::Postgres { action: ACTION, reason });
+            }
+            Err(_) => return Err(Error::Timeout { what: ACTION, after: self.timeout }),
+        };
+        let lsn = lsn.parse().map_err(|err: crate::lsn::LsnParseError| Error::Postgres {
+            action: ACTION,
+            reason: format!("pg_backup_stop returned {err}"),
+        })?;
+        Ok(BackupEnd { lsn, label_file })
+    }
+}
+
+/// Adds what to do when the server is older than the functions' names.
+fn backup_hint(reason: String) -> String {
+    if reason.contains("pg_backup_start") && reason.contains("does not exist") {
+        format!("{reason}: hot backups need PostgreSQL 15 or later (pg_backup_start)")
+    } else {
+        reason
+    }
+}
+
 /// Sent (as its own query, so it is in force when the next one is logged or
 /// not) before statements that carry password verifiers: none of the ways
 /// postgres logs a statement's text applies to this session.

@@ -32,6 +32,9 @@ pub struct Timeouts {
     pub ready: Duration,
     /// Quick API requests (status, probes).
     pub request: Duration,
+    /// How long a backup may stay started: a hot one is then aborted, a
+    /// cold one unfenced (postgres started again).
+    pub backup: Duration,
 }
 
 impl Default for Timeouts {
@@ -45,6 +48,7 @@ impl Default for Timeouts {
             checkpoint: Duration::from_secs(600),
             ready: Duration::from_secs(120),
             request: Duration::from_secs(10),
+            backup: Duration::from_secs(3600),
         }
     }
 }
