@@ -8,6 +8,8 @@
 //! | `POST /bootstrap` | bearer | [`Bootstrap`] | 200 [`Status`] once postgres accepts connections |
 //! | `POST /promote` | bearer | none | 200 [`Status`] (already primary: the same, nothing done) |
 //! | `POST /demote` | bearer | [`Demote`] (may be empty) | 200 [`Status`] once postgres accepts connections as a replica |
+//! | `POST /backup/start` | bearer | [`BackupStart`] | 200 [`BackupStarted`] once PGDATA may be snapshotted |
+//! | `POST /backup/stop` | bearer | [`BackupStop`] | 200 [`BackupStopped`]; 404 for a label that does not run |
 //!
 //! Bodies (camelCase JSON; unknown fields are refused):
 //!
@@ -15,7 +17,12 @@
 //! POST /bootstrap  {"mode":"initdb"}
 //!                  {"mode":"clone","primaryHost":"orders-rw","primaryPort":5432}   host/port optional:
 //!                                                      STEAD_PRIMARY_HOST / STEAD_PG_PORT
+//!                  {"mode":"restore"}       only on data restored from another pod's backup
 //! POST /demote     {"primaryHost":"orders-1.orders-headless","primaryPort":5432}    same defaults
+//! POST /backup/start {"mode":"cold","label":"orders-202501010200"}     or "hot"
+//!                 -> {"mode":"cold","label":"orders-202501010200","beginLsn":"0/6000110"}
+//! POST /backup/stop  {"label":"orders-202501010200"}
+//!                 -> {"label":"orders-202501010200","endLsn":"0/6000110"}       hot: also "backupLabel":"START WAL…"
 //! GET  /status  -> {"podName":"orders-1","role":"replica","postmaster":"running","ready":true,
 //!                   "timeline":2,"systemIdentifier":"7393517237520473112",
 //!                   "currentLsn":"0/3000060","receivedLsn":"0/3000060","replayedLsn":"0/3000060",
@@ -32,6 +39,27 @@
 //! primary's for `initdb`, a replica's — `standby.signal` — for `clone`), and
 //! 409 otherwise; PGDATA with files but no `PG_VERSION` is 409 too. A failed
 //! bootstrap leaves PGDATA as it was (empty) and can be retried.
+//!
+//! Backups (details in `instance/backup.rs`): `cold` only on a streaming
+//! replica (else 409): CHECKPOINT, fast shutdown, postgres stays stopped
+//! (`status.backup` set, `/readyz` 503, role still `replica`) until the stop
+//! starts it again; `beginLsn` = `endLsn` = pg_controldata's `Minimum
+//! recovery ending location` (or `Latest checkpoint location`, when later).
+//! `hot`: `pg_backup_start(label, true)` on a session held until the stop's
+//! `pg_backup_stop(false)`; `beginLsn`/`endLsn`/`backupLabel` are theirs.
+//! Both write `PGDATA/stead-backup.json` (0600) before answering and remove
+//! it at the stop. One backup at a time: another start is 409 naming the
+//! running one; the same label and mode again answers as the first start. A
+//! stop of the backup that just ended answers 200 again (409 if it was
+//! aborted); any other label 404. Unstopped, a backup ends after
+//! `STEAD_BACKUP_TIMEOUT_SECONDS` (3600). Promote/demote abort a hot backup
+//! and are refused (409) during a cold one.
+//!
+//! Restore: data whose marker names another pod is restored data: not
+//! started, `role` `bootstrapping` with `status.restorable` (the marker),
+//! until `POST /bootstrap {"mode":"restore"}` starts it as the primary with
+//! this pod's settings and Secret passwords. initdb/clone there, and restore
+//! anywhere else, are 409.
 //!
 //! `/demote` is idempotent: a replica already streaming from that primary
 //! answers 200 without a restart. Otherwise postgres is stopped (fast),
@@ -74,6 +102,7 @@ use crate::error::Error;
 use crate::instance::{Bootstrap, Demote, Instance};
 use crate::shutdown::Mode;
 use crate::status::Derived;
+use stead_crds::instance_api::{BackupStart, BackupStarted, BackupStop, BackupStopped};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -82,7 +111,8 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 /// Extra time an operation's answer may take beyond its own bounds.
 const OPERATION_MARGIN: Duration = Duration::from_secs(60);
 
-const ROUTES: &str = "GET /healthz, GET /readyz, GET /status, POST /bootstrap, POST /promote, POST /demote";
+const ROUTES: &str = "GET /healthz, GET /readyz, GET /status, POST /bootstrap, POST /promote, POST /demote, \
+                      POST /backup/start, POST /backup/stop";
 
 /// An error answer: a status code and `{"message": ...}`.
 #[derive(Debug)]
@@ -112,6 +142,7 @@ impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
         let status = match &err {
             Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::BadRequest(_) | Error::Conf(_) => StatusCode::BAD_REQUEST,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -128,6 +159,8 @@ pub fn router(instance: Arc<Instance>) -> Router {
         .route("/bootstrap", post(bootstrap))
         .route("/promote", post(promote))
         .route("/demote", post(demote))
+        .route("/backup/start", post(backup_start))
+        .route("/backup/stop", post(backup_stop))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&instance), authenticate));
     Router::new()
         .route("/healthz", get(healthz))
@@ -165,20 +198,20 @@ async fn bootstrap(State(instance): State<Arc<Instance>>, request: Request) -> R
     let body: Bootstrap = read_json(&instance, request, "/bootstrap").await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "/bootstrap needs a JSON body: {\"mode\":\"initdb\"} or {\"mode\":\"clone\"}",
+            "/bootstrap needs a JSON body: {\"mode\":\"initdb\"}, {\"mode\":\"clone\"} or {\"mode\":\"restore\"}",
         )
     })?;
     let timeouts = instance.settings().timeouts;
     let bound = timeouts.basebackup.max(timeouts.initdb) + timeouts.ready + OPERATION_MARGIN;
     info!(mode = ?body, "POST /bootstrap");
-    operation(&instance, bound, move |instance| async move { instance.bootstrap(body).await }).await
+    operation(&instance, bound, move |instance| async move { instance.bootstrap(body).await.map(|d| d.status) }).await
 }
 
 async fn promote(State(instance): State<Arc<Instance>>) -> Result<Response, ApiError> {
     let timeouts = instance.settings().timeouts;
     let bound = timeouts.promote + timeouts.checkpoint + OPERATION_MARGIN;
     info!("POST /promote");
-    operation(&instance, bound, |instance| async move { instance.promote().await }).await
+    operation(&instance, bound, |instance| async move { instance.promote().await.map(|d| d.status) }).await
 }
 
 async fn demote(State(instance): State<Arc<Instance>>, request: Request) -> Result<Response, ApiError> {
@@ -187,19 +220,51 @@ async fn demote(State(instance): State<Arc<Instance>>, request: Request) -> Resu
     let bound =
         settings.shutdown.bound(Mode::Fast) + settings.timeouts.rewind + settings.timeouts.ready + OPERATION_MARGIN;
     info!(request = ?body, "POST /demote");
-    operation(&instance, bound, move |instance| async move { instance.demote(body).await }).await
+    operation(&instance, bound, move |instance| async move { instance.demote(body).await.map(|d| d.status) }).await
+}
+
+async fn backup_start(State(instance): State<Arc<Instance>>, request: Request) -> Result<Response, ApiError> {
+    let body: BackupStart = read_json(&instance, request, "/backup/start").await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "/backup/start needs a JSON body: {\"mode\":\"cold\",\"label\":\"orders-202501010200\"} (mode cold or hot)",
+        )
+    })?;
+    let settings = instance.settings();
+    let bound = settings.timeouts.checkpoint + settings.shutdown.bound(Mode::Fast) + OPERATION_MARGIN;
+    info!(mode = %body.mode, label = %body.label, "POST /backup/start");
+    operation(&instance, bound, move |instance| async move {
+        let started: Result<BackupStarted, Error> = instance.backup_start(body).await;
+        started
+    })
+    .await
+}
+
+async fn backup_stop(State(instance): State<Arc<Instance>>, request: Request) -> Result<Response, ApiError> {
+    let body: BackupStop = read_json(&instance, request, "/backup/stop").await?.ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, "/backup/stop needs a JSON body: {\"label\":\"orders-202501010200\"}")
+    })?;
+    let timeouts = instance.settings().timeouts;
+    let bound = timeouts.checkpoint + timeouts.ready + OPERATION_MARGIN;
+    info!(label = %body.label, "POST /backup/stop");
+    operation(&instance, bound, move |instance| async move {
+        let stopped: Result<BackupStopped, Error> = instance.backup_stop(body).await;
+        stopped
+    })
+    .await
 }
 
 /// Runs an operation in its own task (so a disconnect does not cancel it)
-/// and answers with its status.
-async fn operation<F, Fut>(instance: &Arc<Instance>, bound: Duration, run: F) -> Result<Response, ApiError>
+/// and answers with its result.
+async fn operation<F, Fut, T>(instance: &Arc<Instance>, bound: Duration, run: F) -> Result<Response, ApiError>
 where
     F: FnOnce(Arc<Instance>) -> Fut,
-    Fut: Future<Output = Result<Derived, Error>> + Send + 'static,
+    Fut: Future<Output = Result<T, Error>> + Send + 'static,
+    T: serde::Serialize + Send + 'static,
 {
     let task = tokio::spawn(run(Arc::clone(instance)));
     match tokio::time::timeout(bound, task).await {
-        Ok(Ok(Ok(derived))) => Ok(axum::Json(derived.status).into_response()),
+        Ok(Ok(Ok(answer))) => Ok(axum::Json(answer).into_response()),
         Ok(Ok(Err(err))) => {
             warn!(error = %err, "operation failed");
             Err(err.into())
@@ -334,7 +399,8 @@ mod tests {
             Bootstrap::Clone { primary_host: Some("orders-rw".into()), primary_port: Some(5433) }
         );
         assert_eq!(parse(r#"{"mode":"clone"}"#).unwrap(), Bootstrap::Clone { primary_host: None, primary_port: None });
-        assert!(parse(r#"{"mode":"restore"}"#).unwrap_err().to_string().contains("unknown variant"));
+        assert_eq!(parse(r#"{"mode":"restore"}"#).unwrap(), Bootstrap::Restore);
+        assert!(parse(r#"{"mode":"resurrect"}"#).unwrap_err().to_string().contains("unknown variant"));
         assert!(parse(r#"{"mode":"clone","host":"x"}"#).is_err());
         assert!(parse(r#"{}"#).is_err());
     }
@@ -356,6 +422,7 @@ mod tests {
         let rows = [
             (Error::Conflict("x".into()), StatusCode::CONFLICT),
             (Error::BadRequest("x".into()), StatusCode::BAD_REQUEST),
+            (Error::NotFound("x".into()), StatusCode::NOT_FOUND),
             (Error::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
             (Error::Timeout { what: "x", after: Duration::from_secs(1) }, StatusCode::GATEWAY_TIMEOUT),
             (Error::Postmaster("x".into()), StatusCode::INTERNAL_SERVER_ERROR),

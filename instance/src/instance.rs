@@ -9,7 +9,12 @@
 //! - a demote writes `standby.signal` before it stops postgres, so whatever
 //!   happens next the old primary never comes back as a primary;
 //! - the replication role's and superuser's passwords are set from the
-//!   Secret whenever this instance runs as primary.
+//!   Secret whenever this instance runs as primary;
+//! - data restored from another pod's backup (its marker, see
+//!   [`datadir::MarkerVerdict`]) is never started, initdb'd or cloned over
+//!   until `POST /bootstrap {"mode":"restore"}` (see [`backup`]).
+
+mod backup;
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -25,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::conf::{self, Upstream};
-use crate::datadir::{self, ControlData, DataDir};
+use crate::datadir::{self, ControlData, DataDir, MarkerVerdict};
 use crate::error::Error;
 use crate::pg::{Db, Probe};
 use crate::process::{self, Reaper};
@@ -53,6 +58,10 @@ pub struct Instance {
     cancel: CancellationToken,
     /// Generation of the postmaster whose roles were checked (see [`Instance::watch_roles`]).
     roles_checked: Mutex<Option<u64>>,
+    /// The backup started and not stopped, and the last one finished.
+    backups: backup::Backups,
+    /// A restore brings postgres up: restored data may start, TCP is refused.
+    restoring: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -66,9 +75,13 @@ impl Instance {
     pub fn new(settings: Settings, reaper: Reaper) -> Result<Arc<Self>, Error> {
         prepare_run_dir(&settings.run_dir)?;
         let settings = Arc::new(settings);
+        let restoring = Arc::new(AtomicBool::new(false));
         let launch: Launch = {
             let settings = Arc::clone(&settings);
-            Arc::new(move || postmaster_command(&settings).map_err(|err| err.to_string()))
+            let restoring = Arc::clone(&restoring);
+            Arc::new(move || {
+                postmaster_command(&settings, restoring.load(Ordering::SeqCst)).map_err(|err| err.to_string())
+            })
         };
         let supervisor = Supervisor::spawn(reaper.clone(), launch, settings.restart, settings.shutdown);
         let db = Db::new(settings.run_dir.clone(), settings.pg_port, settings.timeouts.query);
@@ -82,6 +95,8 @@ impl Instance {
             shutting_down: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             roles_checked: Mutex::new(None),
+            backups: backup::Backups::default(),
+            restoring,
         }))
     }
 
@@ -90,7 +105,28 @@ impl Instance {
     }
 
     /// Starts postgres if PGDATA holds a database; otherwise waits for `/bootstrap`.
+    ///
+    /// A backup marker of this pod is stale (a backup interrupted by a
+    /// restart of the manager): it is removed and the data starts as usual.
+    /// Another pod's marker means restored data, which waits for a restore.
     pub async fn start_existing(&self) -> Result<(), Error> {
+        let pgdata = &self.settings.pgdata;
+        match self.marker() {
+            MarkerVerdict::Absent => {}
+            MarkerVerdict::Ours(marker) => {
+                warn!(label = %marker.label, mode = %marker.mode, since = %marker.created_at.0, "removing the marker of an interrupted backup of this instance; starting as usual");
+                datadir::remove_if_present(pgdata, datadir::BACKUP_MARKER)
+                    .map_err(Error::io("remove the stale backup marker in", pgdata))?;
+            }
+            MarkerVerdict::Restored(marker) => {
+                info!(label = %marker.label, namespace = %marker.namespace, pod = %marker.pod, begin_lsn = %marker.begin_lsn, "PGDATA holds data restored from another instance's backup; not starting postgres, waiting for POST /bootstrap {{\"mode\":\"restore\"}}");
+                return Ok(());
+            }
+            MarkerVerdict::Unreadable(reason) => {
+                error!(%reason, "PGDATA has a backup marker that cannot be read; not starting postgres");
+                return Ok(());
+            }
+        }
         match self.data_dir() {
             DataDir::Initialized { standby } => {
                 info!(pgdata = %self.settings.pgdata.display(), role = if standby { "replica" } else { "primary" }, "starting postgres on the existing data");
@@ -110,6 +146,11 @@ impl Instance {
     fn data_dir(&self) -> DataDir {
         datadir::inspect(&self.settings.pgdata)
             .unwrap_or_else(|err| DataDir::Foreign { sample: vec![format!("unreadable: {err}")] })
+    }
+
+    /// Whose backup marker PGDATA holds, if any.
+    fn marker(&self) -> MarkerVerdict {
+        marker_verdict(&self.settings)
     }
 
     fn superuser(&self) -> String {
@@ -136,6 +177,8 @@ impl Instance {
             DataDir::Initialized { standby: true } => self.upstream(),
             _ => None,
         };
+        let marker = self.marker();
+        let backup = self.backups.current();
         status::derive(&Observation {
             pod_name: &self.settings.pod_name,
             data: &data,
@@ -146,6 +189,12 @@ impl Instance {
             control: control.as_ref(),
             bootstrapping: self.bootstrapping.load(Ordering::SeqCst),
             shutting_down: self.shutting_down.load(Ordering::SeqCst),
+            backup: backup.as_ref(),
+            restorable: marker.restored(),
+            marker_problem: match &marker {
+                MarkerVerdict::Unreadable(reason) => Some(reason.as_str()),
+                _ => None,
+            },
         })
     }
 
@@ -189,6 +238,42 @@ impl Instance {
     /// for initdb, a replica's for clone) and a conflict otherwise.
     pub async fn bootstrap(&self, request: Bootstrap) -> Result<Derived, Error> {
         let _guard = self.begin("the bootstrap")?;
+        match (self.marker(), &request) {
+            (MarkerVerdict::Restored(marker), Bootstrap::Restore) => {
+                self.bootstrapping.store(true, Ordering::SeqCst);
+                let result = self.restore(&marker).await;
+                self.bootstrapping.store(false, Ordering::SeqCst);
+                result?;
+                return Ok(self.status().await);
+            }
+            (MarkerVerdict::Restored(marker), _) => {
+                return Err(Error::Conflict(format!(
+                    "PGDATA holds data restored from backup {} of {}/{}; {} would overwrite it, so it was not run: \
+                     POST /bootstrap {{\"mode\":\"restore\"}} starts that data as the primary",
+                    marker.label,
+                    marker.namespace,
+                    marker.pod,
+                    request.name()
+                )));
+            }
+            (MarkerVerdict::Unreadable(reason), _) => {
+                return Err(Error::Conflict(format!(
+                    "PGDATA has a backup marker that cannot be read ({reason}); {} was not run: move the file \
+                     away to start the data as it is",
+                    request.name()
+                )));
+            }
+            (_, Bootstrap::Restore) => {
+                return Err(Error::Conflict(format!(
+                    "PGDATA {} holds no data restored from another instance's backup (no {} written by another \
+                     pod), so there is nothing to restore; restore starts a data directory created from a \
+                     backup's VolumeSnapshot. Use initdb or clone for an empty one",
+                    self.settings.pgdata.display(),
+                    datadir::BACKUP_MARKER
+                )));
+            }
+            (MarkerVerdict::Absent | MarkerVerdict::Ours(_), _) => {}
+        }
         match (self.data_dir(), &request) {
             (DataDir::Initialized { standby: false }, Bootstrap::Initdb)
             | (DataDir::Initialized { standby: true }, Bootstrap::Clone { .. }) => {
@@ -218,6 +303,9 @@ impl Instance {
             Bootstrap::Initdb => None,
             Bootstrap::Clone { primary_host, primary_port } => {
                 Some(self.resolve_upstream(primary_host, *primary_port)?)
+            }
+            Bootstrap::Restore => {
+                return Err(Error::Conflict("there is no restored data to start".to_owned()));
             }
         };
         self.bootstrapping.store(true, Ordering::SeqCst);
@@ -425,6 +513,7 @@ impl Instance {
     /// `POST /promote`: makes this replica the primary. Idempotent.
     pub async fn promote(&self) -> Result<Derived, Error> {
         let _guard = self.begin("the promotion")?;
+        self.backup_yields_to("the promotion").await?;
         if !matches!(self.data_dir(), DataDir::Initialized { .. }) {
             return Err(Error::Conflict("there is no database to promote; POST /bootstrap first".to_owned()));
         }
@@ -460,6 +549,14 @@ impl Instance {
     pub async fn demote(&self, request: Demote) -> Result<Derived, Error> {
         let _guard = self.begin("the demotion")?;
         let upstream = self.resolve_upstream(&request.primary_host, request.primary_port)?;
+        if let Some(marker) = self.marker().restored() {
+            return Err(Error::Conflict(format!(
+                "PGDATA holds data restored from backup {} of {}/{}; it is started only by POST /bootstrap \
+                 {{\"mode\":\"restore\"}}, never demoted",
+                marker.label, marker.namespace, marker.pod
+            )));
+        }
+        self.backup_yields_to("the demotion").await?;
         let pgdata = self.settings.pgdata.clone();
         match self.data_dir() {
             DataDir::Initialized { .. } => {}
@@ -544,6 +641,8 @@ impl Instance {
         if guard.is_err() {
             warn!("an operation did not stop within 15s; stopping postgres anyway");
         }
+        // A held backup session would delay the smart shutdown; the marker must not outlive the backup.
+        self.abandon_backup("the instance manager is shutting down");
         info!(bound_s = bound.as_secs(), "stopping postgres");
         if let Err(err) = self.supervisor.stop(Mode::Smart).await {
             warn!(error = %err, "cannot stop postgres");
@@ -569,12 +668,31 @@ fn recorded_upstream(settings: &Settings) -> Option<Upstream> {
     }
 }
 
+/// Whose backup marker PGDATA holds, judged for this pod.
+fn marker_verdict(settings: &Settings) -> MarkerVerdict {
+    datadir::judge_marker(datadir::read_marker(&settings.pgdata), &settings.namespace, &settings.pod_name)
+}
+
 /// Writes stead's files and builds the postmaster's command (see [`conf`]).
-fn postmaster_command(settings: &Settings) -> Result<Command, Error> {
+/// Restored data starts only while `restoring`, and then refuses TCP.
+fn postmaster_command(settings: &Settings, restoring: bool) -> Result<Command, Error> {
     let pgdata = &settings.pgdata;
     let DataDir::Initialized { standby } = datadir::inspect(pgdata).map_err(Error::io("read", pgdata))? else {
         return Err(Error::Postmaster(format!("PGDATA {} holds no database; nothing to start", pgdata.display())));
     };
+    match marker_verdict(settings) {
+        MarkerVerdict::Restored(marker) if !restoring => {
+            return Err(Error::Postmaster(format!(
+                "PGDATA holds data restored from backup {} of {}/{}; it starts only with POST /bootstrap \
+                 {{\"mode\":\"restore\"}}",
+                marker.label, marker.namespace, marker.pod
+            )));
+        }
+        MarkerVerdict::Unreadable(reason) => {
+            return Err(Error::Postmaster(format!("PGDATA has a backup marker that cannot be read ({reason})")));
+        }
+        _ => {}
+    }
     let user_conf = conf::render_user_conf(&settings.parameters);
     if !user_conf.ignored.is_empty() {
         warn!(parameters = ?user_conf.ignored, "ignoring parameters that stead sets itself");
@@ -582,9 +700,7 @@ fn postmaster_command(settings: &Settings) -> Result<Command, Error> {
     let conf_path = pgdata.join(conf::USER_CONF_FILE);
     datadir::write_atomic(&conf_path, user_conf.text.as_bytes(), 0o600).map_err(Error::io("write", &conf_path))?;
     keep_wal_for_rewind(pgdata)?;
-    let hba_path = pgdata.join(conf::HBA_FILE);
-    datadir::write_atomic(&hba_path, conf::render_hba(REPLICATION_USER).as_bytes(), 0o600)
-        .map_err(Error::io("write", &hba_path))?;
+    write_hba(pgdata, restoring)?;
     let pgpass = settings.pgpass();
     let primary_conninfo = if standby {
         // The pgpass file is needed by the WAL receiver; without the Secret's
@@ -609,6 +725,13 @@ fn postmaster_command(settings: &Settings) -> Result<Command, Error> {
     let mut command = Command::new(settings.program("postgres"));
     command.args(conf::postmaster_args(&owned));
     Ok(command)
+}
+
+/// Writes [`conf::HBA_FILE`]: the usual rules, or the unix socket alone while restoring.
+fn write_hba(pgdata: &Path, local_only: bool) -> Result<(), Error> {
+    let text = if local_only { conf::render_hba_local_only() } else { conf::render_hba(REPLICATION_USER) };
+    let hba_path = pgdata.join(conf::HBA_FILE);
+    datadir::write_atomic(&hba_path, text.as_bytes(), 0o600).map_err(Error::io("write", &hba_path))
 }
 
 /// The line stead keeps in initdb's `postgresql.conf`.

@@ -24,6 +24,14 @@
 //! - `streaming`: the WAL receiver's status is `streaming`.
 //! - `timeline`: a primary's current timeline; a replica's received
 //!   timeline; else the latest checkpoint's (also when postgres is down).
+//! - `backup`: the backup started and not yet stopped. While a cold one
+//!   fences a replica, `role` stays `replica`, `postmaster` is `stopped` and
+//!   the instance is not ready.
+//! - `restorable`: PGDATA holds data restored from another pod's backup
+//!   (its marker): `role` is `bootstrapping`, postgres is not started, and
+//!   the instance waits for `POST /bootstrap {"mode":"restore"}`.
+
+use stead_crds::instance_api::{BackupInProgress, BackupMarker, BackupMode};
 
 use crate::conf::Upstream;
 use crate::datadir::{ControlData, DataDir, DataRole};
@@ -46,9 +54,15 @@ pub struct Observation<'a> {
     pub upstream: Option<&'a Upstream>,
     /// `pg_controldata`, read when postgres does not answer.
     pub control: Option<&'a ControlData>,
-    /// A bootstrap (initdb or clone) is running.
+    /// A bootstrap (initdb, clone or restore) is running.
     pub bootstrapping: bool,
     pub shutting_down: bool,
+    /// The backup started and not yet stopped.
+    pub backup: Option<&'a BackupInProgress>,
+    /// The marker of another pod's backup: the data is restored data.
+    pub restorable: Option<&'a BackupMarker>,
+    /// A backup marker that cannot be read.
+    pub marker_problem: Option<&'a str>,
 }
 
 /// The status and, when not ready, the one-line reason `/readyz` gives.
@@ -61,12 +75,16 @@ pub struct Derived {
 /// Derives `/status` and readiness.
 pub fn derive(obs: &Observation<'_>) -> Derived {
     let answer = obs.probe.and_then(|probe| probe.as_ref().ok());
-    let role = if obs.bootstrapping || obs.data.is_empty() {
+    let fenced = obs.backup.is_some_and(|b| b.mode == BackupMode::Cold);
+    let role = if obs.bootstrapping || obs.data.is_empty() || obs.restorable.is_some() {
         Role::Bootstrapping
     } else if let Some(probe) = answer {
         if probe.in_recovery { Role::Replica } else { Role::Primary }
+    } else if obs.marker_problem.is_some() {
+        Role::Stopped
     } else {
         match (obs.phase, obs.data.role()) {
+            (Phase::Stopped, Some(DataRole::Replica)) if fenced => Role::Replica,
             (Phase::Stopped, _) | (_, None) => Role::Stopped,
             (_, Some(DataRole::Replica)) => Role::Replica,
             (_, Some(DataRole::Primary)) => Role::Primary,
@@ -120,6 +138,8 @@ pub fn derive(obs: &Observation<'_>) -> Derived {
         primary_host: if replica { obs.upstream.map(|u| u.host.clone()) } else { None },
         restarts: obs.restarts,
         pending_restart: answer.is_some_and(|p| p.pending_restart),
+        backup: obs.backup.cloned(),
+        restorable: obs.restorable.cloned(),
     };
     let not_ready = not_ready_reason(obs, &status);
     Derived { status: Status { ready: not_ready.is_none(), ..status }, not_ready }
@@ -131,6 +151,19 @@ fn not_ready_reason(obs: &Observation<'_>, status: &Status) -> Option<String> {
     }
     if obs.bootstrapping {
         return Some("a bootstrap is in progress".to_owned());
+    }
+    if let Some(marker) = obs.restorable {
+        return Some(format!(
+            "PGDATA holds data restored from backup {} of {}/{} (consistent at WAL {}): waiting for \
+             POST /bootstrap {{\"mode\":\"restore\"}} to start it as the primary",
+            marker.label, marker.namespace, marker.pod, marker.begin_lsn
+        ));
+    }
+    if let Some(problem) = obs.marker_problem {
+        return Some(format!(
+            "PGDATA has a backup marker that cannot be read ({problem}); postgres is not started: \
+             move the file away to start the data as it is"
+        ));
     }
     match obs.data {
         DataDir::Missing | DataDir::Empty => {
@@ -146,6 +179,13 @@ fn not_ready_reason(obs: &Observation<'_>, status: &Status) -> Option<String> {
         DataDir::Initialized { .. } => {}
     }
     match obs.phase {
+        Phase::Stopped if obs.backup.is_some_and(|b| b.mode == BackupMode::Cold) => {
+            let label = obs.backup.map(|b| b.label.as_str()).unwrap_or_default();
+            return Some(format!(
+                "postgres is stopped for the cold backup {label}: POST /backup/stop {{\"label\":\"{label}\"}} \
+                 starts it again"
+            ));
+        }
         Phase::Stopped => return Some("postgres is stopped by the instance manager".to_owned()),
         Phase::GaveUp { attempts, last_exit } => {
             return Some(format!(
@@ -392,6 +432,9 @@ mod tests {
                 control: None,
                 bootstrapping: c.bootstrapping,
                 shutting_down: c.shutting_down,
+                backup: None,
+                restorable: None,
+                marker_problem: None,
             };
             let derived = derive(&obs);
             assert_eq!(derived.status.role, c.role, "{}", c.name);
@@ -422,6 +465,9 @@ mod tests {
             control: None,
             bootstrapping: false,
             shutting_down: false,
+            backup: None,
+            restorable: None,
+            marker_problem: None,
         };
         let status = derive(&obs).status;
         assert_eq!(status.received_lsn, Some(lsn("0/5000000")));
@@ -450,6 +496,9 @@ mod tests {
             control: None,
             bootstrapping: false,
             shutting_down: false,
+            backup: None,
+            restorable: None,
+            marker_problem: None,
         };
         assert_eq!(derive(&obs).status.lag_bytes, Some(0x0100_0000));
     }
@@ -468,6 +517,9 @@ mod tests {
             control: None,
             bootstrapping: false,
             shutting_down: false,
+            backup: None,
+            restorable: None,
+            marker_problem: None,
         };
         let status = derive(&obs).status;
         let json = serde_json::to_value(&status).unwrap();
@@ -486,8 +538,12 @@ mod tests {
 
     #[test]
     fn a_stopped_instance_reports_pg_controldata() {
-        let control =
-            ControlData { system_identifier: Some("42".into()), timeline: Some(4), state: Some("shut down".into()) };
+        let control = ControlData {
+            system_identifier: Some("42".into()),
+            timeline: Some(4),
+            state: Some("shut down".into()),
+            ..ControlData::default()
+        };
         let obs = Observation {
             pod_name: "orders-0",
             data: &PRIMARY,
@@ -498,10 +554,92 @@ mod tests {
             control: Some(&control),
             bootstrapping: false,
             shutting_down: false,
+            backup: None,
+            restorable: None,
+            marker_problem: None,
         };
         let status = derive(&obs).status;
         assert_eq!((status.timeline, status.system_identifier.as_deref()), (Some(4), Some("42")));
         assert_eq!(status.current_lsn, None);
+    }
+
+    fn observe<'a>(
+        data: &'a DataDir,
+        phase: &'a Phase,
+        probe: Option<&'a Result<Probe, ProbeError>>,
+    ) -> Observation<'a> {
+        Observation {
+            pod_name: "orders-1",
+            data,
+            phase,
+            restarts: 0,
+            probe,
+            upstream: None,
+            control: None,
+            bootstrapping: false,
+            shutting_down: false,
+            backup: None,
+            restorable: None,
+            marker_problem: None,
+        }
+    }
+
+    fn backup(mode: BackupMode) -> BackupInProgress {
+        BackupInProgress {
+            mode,
+            label: "orders-202501010200".into(),
+            since: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time("2025-01-01T02:00:00Z".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_cold_backup_fences_a_replica_that_keeps_its_role() {
+        let cold = backup(BackupMode::Cold);
+        let derived = derive(&Observation { backup: Some(&cold), ..observe(&REPLICA, &Phase::Stopped, None) });
+        assert_eq!((derived.status.role, derived.status.postmaster), (Role::Replica, Postmaster::Stopped));
+        assert!(!derived.status.ready);
+        let reason = derived.not_ready.unwrap();
+        assert!(reason.contains("cold backup orders-202501010200") && reason.contains("/backup/stop"), "{reason}");
+        let json = serde_json::to_value(&derived.status).unwrap();
+        assert_eq!(
+            json["backup"],
+            serde_json::json!({"mode":"cold","label":"orders-202501010200","since":"2025-01-01T02:00:00Z"})
+        );
+
+        // A hot backup changes nothing but the field.
+        let hot = backup(BackupMode::Hot);
+        let probe = Ok(primary_probe());
+        let derived = derive(&Observation { backup: Some(&hot), ..observe(&PRIMARY, &running(), Some(&probe)) });
+        assert_eq!(derived.status.role, Role::Primary);
+        assert!(derived.status.ready, "{:?}", derived.not_ready);
+        assert_eq!(derived.status.backup.map(|b| b.mode), Some(BackupMode::Hot));
+        // Without a backup the field is absent, not null.
+        let derived = derive(&observe(&PRIMARY, &running(), Some(&probe)));
+        assert!(serde_json::to_value(&derived.status).unwrap().get("backup").is_none());
+    }
+
+    #[test]
+    fn restored_data_waits_for_a_restore_and_an_unreadable_marker_stops_everything() {
+        let marker = BackupMarker {
+            label: "orders-202501010200".into(),
+            mode: BackupMode::Cold,
+            namespace: "shop".into(),
+            pod: "orders-2".into(),
+            system_identifier: "42".into(),
+            begin_lsn: "0/6000110".parse().unwrap(),
+            created_at: backup(BackupMode::Cold).since,
+        };
+        let derived = derive(&Observation { restorable: Some(&marker), ..observe(&REPLICA, &Phase::Stopped, None) });
+        assert_eq!((derived.status.role, derived.status.postmaster), (Role::Bootstrapping, Postmaster::Stopped));
+        let reason = derived.not_ready.unwrap();
+        assert!(reason.contains("restored from backup orders-202501010200 of shop/orders-2"), "{reason}");
+        assert!(reason.contains(r#"{"mode":"restore"}"#), "{reason}");
+        assert_eq!(derived.status.restorable.as_ref(), Some(&marker));
+
+        let derived =
+            derive(&Observation { marker_problem: Some("bad json"), ..observe(&PRIMARY, &Phase::Stopped, None) });
+        assert_eq!(derived.status.role, Role::Stopped);
+        assert!(derived.not_ready.unwrap().contains("cannot be read (bad json)"));
     }
 
     #[test]
