@@ -144,8 +144,10 @@ async fn primary_two_replicas_failover_and_rejoin() {
     let unknown = primary.get("/nope").await;
     assert_eq!(unknown.status, 404);
     assert!(unknown.json()["message"].as_str().unwrap().contains("POST /bootstrap"));
-    let bad = primary.post("/bootstrap", r#"{"mode":"restore"}"#).await;
+    let bad = primary.post("/bootstrap", r#"{"mode":"resurrect"}"#).await;
     assert_eq!(bad.status, 400, "{}", bad.body);
+    let restore = primary.post("/bootstrap", r#"{"mode":"restore"}"#).await;
+    assert_eq!(restore.status, 409, "no restored data here: {}", restore.body);
     let huge = primary.post("/demote", &" ".repeat(70 * 1024)).await;
     assert_eq!(huge.status, 413, "{}", huge.body);
     lap("status and auth");

@@ -304,6 +304,24 @@ impl Manager {
         client
     }
 
+    /// A connection over TCP as the superuser with `password`; the error's text when refused.
+    pub async fn sql_as(&self, password: &str) -> Result<tokio_postgres::Client, String> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.pg_port)
+            .user("postgres")
+            .password(password)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(5));
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|err| err.as_db_error().map(|db| db.message().to_owned()).unwrap_or_else(|| err.to_string()))?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
     /// The postmaster's pid from `postmaster.pid`, if it runs.
     pub fn postmaster_pid(&self) -> Option<i32> {
         let text = fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?;
