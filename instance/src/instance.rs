@@ -12,7 +12,7 @@
 //!   Secret whenever this instance runs as primary;
 //! - data restored from another pod's backup (its marker, see
 //!   [`datadir::MarkerVerdict`]) is never started, initdb'd or cloned over
-//!   until `POST /bootstrap {"mode":"restore"}` (see [`backup`]).
+//!   until `POST /bootstrap {"mode":"restore"}` (see `instance/backup.rs`).
 
 mod backup;
 

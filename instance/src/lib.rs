@@ -1,8 +1,9 @@
 //! stead's instance manager: PID 1 of every database pod.
 //!
 //! It runs `postgres` as a supervised child, bootstraps PGDATA when the
-//! controller says how (`initdb` or a clone of the primary), promotes and
-//! demotes on request, and reports what it sees over an HTTPS API. The
+//! controller says how (`initdb`, a clone of the primary, or a restore of
+//! data from a backup's snapshot), promotes and demotes on request, readies
+//! PGDATA for backups, and reports what it sees over an HTTPS API. The
 //! controller decides; this process only acts, and never guesses a role or
 //! touches data it did not create.
 //!
@@ -12,11 +13,13 @@
 //! - [`status`]: `/status`, `/readyz` and `/healthz` from observations;
 //! - [`lsn`]: WAL positions and their distance;
 //! - [`shutdown`]: the staged shutdown plan and the crash-restart policy;
-//! - [`datadir`]: what PGDATA holds and which role it starts in.
+//! - [`datadir`]: what PGDATA holds and which role it starts in, and whose
+//!   backup marker it carries (restored data is never started by itself).
 //!
 //! Around them: [`process`] (spawning and reaping, as PID 1 must),
 //! [`supervisor`] (the postmaster's lifecycle), [`pg`] (queries over the
-//! unix socket), [`instance`] (the operations), [`api`] and [`server`] (the
+//! unix socket), [`instance`] (the operations, backups and restore among
+//! them), [`api`] and [`server`] (the
 //! HTTPS API), [`cli`] and [`settings`] (configuration), [`mod@error`].
 
 pub mod api;

@@ -258,6 +258,23 @@ async fn a_cold_backup_of_a_replica_restores_into_a_new_primary() {
     assert_eq!(again.status, 409, "nothing left to restore: {}", again.body);
     eprintln!("restore: {:.1}s", started.elapsed().as_secs_f64());
 
+    // The bound unfences a cold backup never stopped: postgres streams again, the marker is gone.
+    assert_eq!(replica.terminate(WAIT), Some(0), "{}", replica.log());
+    let mut replica = sandbox.start(1, &[("STEAD_BACKUP_TIMEOUT_SECONDS", "2")]);
+    replica.wait_status("streaming after a restart", WAIT, |s| s["streaming"] == true && s["ready"] == true).await;
+    let answer = replica.post("/backup/start", r#"{"mode":"cold","label":"c2"}"#).await;
+    assert_eq!(answer.status, 200, "{}\n{}", answer.body, replica.log());
+    assert_eq!(replica.status().await["postmaster"], "stopped");
+    replica
+        .wait_status("unfenced by the bound", WAIT, |s| {
+            s.get("backup").is_none() && s["streaming"] == true && s["ready"] == true
+        })
+        .await;
+    assert!(marker(&replica).is_none());
+    assert!(replica.log().contains("not stopped within 2s"), "{}", replica.log());
+    let late = replica.post("/backup/stop", r#"{"label":"c2"}"#).await;
+    assert_eq!(late.status, 409, "{}", late.body);
+
     drop(writer);
     for manager in [&mut restored, &mut replica, &mut primary] {
         assert_eq!(manager.terminate(WAIT), Some(0), "{}: {}", manager.pod, manager.log());
