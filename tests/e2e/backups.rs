@@ -102,6 +102,26 @@ fn has_condition(object: &Value, kind: &str, status: &str, reason: &str) -> bool
     condition(object, kind).is_some_and(|c| text(c, "/status") == status && text(c, "/reason") == reason)
 }
 
+/// `(status, reason)` of the cluster's LastBackupSucceeded condition.
+fn last_backup_succeeded(cluster: &Value) -> (String, String) {
+    condition(cluster, stead_crds::cluster::CONDITION_LAST_BACKUP_SUCCEEDED)
+        .map(|c| (text(c, "/status"), text(c, "/reason")))
+        .unwrap_or_default()
+}
+
+/// The reason stead-crds documents for LastBackupSucceeded (`Completed`
+/// when True, `Failed` when False); checked last, so a different word does
+/// not hide what else a scenario finds.
+fn documented_reason(cluster: &Value, want: &str) -> anyhow::Result<()> {
+    let (status, reason) = last_backup_succeeded(cluster);
+    ensure!(
+        reason == want,
+        "LastBackupSucceeded is {status}/{reason}; the API (stead_crds::cluster::CONDITION_LAST_BACKUP_SUCCEEDED) \
+         documents the reason {want:?} for {status}: the controller and the API disagree"
+    );
+    Ok(())
+}
+
 fn backup_status_summary(cluster: &Value) -> String {
     ["lastSuccessfulBackup", "lastFailedBackup", "nextScheduledBackup", "lastScheduleTime"]
         .iter()
@@ -281,9 +301,8 @@ pub fn backup_of_a_replica_completes(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     }
     check_printer_columns(k, NS, BACKUP, ORDERS, "Completed")?;
 
-    let reported = wait_for_cluster(k, NS, ORDERS, "LastBackupSucceeded=True/Completed", REACT_TIMEOUT, |c| {
-        has_condition(c, stead_crds::cluster::CONDITION_LAST_BACKUP_SUCCEEDED, "True", "Completed")
-            && !text(c, "/status/lastSuccessfulBackup").is_empty()
+    let reported = wait_for_cluster(k, NS, ORDERS, "LastBackupSucceeded=True", REACT_TIMEOUT, |c| {
+        last_backup_succeeded(c).0 == "True" && !text(c, "/status/lastSuccessfulBackup").is_empty()
     })?;
     ensure!(
         text(&reported, "/status/lastSuccessfulBackup") == started_at,
@@ -306,7 +325,7 @@ pub fn backup_of_a_replica_completes(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         "the backup moved the primary from {primary} to {}",
         text(&after, "/status/currentPrimary")
     );
-    Ok(())
+    documented_reason(&reported, "Completed")
 }
 
 /// The Completed manual backup of `orders`, taken first when it is not there.
@@ -487,9 +506,8 @@ pub fn failed_snapshot_fails_the_backup(ctx: &mut Ctx<'_>) -> anyhow::Result<()>
         failed["status"]
     );
     check_printer_columns(k, NS, DOOMED, ORDERS, "Failed")?;
-    let reported = wait_for_cluster(k, NS, ORDERS, "LastBackupSucceeded=False/Failed", REACT_TIMEOUT, |c| {
-        has_condition(c, stead_crds::cluster::CONDITION_LAST_BACKUP_SUCCEEDED, "False", "Failed")
-            && !text(c, "/status/lastFailedBackup").is_empty()
+    let reported = wait_for_cluster(k, NS, ORDERS, "LastBackupSucceeded=False", REACT_TIMEOUT, |c| {
+        last_backup_succeeded(c).0 == "False" && !text(c, "/status/lastFailedBackup").is_empty()
     })?;
     let message = condition(&reported, stead_crds::cluster::CONDITION_LAST_BACKUP_SUCCEEDED)
         .map(|c| text(c, "/message"))
@@ -499,7 +517,7 @@ pub fn failed_snapshot_fails_the_backup(ctx: &mut Ctx<'_>) -> anyhow::Result<()>
         "the LastBackupSucceeded message should carry the error; it is {message:?}"
     );
     wait_until_streaming(k, NS, ORDERS, 3).context("after a failed backup every replica should stream again")?;
-    Ok(())
+    documented_reason(&reported, "Failed")
 }
 
 /// The DatabaseBackups of `cluster` in `ns`, oldest first: (name, phase).
