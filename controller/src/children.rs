@@ -136,6 +136,11 @@ pub enum ChildKind {
 }
 
 impl ChildKind {
+    /// One of the cluster's Services.
+    pub fn is_service(self) -> bool {
+        matches!(self, Self::HeadlessService | Self::PrimaryService | Self::ReplicaService | Self::AnyService)
+    }
+
     /// The Kubernetes kind, for events, errors and metric labels.
     pub fn kind(self) -> &'static str {
         match self {

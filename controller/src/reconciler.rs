@@ -125,23 +125,22 @@ async fn apply(cluster: &DatabaseCluster, ctx: &Arc<Context>) -> Result<Action, 
         return Ok(if written == StatusWrite::Gone { Action::await_change() } else { resync });
     }
 
-    // Before the StatefulSet: its pods read the password from the Secret.
-    let credentials = match ensure_credentials(cluster, ctx, &view).await {
-        Ok(secret) => secret,
-        Err(err) => return failed(cluster, ctx, &view, None, err).await,
-    };
     // A cluster restored from a backup: ordinal 0's claim comes from the snapshot, before the StatefulSet.
+    let stored_credentials = cluster.status.as_ref().and_then(|s| s.credentials_secret.clone());
     match crate::backups::ensure_restore_claim(ctx, &view, live_sts.is_some()).await {
         Ok(None) => {}
         Ok(Some(why)) => {
             let err = Error::RestorePending { cluster: format!("{}/{}", view.namespace, view.name), why };
-            return failed(cluster, ctx, &view, Some(&credentials), err).await;
+            return failed(cluster, ctx, &view, stored_credentials.as_deref(), err).await;
         }
-        Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
+        Err(err) => return failed(cluster, ctx, &view, stored_credentials.as_deref(), err).await,
     }
-    let sts = match apply_children(cluster, &view, ctx, live_sts).await {
-        Ok(sts) => sts,
-        Err(err) => return failed(cluster, ctx, &view, Some(&credentials), err).await,
+    // The credentials Secret and every child; the StatefulSet last (its pods read the Secret).
+    let (credentials, sts) = match apply_children(cluster, &view, ctx, live_sts).await {
+        Ok(applied) => applied,
+        Err((secret, err)) => {
+            return failed(cluster, ctx, &view, secret.or(stored_credentials).as_deref(), err).await;
+        }
     };
     // The instances: roles, labels, bootstraps. Polled again soon, since
     // replication health changes without any Kubernetes object changing.
@@ -211,10 +210,14 @@ async fn failed(
 /// Secret exists (the user brought their own, or an earlier reconcile made
 /// it before its status write was lost), which is just as good. Once the
 /// status names the Secret, no call is made at all.
-async fn ensure_credentials(cluster: &DatabaseCluster, ctx: &Context, view: &ClusterView) -> Result<String, Error> {
+async fn ensure_credentials(
+    cluster: &DatabaseCluster,
+    ctx: &Context,
+    view: &ClusterView,
+) -> Result<(String, Option<Change>), Error> {
     let name = credentials_secret_name(&view.name);
     if cluster.status.as_ref().and_then(|s| s.credentials_secret.as_deref()) == Some(name.as_str()) {
-        return Ok(name);
+        return Ok((name, None));
     }
     let random = || {
         system_password().map_err(|source| Error::Password {
@@ -237,30 +240,18 @@ async fn ensure_credentials(cluster: &DatabaseCluster, ctx: &Context, view: &Clu
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &view.namespace);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
     match api.create(&params, &credentials_secret(view, credentials)).await {
-        Ok(created) => {
+        Ok(_) => {
             ctx.metrics.count_apply("Secret");
             info!(cluster = %view.name, namespace = %view.namespace, secret = %name, "created credentials Secret");
-            let note = format!(
-                "created Secret {name} with user postgres and a generated password; it is kept when the \
-                 DatabaseCluster is deleted"
-            );
-            publish_about(
-                ctx,
-                cluster,
-                EventType::Normal,
-                "CredentialsCreated",
-                "Create",
-                note,
-                Some(created.object_ref(&())),
-            )
-            .await;
+            let what = format!("{name} (user postgres, a generated password; kept when the cluster is deleted)");
+            Ok((name, Some(Change::Created("Secret", what))))
         }
         Err(e) if has_code(&e, &[409]) => {
             debug!(cluster = %view.name, namespace = %view.namespace, secret = %name, "credentials Secret exists");
+            Ok((name, None))
         }
-        Err(e) => return Err(Error::kube(format!("create Secret {}/{name}", view.namespace), e)),
+        Err(e) => Err(Error::kube(format!("create Secret {}/{name}", view.namespace), e)),
     }
-    Ok(name)
 }
 
 /// Brings every child to the desired state; returns the StatefulSet as it now is.
@@ -269,36 +260,81 @@ async fn apply_children(
     view: &ClusterView,
     ctx: &Context,
     live_sts: Option<Arc<StatefulSet>>,
-) -> Result<Option<Arc<StatefulSet>>, Error> {
+) -> Result<(String, Option<Arc<StatefulSet>>), (Option<String>, Error)> {
     let stores = &ctx.stores;
-    let plan = children::plan(view, live_sts.as_deref())?;
-    let mut sts = live_sts;
-    for child in &plan {
-        let body = child.body.clone();
-        match child.kind {
-            ChildKind::StatefulSet => {
-                let live = cached(&stores.stateful_sets, view, child.kind);
-                sts = Some(ensure::<StatefulSet>(cluster, ctx, view, child.kind, body, live).await?);
+    let plan = match children::plan(view, live_sts.as_deref()) {
+        Ok(plan) => plan,
+        Err(e) => return Err((None, e)),
+    };
+    // The credentials Secret, the Services and the PDB do not depend on each
+    // other: written together. The StatefulSet after them, because its pods
+    // read the Secret and are found through the headless Service.
+    let services = plan.iter().filter(|c| c.kind.is_service()).map(|child| {
+        let live = cached(&stores.services, view, child.kind);
+        ensure::<Service>(ctx, view, child.kind, child.body.clone(), live)
+    });
+    let pdb = plan.iter().find(|c| c.kind == ChildKind::PodDisruptionBudget).map(|child| {
+        let live = cached(&stores.pdbs, view, child.kind);
+        ensure::<PodDisruptionBudget>(ctx, view, child.kind, child.body.clone(), live)
+    });
+    let (credentials, services, pdb) =
+        futures::join!(ensure_credentials(cluster, ctx, view), futures::future::join_all(services), async {
+            match pdb {
+                Some(pdb) => pdb.await.map(|(_, change)| change),
+                None => Ok(None),
             }
-            ChildKind::PodDisruptionBudget => {
-                let live = cached(&stores.pdbs, view, child.kind);
-                ensure::<PodDisruptionBudget>(cluster, ctx, view, child.kind, body, live).await?;
-            }
-            ChildKind::HeadlessService
-            | ChildKind::PrimaryService
-            | ChildKind::ReplicaService
-            | ChildKind::AnyService => {
-                let live = cached(&stores.services, view, child.kind);
-                ensure::<Service>(cluster, ctx, view, child.kind, body, live).await?;
+        });
+    let mut changes = Vec::new();
+    let mut first_error: Option<Error> = None;
+    let secret = credentials.map(|(name, change)| {
+        changes.extend(change);
+        name
+    });
+    for result in services {
+        match result {
+            Ok((_, change)) => changes.extend(change),
+            Err(e) => {
+                first_error.get_or_insert(e);
             }
         }
     }
+    match pdb {
+        Ok(change) => changes.extend(change),
+        Err(e) => {
+            first_error.get_or_insert(e);
+        }
+    }
+    // Without the Secret and the Services, the StatefulSet is not written.
+    let mut sts = live_sts;
+    if first_error.is_none()
+        && secret.is_ok()
+        && let Some(child) = plan.iter().find(|c| c.kind == ChildKind::StatefulSet)
+    {
+        let live = cached(&stores.stateful_sets, view, child.kind);
+        match ensure::<StatefulSet>(ctx, view, child.kind, child.body.clone(), live).await {
+            Ok((written, change)) => {
+                sts = Some(written);
+                changes.extend(change);
+            }
+            Err(e) => first_error = Some(e),
+        }
+    }
+    publish_changes(ctx, cluster, &changes).await;
+    let secret = match (secret, first_error) {
+        (Ok(secret), None) => secret,
+        (Ok(secret), Some(e)) => return Err((Some(secret), e)),
+        (Err(e), _) => return Err((None, e)),
+    };
     let planned: Vec<(&str, String)> = plan.iter().map(|c| (c.kind.kind(), c.kind.name(&view.name))).collect();
-    remove_unplanned(cluster, ctx, view, &stores.services, &planned).await?;
-    remove_unplanned(cluster, ctx, view, &stores.pdbs, &planned).await?;
-
-    expand_volumes(cluster, ctx, view).await?;
-    Ok(sts)
+    let rest = async {
+        remove_unplanned(cluster, ctx, view, &stores.services, &planned).await?;
+        remove_unplanned(cluster, ctx, view, &stores.pdbs, &planned).await?;
+        expand_volumes(cluster, ctx, view).await
+    };
+    match rest.await {
+        Ok(()) => Ok((secret, sts)),
+        Err(e) => Err((Some(secret), e)),
+    }
 }
 
 /// Deletes the children this cluster controls that the plan no longer
@@ -372,13 +408,12 @@ fn is_controlled_by(meta: &kube::api::ObjectMeta, view: &ClusterView) -> bool {
 /// ownerReference is refused the same way. Only children we own are
 /// server-side-applied, forced, which takes back fields someone edited.
 async fn ensure<K>(
-    cluster: &DatabaseCluster,
     ctx: &Context,
     view: &ClusterView,
     child: ChildKind,
     desired: Value,
     live: Option<Arc<K>>,
-) -> Result<Arc<K>, Error>
+) -> Result<(Arc<K>, Option<Change>), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
 {
@@ -389,10 +424,7 @@ where
             Created::New(created) => {
                 ctx.metrics.count_apply(child.kind());
                 info!(cluster = %view.name, namespace = %view.namespace, child = %name, kind = child.kind(), "created child");
-                let note = format!("created {} {name}", child.kind());
-                let about = Some(created.object_ref(&()));
-                publish_about(ctx, cluster, EventType::Normal, "Created", "Create", note, about).await;
-                return Ok(created);
+                return Ok((created, Some(Change::Created(child.kind(), name))));
             }
             Created::Exists(ours) => ours,
         },
@@ -405,7 +437,7 @@ where
         source,
     })?;
     if is_subset(&desired, &live_json) {
-        return Ok(live);
+        return Ok((live, None));
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &view.namespace);
     // Fields our create recorded as an update first become fields of our
@@ -426,9 +458,39 @@ where
         .map_err(|e| Error::kube(format!("apply {} {}/{name}", child.kind(), view.namespace), e))?;
     ctx.metrics.count_apply(child.kind());
     info!(cluster = %view.name, namespace = %view.namespace, child = %name, kind = child.kind(), "updated child");
-    let note = format!("updated {} {name} to match the DatabaseCluster", child.kind());
-    publish_about(ctx, cluster, EventType::Normal, "Updated", "Apply", note, Some(applied.object_ref(&()))).await;
-    Ok(Arc::new(applied))
+    Ok((Arc::new(applied), Some(Change::Updated(child.kind(), name))))
+}
+
+/// A write [`ensure`] made, for the one event a reconcile publishes about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    Created(&'static str, String),
+    Updated(&'static str, String),
+}
+
+/// One Normal event for everything a reconcile created, and one for what it
+/// updated, instead of one per child: a new cluster costs one event, not six.
+async fn publish_changes(ctx: &Context, cluster: &DatabaseCluster, changes: &[Change]) {
+    let list = |created: bool| -> Vec<String> {
+        changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Created(kind, name) if created => Some(format!("{kind} {name}")),
+                Change::Updated(kind, name) if !created => Some(format!("{kind} {name}")),
+                _ => None,
+            })
+            .collect()
+    };
+    let created = list(true);
+    if !created.is_empty() {
+        let note = format!("created {}", created.join(", "));
+        publish(ctx, cluster, EventType::Normal, "Created", "Create", note).await;
+    }
+    let updated = list(false);
+    if !updated.is_empty() {
+        let note = format!("updated {} to match the DatabaseCluster", updated.join(", "));
+        publish(ctx, cluster, EventType::Normal, "Updated", "Apply", note).await;
+    }
 }
 
 /// What creating a child found.

@@ -87,29 +87,26 @@ async fn first_apply_creates_every_child_then_writes_status() {
         assert_eq!(status["credentialsSecret"], SECRET);
     };
     let server = server.expect(vec![
-        // The password first: the pods read it from the Secret.
+        // The Secret, the Services and the PDB together (sent in this order);
+        // nothing is cached yet, so every child is created with a POST of exactly
+        // its apply body, which can never change an object that exists already.
         create_secret(Reply::Echo),
-        event("CredentialsCreated", "Normal", |note| {
+        create(service_create_uri(), children::service(&view, ChildKind::HeadlessService)),
+        create(service_create_uri(), children::service(&view, ChildKind::PrimaryService)),
+        create(service_create_uri(), children::service(&view, ChildKind::ReplicaService)),
+        create(service_create_uri(), children::service(&view, ChildKind::AnyService)),
+        create(pdb_create_uri(), children::pod_disruption_budget(&view)),
+        // The StatefulSet after them: its pods read the password from the Secret.
+        create(sts_create_uri(), children::stateful_set(&view, None).unwrap()),
+        // One event for all of it, not one per child.
+        event("Created", "Normal", |note| {
             assert_eq!(
                 note,
-                "created Secret orders-credentials with user postgres and a generated password; it is kept when \
-                 the DatabaseCluster is deleted"
+                "created Secret orders-credentials (user postgres, a generated password; kept when the cluster is \
+                 deleted), Service orders-headless, Service orders-rw, Service orders-ro, Service orders-r, \
+                 PodDisruptionBudget orders, StatefulSet orders"
             );
         }),
-        // Nothing is cached yet: every child is created with a POST of exactly its apply
-        // body, which can never change an object that exists already.
-        create(service_create_uri(), children::service(&view, ChildKind::HeadlessService)),
-        created("Service", "orders-headless"),
-        create(service_create_uri(), children::service(&view, ChildKind::PrimaryService)),
-        created("Service", "orders-rw"),
-        create(service_create_uri(), children::service(&view, ChildKind::ReplicaService)),
-        created("Service", "orders-ro"),
-        create(service_create_uri(), children::service(&view, ChildKind::AnyService)),
-        created("Service", "orders-r"),
-        create(sts_create_uri(), children::stateful_set(&view, None).unwrap()),
-        created("StatefulSet", "orders"),
-        create(pdb_create_uri(), children::pod_disruption_budget(&view)),
-        created("PodDisruptionBudget", "orders"),
         status_patch(&c, status_check),
     ]);
     let action = reconcile(Arc::new(c), ctx.clone()).await.unwrap();
@@ -145,9 +142,17 @@ async fn an_existing_credentials_secret_is_used_as_it_is() {
 #[tokio::test]
 async fn a_refused_credentials_secret_stops_before_the_statefulset() {
     let c = finalized(cluster(spec()));
+    let view = ClusterView::new(&c).unwrap();
     let (ctx, server) = context();
     let server = server.expect(vec![
         create_secret(Reply::Status(403, "Forbidden")),
+        // The Services and the PDB went out together with the Secret; the StatefulSet never does.
+        create(service_create_uri(), children::service(&view, ChildKind::HeadlessService)),
+        create(service_create_uri(), children::service(&view, ChildKind::PrimaryService)),
+        create(service_create_uri(), children::service(&view, ChildKind::ReplicaService)),
+        create(service_create_uri(), children::service(&view, ChildKind::AnyService)),
+        create(pdb_create_uri(), children::pod_disruption_budget(&view)),
+        event("Created", "Normal", |note| assert!(!note.contains("StatefulSet"), "{note}")),
         status_patch(&c, |status| {
             let (s, reason, message) = condition(status, "Degraded");
             assert_eq!((s.as_str(), reason.as_str()), ("True", "ReconcileFailed"));
@@ -570,8 +575,15 @@ async fn api_error_is_surfaced_recorded_and_retried_with_backoff() {
     failing.reply = Reply::Status(503, "ServiceUnavailable");
     let server = server.expect(vec![
         create_secret(Reply::Echo),
-        event("CredentialsCreated", "Normal", |_| {}),
         failing,
+        create(service_create_uri(), children::service(&view, ChildKind::PrimaryService)),
+        create(service_create_uri(), children::service(&view, ChildKind::ReplicaService)),
+        create(service_create_uri(), children::service(&view, ChildKind::AnyService)),
+        create(pdb_create_uri(), children::pod_disruption_budget(&view)),
+        // What was made is reported; the StatefulSet waits for the headless Service.
+        event("Created", "Normal", |note| {
+            assert!(note.contains("Secret orders-credentials") && !note.contains("StatefulSet"), "{note}");
+        }),
         status_patch(&c, |status| {
             // The Secret was made: the next attempt does not ask again.
             assert_eq!(status["credentialsSecret"], SECRET);
@@ -760,7 +772,7 @@ async fn a_cached_child_of_another_owner_is_never_written() {
     let mut services = live_services(&base);
     services[0].metadata.owner_references.as_mut().unwrap()[0].uid = "someone-else".into();
     let c = settled(base.clone(), None);
-    let (ctx, server) = context_with(|w| w.seed([], services, [], []));
+    let (ctx, server) = context_with(|w| w.seed([], services, [live_pdb(&base)], []));
     let server = server.expect(vec![
         status_patch(&c, |status| {
             let (s, reason, message) = condition(status, "Degraded");
@@ -807,9 +819,12 @@ async fn an_object_of_the_same_name_that_stead_did_not_create_is_never_written()
     let server = server.expect(vec![
         create_secret(Reply::Status(409, "AlreadyExists")),
         create(service_create_uri(), children::service(&view, ChildKind::HeadlessService)),
-        event("Created", "Normal", |_| {}),
         taken,
+        create(service_create_uri(), children::service(&view, ChildKind::ReplicaService)),
+        create(service_create_uri(), children::service(&view, ChildKind::AnyService)),
+        create(pdb_create_uri(), children::pod_disruption_budget(&view)),
         list(service_lookup_uri("orders-rw"), &[users_service()]),
+        event("Created", "Normal", |note| assert!(!note.contains("orders-rw"), "never ours: {note}")),
         status_patch(&c, move |status| {
             let (s, reason, message) = condition(status, "Degraded");
             assert_eq!((s.as_str(), reason.as_str()), ("True", "ForeignChild"));
@@ -835,7 +850,9 @@ async fn an_object_of_the_same_name_that_stead_did_not_create_is_never_written()
     let mut again = c;
     again.status = Some(serde_json::from_value(written.lock().unwrap().clone()).unwrap());
     let base = again.clone();
-    let (ctx, server) = context_with(|w| w.seed([], [live_services(&base).remove(0)], [], []));
+    let mut others = live_services(&base);
+    others.remove(1);
+    let (ctx, server) = context_with(|w| w.seed([], others, [live_pdb(&base)], []));
     let mut taken = create(service_create_uri(), children::service(&view, ChildKind::PrimaryService));
     taken.reply = Reply::Status(409, "AlreadyExists");
     let server = server.expect(vec![taken, list(service_lookup_uri("orders-rw"), &[users_service()])]);
@@ -863,8 +880,10 @@ async fn a_statefulset_of_the_same_name_that_stead_did_not_create_is_never_writt
     });
     let server = server.expect(vec![
         create_secret(Reply::Status(409, "AlreadyExists")),
+        create(pdb_create_uri(), children::pod_disruption_budget(&view)),
         taken,
         list(sts_lookup_uri(), &[users]),
+        event("Created", "Normal", |note| assert_eq!(note, "created PodDisruptionBudget orders")),
         status_patch(&c, |status| {
             let (s, reason, message) = condition(status, "Degraded");
             assert_eq!((s.as_str(), reason.as_str()), ("True", "ForeignChild"));
