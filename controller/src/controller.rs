@@ -108,7 +108,8 @@ impl Informers {
         streams.push(
             reflector::reflector(
                 cluster_writer,
-                watcher(api::<DatabaseCluster>(client, namespace), watcher::Config::default().any_semantic()),
+                watcher(api::<DatabaseCluster>(client, namespace), watcher::Config::default().any_semantic())
+                    .modify(|cluster| slim_cluster(&mut cluster.metadata)),
             )
             .default_backoff()
             .touched_objects()
@@ -125,7 +126,8 @@ impl Informers {
         streams.push(
             reflector::reflector(
                 writers.claims,
-                watcher(api::<PersistentVolumeClaim>(client, namespace), children.clone()),
+                watcher(api::<PersistentVolumeClaim>(client, namespace), children.clone())
+                    .modify(|claim| slim_child(&mut claim.metadata)),
             )
             .default_backoff()
             .touched_objects()
@@ -154,7 +156,7 @@ impl Informers {
             reflector::reflector(
                 writers.backups,
                 watcher(api::<DatabaseBackup>(client, namespace), watcher::Config::default().any_semantic())
-                    .modify(|backup| backup.metadata.managed_fields = None),
+                    .modify(|backup| slim_cluster(&mut backup.metadata)),
             )
             .default_backoff()
             .touched_objects()
@@ -174,11 +176,42 @@ fn owned<K>(api: Api<K>, config: &watcher::Config, writer: Writer<K>) -> Request
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    reflector::reflector(writer, watcher(api, config.clone()))
+    reflector::reflector(writer, watcher(api, config.clone()).modify(|child| slim_child(child.meta_mut())))
         .default_backoff()
         .touched_objects()
         .map(|r| r.map(|child| owner_of(child.meta()).into_iter().collect()))
         .boxed()
+}
+
+/// The annotation `kubectl apply` (client-side) keeps: the whole object again.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What a cached child does not need: `managedFields` (often the largest
+/// part of an object) once the handover of our create is done (see
+/// [`crate::managed_fields`], which needs every entry while it is pending),
+/// and a client-side-apply copy of the object.
+pub fn slim_child(meta: &mut kube::api::ObjectMeta) {
+    let handover_pending = meta.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(stead_crds::names::FIELD_MANAGER)
+            && entry.operation.as_deref() == Some("Update")
+            && entry.subresource.as_deref().is_none_or(str::is_empty)
+    });
+    if !handover_pending {
+        meta.managed_fields = None;
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// What a cached DatabaseCluster does not need: `managedFields` and the
+/// client-side-apply copy of the object (a change of either alone is not
+/// a change of the cluster).
+pub fn slim_cluster(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
 }
 
 /// The DatabaseCluster that controls a child, from its controller ownerReference.
@@ -388,6 +421,36 @@ mod tests {
                 assert_eq!((r.name.as_str(), r.namespace.as_deref()), ("orders", Some("shop")));
             }
         }
+    }
+
+    #[test]
+    fn cached_objects_drop_what_the_reconciler_never_reads() {
+        let entry =
+            |manager: &str, operation: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                manager: Some(manager.into()),
+                operation: Some(operation.into()),
+                ..Default::default()
+            };
+        let meta = |entries| ObjectMeta {
+            managed_fields: Some(entries),
+            annotations: Some(
+                [(LAST_APPLIED.to_owned(), "{...}".to_owned()), ("keep".to_owned(), "me".to_owned())].into(),
+            ),
+            ..ObjectMeta::default()
+        };
+        let mut handed_over =
+            meta(vec![entry("stead-controller", "Apply"), entry("kube-controller-manager", "Update")]);
+        slim_child(&mut handed_over);
+        assert_eq!(handed_over.managed_fields, None);
+        assert_eq!(handed_over.annotations, Some([("keep".to_owned(), "me".to_owned())].into()));
+        // Created by our POST and not applied yet: the handover needs every entry.
+        let mut pending = meta(vec![entry("stead-controller", "Update"), entry("kube-controller-manager", "Update")]);
+        slim_child(&mut pending);
+        assert_eq!(pending.managed_fields.map(|m| m.len()), Some(2));
+        let mut cluster = meta(vec![entry("stead-controller", "Update")]);
+        slim_cluster(&mut cluster);
+        assert_eq!(cluster.managed_fields, None);
+        assert_eq!(cluster.annotations, Some([("keep".to_owned(), "me".to_owned())].into()));
     }
 
     #[test]
