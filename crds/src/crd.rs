@@ -3,6 +3,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+use crate::app::App;
 use crate::backup::DatabaseBackup;
 use crate::cluster::DatabaseCluster;
 
@@ -10,6 +11,9 @@ use crate::cluster::DatabaseCluster;
 pub const CRD_PATH: &str = "manifests/crds/databaseclusters.stead.dev.yaml";
 /// Where `make crds` writes the DatabaseBackup CRD, relative to the workspace root.
 pub const BACKUP_CRD_PATH: &str = "manifests/crds/databasebackups.stead.dev.yaml";
+
+/// Where `make crds` writes the App CRD, relative to the workspace root.
+pub const APP_CRD_PATH: &str = "manifests/crds/apps.stead.dev.yaml";
 
 /// Errors rendering a CRD.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,11 @@ pub fn crd_yaml() -> Result<String, CrdError> {
 /// The DatabaseBackup CRD as committed YAML, with a header saying it is generated.
 pub fn backup_crd_yaml() -> Result<String, CrdError> {
     render("DatabaseBackup", &DatabaseBackup::crd())
+}
+
+/// The App CRD as committed YAML, with a header saying it is generated.
+pub fn app_crd_yaml() -> Result<String, CrdError> {
+    render("App", &App::crd())
 }
 
 fn render(kind: &'static str, crd: &CustomResourceDefinition) -> Result<String, CrdError> {

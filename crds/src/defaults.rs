@@ -19,36 +19,105 @@ pub const DEFAULT_FAILOVER_DELAY: std::time::Duration = std::time::Duration::fro
 /// Replication lag bound when the user wrote none: 16 MiB, one WAL segment.
 pub const DEFAULT_MAX_LAG_BYTES: i64 = 16 << 20;
 
-/// One documented default: a field of `spec` and the value it gets when absent.
-struct SpecDefault {
-    field: &'static str,
-    value: fn() -> Value,
+/// One documented default: where below `spec` it goes and what it is.
+///
+/// Every kind lists its defaults in a table of these and gets its patch
+/// from [`spec_patch`]: DatabaseCluster here, App in
+/// [`crate::app_validation`].
+pub struct SpecDefault {
+    /// The field's path below `spec`: `["replicas"]`, `["service", "port"]`.
+    pub path: &'static [&'static str],
+    /// Whether absent parent objects are created with the field in them
+    /// (`spec.service` absent becomes `{port: ...}`); when false the default
+    /// applies only inside a parent the user wrote (`spec.ingress.path`).
+    pub create_parent: bool,
+    /// The value, computed from the spec as defaulted by the rows before;
+    /// `None` when it cannot be (a malformed spec, left to schema validation).
+    pub value: fn(&Map<String, Value>) -> Option<Value>,
 }
 
 const SPEC_DEFAULTS: &[SpecDefault] = &[
-    SpecDefault { field: "replicas", value: || Value::from(DEFAULT_REPLICAS) },
-    SpecDefault { field: "port", value: || Value::from(DEFAULT_PORT) },
+    SpecDefault { path: &["replicas"], create_parent: false, value: |_| Some(Value::from(DEFAULT_REPLICAS)) },
+    SpecDefault { path: &["port"], create_parent: false, value: |_| Some(Value::from(DEFAULT_PORT)) },
 ];
 
-/// The minimal JSON patch that adds every absent default to `object`.
+/// The minimal JSON patch that adds every absent default to a DatabaseCluster `object`.
 ///
 /// It touches only absent (or `null`) fields, so defaulting the defaulted
 /// object yields an empty patch and `reinvocationPolicy: IfNeeded` is safe.
 pub fn default_patch(object: &Value) -> Patch {
+    spec_patch(object, SPEC_DEFAULTS)
+}
+
+/// The minimal JSON patch that adds every absent default of `defaults` to
+/// `object`'s spec, in table order; a row sees the rows before it applied.
+///
+/// Only absent (or `null`) fields are added, so the patch of a patched
+/// object is empty. A spec, or a parent of a field, that is not a JSON
+/// object gets no default there; schema validation reports it afterwards.
+pub fn spec_patch(object: &Value, defaults: &[SpecDefault]) -> Patch {
     let Some(spec) = object.get("spec").and_then(Value::as_object) else {
         return Patch(Vec::new());
     };
-    let ops = SPEC_DEFAULTS
-        .iter()
-        .filter(|d| is_absent(spec, d.field))
-        .map(|d| {
-            PatchOperation::Add(AddOperation {
-                path: json_patch::jsonptr::PointerBuf::from_tokens(["spec", d.field]),
-                value: (d.value)(),
-            })
-        })
-        .collect();
+    let mut spec = spec.clone();
+    let mut ops = Vec::new();
+    for default in defaults {
+        if let Some(op) = add_default(&mut spec, default) {
+            ops.push(op);
+        }
+    }
     Patch(ops)
+}
+
+/// Adds one default to the working copy of the spec and returns its operation.
+fn add_default(spec: &mut Map<String, Value>, default: &SpecDefault) -> Option<PatchOperation> {
+    let (field, parents) = default.path.split_last()?;
+    let mut map = &*spec;
+    // The first parent that is absent, if any.
+    let mut missing = None;
+    for (depth, key) in parents.iter().enumerate() {
+        match map.get(*key) {
+            Some(Value::Object(inner)) => map = inner,
+            None | Some(Value::Null) => {
+                missing = Some(depth);
+                break;
+            }
+            Some(_) => return None,
+        }
+    }
+    if missing.is_none() && !is_absent(map, field) {
+        return None;
+    }
+    if missing.is_some() && !default.create_parent {
+        return None;
+    }
+    let value = (default.value)(spec)?;
+    // The operation adds at the first absent segment, carrying the rest nested.
+    let at = missing.unwrap_or(parents.len());
+    let nested = default.path[at + 1..]
+        .iter()
+        .rev()
+        .fold(value, |inner, key| Value::Object(Map::from_iter([((*key).to_owned(), inner)])));
+    insert(spec, &default.path[..=at], nested.clone());
+    Some(PatchOperation::Add(AddOperation {
+        path: json_patch::jsonptr::PointerBuf::from_tokens(
+            std::iter::once("spec").chain(default.path[..=at].iter().copied()),
+        ),
+        value: nested,
+    }))
+}
+
+/// Sets `path` (whose parents are objects) in the working copy.
+fn insert(spec: &mut Map<String, Value>, path: &[&str], value: Value) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut map = spec;
+    for key in parents {
+        match map.get_mut(*key) {
+            Some(Value::Object(inner)) => map = inner,
+            _ => return,
+        }
+    }
+    map.insert((*last).to_owned(), value);
 }
 
 fn is_absent(spec: &Map<String, Value>, field: &str) -> bool {

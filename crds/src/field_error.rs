@@ -23,6 +23,8 @@ pub enum ErrorKind {
     TooLong { max: usize },
     /// A value names something that does not exist.
     NotFound(Value),
+    /// A value that must be unique is already taken.
+    Duplicate(Value),
 }
 
 /// One problem with one field.
@@ -63,6 +65,10 @@ impl FieldError {
         Self { field: field.into(), kind: ErrorKind::NotFound(value.into()), detail: detail.into() }
     }
 
+    pub fn duplicate(field: impl Into<String>, value: impl Into<Value>, detail: impl Into<String>) -> Self {
+        Self { field: field.into(), kind: ErrorKind::Duplicate(value.into()), detail: detail.into() }
+    }
+
     pub fn too_long(field: impl Into<String>, max: usize) -> Self {
         Self { field: field.into(), kind: ErrorKind::TooLong { max }, detail: String::new() }
     }
@@ -76,6 +82,7 @@ impl FieldError {
             ErrorKind::Forbidden => "FieldValueForbidden",
             ErrorKind::TooLong { .. } => "FieldValueTooLong",
             ErrorKind::NotFound(_) => "FieldValueNotFound",
+            ErrorKind::Duplicate(_) => "FieldValueDuplicate",
         }
     }
 
@@ -88,6 +95,7 @@ impl FieldError {
             ErrorKind::Forbidden => "Forbidden",
             ErrorKind::TooLong { .. } => "Too long",
             ErrorKind::NotFound(_) => "Not found",
+            ErrorKind::Duplicate(_) => "Duplicate value",
         }
     }
 
@@ -96,7 +104,7 @@ impl FieldError {
     pub fn body(&self) -> String {
         let mut s = self.type_name().to_owned();
         match &self.kind {
-            ErrorKind::Invalid(value) | ErrorKind::NotFound(value) => {
+            ErrorKind::Invalid(value) | ErrorKind::NotFound(value) | ErrorKind::Duplicate(value) => {
                 s.push_str(": ");
                 s.push_str(&render_value(value));
             }

@@ -2,14 +2,18 @@
 //!
 //! Everything here is free of I/O so that the webhook, the controller (as a
 //! guard when no webhook is installed) and the offline checker all judge a
-//! `DatabaseCluster` or a `DatabaseBackup` with the very same code. The two
-//! rules that need to read the API (does the backed-up cluster exist, is the
-//! restored backup complete) take a [`lookup::Lookup`], so they stay pure too.
+//! `DatabaseCluster`, a `DatabaseBackup` or an `App` with the very same code.
+//! The rules that need to read the API (does the backed-up cluster exist, is
+//! the restored backup complete, does another App claim this Ingress route)
+//! take a [`lookup::Lookup`], so they stay pure too.
 //!
-//! - [`cluster`], [`backup`]: the API types; [`crd`]: their CRDs.
-//! - [`validation`], [`backup_validation`]: the admission rules; [`defaults`]: defaulting.
+//! - [`cluster`], [`backup`], [`app`]: the API types; [`crd`]: their CRDs.
+//! - [`validation`], [`backup_validation`], [`app_validation`]: the admission
+//!   rules; [`defaults`]: defaulting (and the patch builder every kind uses).
 //! - [`schedule`]: 5-field cron in an IANA time zone; [`duration`], [`quantity`]: units.
 
+pub mod app;
+pub mod app_validation;
 pub mod backup;
 pub mod backup_validation;
 pub mod cluster;
@@ -25,6 +29,7 @@ pub mod quantity;
 pub mod schedule;
 pub mod validation;
 
+pub use app::{App, AppIngressSpec, AppIngressTls, AppServiceSpec, AppSpec, AppStatus};
 pub use backup::{DatabaseBackup, DatabaseBackupSpec, DatabaseBackupStatus};
 pub use cluster::{
     DatabaseCluster, DatabaseClusterSpec, DatabaseClusterStatus, Endpoints, InstanceReport, StorageSpec,

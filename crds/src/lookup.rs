@@ -12,7 +12,13 @@
 //! that fails (API unreachable, timeout) answers [`Found::Unknown`]: the
 //! rules then admit with a warning (fail open), since a backup or a restore
 //! must not depend on the webhook reaching the API server.
+//!
+//! A third fact is read from a cache instead of a GET: the other Apps of a
+//! namespace that claim an Ingress host ([`Lookup::apps_claiming`]). The
+//! webhook answers it from its own watch of Apps; while that cache is not
+//! synced, or without one, the App is admitted with a warning.
 
+use crate::app::App;
 use crate::backup::DatabaseBackup;
 
 /// The answer to one lookup.
@@ -34,14 +40,30 @@ pub trait Lookup {
     fn cluster_exists(&self, namespace: &str, name: &str) -> Found<()>;
     /// The DatabaseBackup `namespace/name`.
     fn backup(&self, namespace: &str, name: &str) -> Found<DatabaseBackup>;
+    /// The Apps of `namespace` whose `spec.ingress.host` is `host` (the one
+    /// asked about may be among them); `Yes` with none when no App claims it.
+    fn apps_claiming(&self, _namespace: &str, _host: &str) -> Found<Vec<App>> {
+        Found::Skipped
+    }
 }
 
 /// One read a request needs, computed before the rules run so that an
 /// asynchronous client can fetch it and answer with [`Answers`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Query {
-    Cluster { namespace: String, name: String },
-    Backup { namespace: String, name: String },
+    Cluster {
+        namespace: String,
+        name: String,
+    },
+    Backup {
+        namespace: String,
+        name: String,
+    },
+    /// The Apps of `namespace` whose Ingress claims `host`, read from a cache.
+    AppsClaiming {
+        namespace: String,
+        host: String,
+    },
 }
 
 /// Answers known in advance; a question not in the table is `otherwise`.
@@ -49,13 +71,14 @@ pub enum Query {
 pub struct Answers {
     clusters: Vec<(String, String, Found<()>)>,
     backups: Vec<(String, String, Found<DatabaseBackup>)>,
+    apps: Vec<(String, String, Found<Vec<App>>)>,
     otherwise: Found<()>,
 }
 
 impl Answers {
     /// No answers yet; unlisted questions are `otherwise` (`Skipped` or `Unknown`).
     pub fn new(otherwise: Found<()>) -> Self {
-        Self { clusters: Vec::new(), backups: Vec::new(), otherwise }
+        Self { clusters: Vec::new(), backups: Vec::new(), apps: Vec::new(), otherwise }
     }
 
     /// Offline: every lookup is skipped.
@@ -78,7 +101,13 @@ impl Answers {
         self
     }
 
-    /// Every answer, for counting outcomes: (kind, found / not found / failed / skipped).
+    /// The Apps of `namespace` claiming `host`, as answered by the App cache.
+    pub fn with_apps_claiming(mut self, namespace: &str, host: &str, found: Found<Vec<App>>) -> Self {
+        self.apps.push((namespace.to_owned(), host.to_owned(), found));
+        self
+    }
+
+    /// Every GET answer, for counting outcomes: (kind, found / not found / failed / skipped).
     pub fn outcomes(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
         let cluster = self.clusters.iter().map(|(_, _, f)| (crate::cluster::KIND, outcome(f)));
         let backup = self.backups.iter().map(|(_, _, f)| (crate::backup::KIND, outcome(f)));
@@ -116,6 +145,13 @@ impl Lookup for Answers {
         self.backups
             .iter()
             .find(|(ns, n, _)| ns == namespace && n == name)
+            .map_or_else(|| self.otherwise(), |(_, _, found)| found.clone())
+    }
+
+    fn apps_claiming(&self, namespace: &str, host: &str) -> Found<Vec<App>> {
+        self.apps
+            .iter()
+            .find(|(ns, h, _)| ns == namespace && h.eq_ignore_ascii_case(host))
             .map_or_else(|| self.otherwise(), |(_, _, found)| found.clone())
     }
 }

@@ -138,9 +138,16 @@ pub fn scheduled_backup_name(cluster: &str, slot: jiff::Timestamp) -> String {
 
 /// Labels that select the pods of one cluster; also the status selector.
 pub fn selector_labels(cluster: &str) -> std::collections::BTreeMap<String, String> {
+    selector_labels_of(APP_NAME, cluster)
+}
+
+/// The selector labels of any stead kind: `app.kubernetes.io/name` is the
+/// kind's value (`databasecluster`, `app`), `app.kubernetes.io/instance` the
+/// object's name.
+pub fn selector_labels_of(kind_value: &str, instance: &str) -> std::collections::BTreeMap<String, String> {
     [
-        ("app.kubernetes.io/instance".to_owned(), cluster.to_owned()),
-        ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), instance.to_owned()),
+        ("app.kubernetes.io/name".to_owned(), kind_value.to_owned()),
     ]
     .into_iter()
     .collect()
@@ -148,7 +155,13 @@ pub fn selector_labels(cluster: &str) -> std::collections::BTreeMap<String, Stri
 
 /// `selector_labels` rendered as a label selector string, for `.status.selector`.
 pub fn selector_string(cluster: &str) -> String {
-    selector_labels(cluster).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    label_selector_string(&selector_labels(cluster))
+}
+
+/// Labels rendered as an equality-based label selector, sorted by key:
+/// `a=1,b=2`, as `.status.selector` of the scale subresource wants it.
+pub fn label_selector_string(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 /// Every recommended label a child carries.

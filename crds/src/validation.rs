@@ -60,15 +60,7 @@ pub fn validate_update(old: &DatabaseCluster, new: &DatabaseCluster) -> Verdict 
     let (old_json, new_json) = (spec_json(&old.spec), spec_json(&new.spec));
     let mut spec_verdict = Verdict::default();
     validate_spec(&new.spec, &mut spec_verdict);
-    // Ratcheting: a problem in a part of the spec this update does not touch
-    // was already stored; refusing now would block unrelated edits.
-    verdict.errors.extend(spec_verdict.errors.into_iter().filter(|e| changed(&old_json, &new_json, &e.field)));
-    verdict.warnings.extend(
-        spec_verdict
-            .warnings
-            .into_iter()
-            .filter(|w| w.split(':').next().is_some_and(|f| changed(&old_json, &new_json, f))),
-    );
+    keep_changed(spec_verdict, &old_json, &new_json, cluster_rule_depth, &mut verdict);
     validate_transition(&old.spec, &new.spec, &mut verdict);
     verdict
 }
@@ -112,25 +104,39 @@ pub(crate) fn decode_as<T: serde::de::DeserializeOwned>(object: &Value) -> Resul
 }
 
 fn validate_name(cluster: &DatabaseCluster, verdict: &mut Verdict) {
-    let meta = &cluster.metadata;
+    validate_object_name(
+        &cluster.metadata,
+        MAX_CLUSTER_NAME_LEN,
+        |name| {
+            format!(
+                "must be no more than {MAX_CLUSTER_NAME_LEN} characters, so that the StatefulSet's pod labels and the \
+                 Service {name}-headless stay within Kubernetes' limits"
+            )
+        },
+        verdict,
+    );
+}
+
+/// `metadata.name` (or `generateName`) of an object whose children are
+/// named after it: a DNS-1035 label of at most `max` characters; `too_long`
+/// says why, given the name.
+pub(crate) fn validate_object_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    max: usize,
+    too_long: impl Fn(&str) -> String,
+    verdict: &mut Verdict,
+) {
     match (meta.name.as_deref(), meta.generate_name.as_deref()) {
         (Some(name), _) if !name.is_empty() => {
-            if name.len() > MAX_CLUSTER_NAME_LEN {
-                verdict.errors.push(FieldError::invalid(
-                    "metadata.name",
-                    name,
-                    format!(
-                        "must be no more than {MAX_CLUSTER_NAME_LEN} characters, so that the StatefulSet's pod labels and \
-                         the Service {name}-headless stay within Kubernetes' limits"
-                    ),
-                ));
+            if name.len() > max {
+                verdict.errors.push(FieldError::invalid("metadata.name", name, too_long(name)));
             }
             if let Some(detail) = dns1035_label_error(name) {
                 verdict.errors.push(FieldError::invalid("metadata.name", name, detail));
             }
         }
         (_, Some(prefix)) if !prefix.is_empty() => {
-            let max = MAX_CLUSTER_NAME_LEN - GENERATED_SUFFIX_LEN;
+            let max = max - GENERATED_SUFFIX_LEN;
             if prefix.len() > max {
                 verdict.errors.push(FieldError::invalid(
                     "metadata.generateName",
@@ -153,16 +159,17 @@ pub fn validate_spec(spec: &DatabaseClusterSpec, verdict: &mut Verdict) {
     if let Some(replicas) = spec.replicas {
         validate_replicas(replicas, verdict);
     }
-    if let Some(port) = spec.port {
-        if !(1..=65535).contains(&port) {
-            verdict.errors.push(FieldError::invalid("spec.port", port, "must be between 1 and 65535, inclusive"));
-        } else if port == i32::from(INSTANCE_API_PORT) {
-            verdict.errors.push(FieldError::invalid(
-                "spec.port",
-                port,
-                format!("{INSTANCE_API_PORT} is the port of stead's instance manager in every pod; choose another, such as 5432"),
-            ));
-        }
+    if let Some(port) = spec.port
+        && validate_port("spec.port", port, verdict)
+        && port == i32::from(INSTANCE_API_PORT)
+    {
+        verdict.errors.push(FieldError::invalid(
+            "spec.port",
+            port,
+            format!(
+                "{INSTANCE_API_PORT} is the port of stead's instance manager in every pod; choose another, such as 5432"
+            ),
+        ));
     }
     validate_parameters(spec.parameters(), verdict);
     if let Some(delay) = &spec.failover_delay
@@ -214,7 +221,7 @@ pub fn validate_spec(spec: &DatabaseClusterSpec, verdict: &mut Verdict) {
         ));
     }
     if let Some(resources) = &spec.resources {
-        validate_resources(resources, verdict);
+        validate_resources("spec.resources", resources, verdict);
     }
     validate_storage_size(&spec.storage.size, verdict);
     if let Some(class) = &spec.storage.storage_class_name
@@ -486,23 +493,55 @@ fn parameter_name_error(name: &str) -> Option<String> {
     }
 }
 
+/// The examples an image rule's messages give, per kind.
+pub(crate) struct ImageExamples {
+    /// A pinned tag, such as `postgres:17.2`.
+    pub tag: &'static str,
+    /// A reference by digest, such as `registry.example.com/db/postgres@sha256:<digest>`.
+    pub digest: &'static str,
+    /// What a floating tag lets drift, such as `database versions`.
+    pub drifts: &'static str,
+}
+
+const DATABASE_IMAGES: ImageExamples = ImageExamples {
+    tag: "postgres:17.2",
+    digest: "registry.example.com/db/postgres@sha256:<digest>",
+    drifts: "database versions",
+};
+
 fn validate_image(image: &str, verdict: &mut Verdict) {
+    validate_image_at("spec.image", image, &DATABASE_IMAGES, verdict);
+}
+
+/// An image reference at `field`: required, well-formed (refused otherwise),
+/// pinned (a warning otherwise).
+pub(crate) fn validate_image_at(field: &str, image: &str, examples: &ImageExamples, verdict: &mut Verdict) {
+    let ImageExamples { tag, digest, drifts } = examples;
     if image.is_empty() {
-        verdict.errors.push(FieldError::required("spec.image", "an image reference such as postgres:17.2"));
+        verdict.errors.push(FieldError::required(field, format!("an image reference such as {tag}")));
         return;
     }
     match ImageReference::parse(image) {
         Ok(reference) if reference.is_floating() => verdict.warnings.push(format!(
-            "spec.image: {image:?} does not pin a version (no tag, or :latest); pods may start different database \
-             versions after a restart — pin a tag such as postgres:17.2 or a digest"
+            "{field}: {image:?} does not pin a version (no tag, or :latest); pods may start different {drifts} after \
+             a restart — pin a tag such as {tag} or a digest"
         )),
         Ok(_) => {}
         Err(err) => verdict.errors.push(FieldError::invalid(
-            "spec.image",
+            field,
             image,
-            format!("must be an image reference such as postgres:17.2 or registry.example.com/db/postgres@sha256:<digest>: {err}"),
+            format!("must be an image reference such as {tag} or {digest}: {err}"),
         )),
     }
+}
+
+/// A port number at `field`: 1..=65535. Returns whether it is one.
+pub(crate) fn validate_port(field: &str, port: i32, verdict: &mut Verdict) -> bool {
+    let ok = (1..=65535).contains(&port);
+    if !ok {
+        verdict.errors.push(FieldError::invalid(field, port, "must be between 1 and 65535, inclusive"));
+    }
+    ok
 }
 
 fn validate_replicas(replicas: i32, verdict: &mut Verdict) {
@@ -554,15 +593,18 @@ fn validate_storage_size(size: &str, verdict: &mut Verdict) {
     }
 }
 
-fn validate_resources(resources: &ResourceRequirements, verdict: &mut Verdict) {
-    let requests = parse_resource_list("spec.resources.requests", resources.requests.as_ref(), verdict);
-    let limits = parse_resource_list("spec.resources.limits", resources.limits.as_ref(), verdict);
+/// Resource requirements at `field` (`spec.resources`): every quantity
+/// parses exactly as the API server parses it, each request is at most its
+/// limit, and no dynamic resource claims.
+pub(crate) fn validate_resources(field: &str, resources: &ResourceRequirements, verdict: &mut Verdict) {
+    let requests = parse_resource_list(&format!("{field}.requests"), resources.requests.as_ref(), verdict);
+    let limits = parse_resource_list(&format!("{field}.limits"), resources.limits.as_ref(), verdict);
     for (name, (raw, request)) in &requests {
         if let Some((raw_limit, limit)) = limits.get(name)
             && request > limit
         {
             verdict.errors.push(FieldError::invalid(
-                format!("spec.resources.requests[{name}]"),
+                format!("{field}.requests[{name}]"),
                 raw.as_str(),
                 format!("must be less than or equal to {name} limit of {raw_limit}"),
             ));
@@ -570,7 +612,7 @@ fn validate_resources(resources: &ResourceRequirements, verdict: &mut Verdict) {
     }
     if resources.claims.as_ref().is_some_and(|c| !c.is_empty()) {
         verdict.errors.push(FieldError::forbidden(
-            "spec.resources.claims",
+            format!("{field}.claims"),
             "dynamic resource claims are not supported; use requests and limits",
         ));
     }
@@ -728,15 +770,35 @@ fn spec_json(spec: &DatabaseClusterSpec) -> Value {
     serde_json::to_value(spec).unwrap_or(Value::Null)
 }
 
+/// Ratcheting on UPDATE: keeps of `spec_verdict` (the new spec judged on
+/// its own) only the errors and warnings about parts of the spec that the
+/// update changes. A problem in a part it does not touch was already stored;
+/// refusing now would block unrelated edits. `depth` says how many segments
+/// of a field path (`spec` included) make one rule's subject.
+pub(crate) fn keep_changed(
+    spec_verdict: Verdict,
+    old: &Value,
+    new: &Value,
+    depth: fn(&[&str]) -> usize,
+    verdict: &mut Verdict,
+) {
+    verdict.errors.extend(spec_verdict.errors.into_iter().filter(|e| changed(old, new, &e.field, depth)));
+    verdict.warnings.extend(
+        spec_verdict.warnings.into_iter().filter(|w| w.split(':').next().is_some_and(|f| changed(old, new, f, depth))),
+    );
+}
+
+/// A cluster rule's subject: `spec.storage.<field>` or `spec.<field>` (all
+/// of `spec.resources` counts as one, since requests are judged against limits).
+fn cluster_rule_depth(segments: &[&str]) -> usize {
+    if segments.get(1) == Some(&"storage") { 3 } else { 2 }
+}
+
 /// Whether the part of the spec a field error belongs to differs between old and new.
-///
-/// The granularity is the rule's subject: `spec.storage.<field>` or
-/// `spec.<field>` (all of `spec.resources` counts as one, since requests are
-/// judged against limits).
-fn changed(old: &Value, new: &Value, field: &str) -> bool {
+fn changed(old: &Value, new: &Value, field: &str, depth: fn(&[&str]) -> usize) -> bool {
     let segments: Vec<&str> =
         field.split('.').map(|s| s.split('[').next().unwrap_or(s)).filter(|s| !s.is_empty()).collect();
-    let depth = if segments.get(1) == Some(&"storage") { 3 } else { 2 };
+    let depth = depth(&segments);
     let key: Vec<&str> = segments.iter().skip(1).take(depth - 1).copied().collect();
     let pick = |v: &Value| key.iter().try_fold(v, |acc, k| acc.get(*k)).cloned();
     pick(old) != pick(new)

@@ -9,26 +9,24 @@ use serde_json::Value;
 use stead_crds::DatabaseCluster;
 use stead_crds::crd::{CRD_PATH, crd_yaml};
 
-fn committed_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(CRD_PATH)
+/// The CRD committed at `relative` (to the workspace root) is exactly
+/// `rendered`, and parses back to `crd`.
+fn assert_committed(relative: &str, rendered: &str, crd: &Value) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative);
+    let committed = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{} is missing ({e}); run `make crds` and commit it", path.display()));
+    assert!(
+        committed == rendered,
+        "{} is stale: the Rust types changed; run `make crds` and commit the result",
+        path.display()
+    );
+    let parsed: Value = serde_saphyr::from_str(&committed).unwrap();
+    assert_eq!(&parsed, crd);
 }
 
 #[test]
 fn committed_crd_is_not_stale() {
-    let path = committed_path();
-    let committed = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{} is missing ({e}); run `make crds` and commit it", path.display()));
-    assert!(
-        committed == crd_yaml().unwrap(),
-        "{} is stale: the Rust types changed; run `make crds` and commit the result",
-        path.display()
-    );
-}
-
-#[test]
-fn committed_yaml_parses_back_to_the_same_crd() {
-    let committed: Value = serde_saphyr::from_str(&std::fs::read_to_string(committed_path()).unwrap()).unwrap();
-    assert_eq!(committed, serde_json::to_value(DatabaseCluster::crd()).unwrap());
+    assert_committed(CRD_PATH, &crd_yaml().unwrap(), &crd());
 }
 
 fn crd() -> Value {
@@ -145,16 +143,7 @@ mod backup_crd {
 
     #[test]
     fn committed_backup_crd_is_not_stale() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(BACKUP_CRD_PATH);
-        let committed = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{} is missing ({e}); run `make crds` and commit it", path.display()));
-        assert!(
-            committed == backup_crd_yaml().unwrap(),
-            "{} is stale: the Rust types changed; run `make crds` and commit the result",
-            path.display()
-        );
-        let parsed: Value = serde_saphyr::from_str(&committed).unwrap();
-        assert_eq!(parsed, crd());
+        assert_committed(BACKUP_CRD_PATH, &backup_crd_yaml().unwrap(), &crd());
     }
 
     #[test]
@@ -196,5 +185,84 @@ mod backup_crd {
         let rule = spec["x-kubernetes-validations"][0]["rule"].as_str().unwrap();
         assert!(rule.contains("oldSelf.bootstrap"), "{rule}");
         assert!(spec["properties"]["backup"]["properties"]["schedule"].is_object());
+    }
+}
+
+mod app_crd {
+    use super::*;
+    use serde_json::json;
+    use stead_crds::App;
+    use stead_crds::crd::{APP_CRD_PATH, app_crd_yaml};
+
+    fn crd() -> Value {
+        serde_json::to_value(App::crd()).unwrap()
+    }
+
+    #[test]
+    fn committed_app_crd_is_not_stale() {
+        assert_committed(APP_CRD_PATH, &app_crd_yaml().unwrap(), &crd());
+    }
+
+    #[test]
+    fn names_subresources_and_columns() {
+        let crd = crd();
+        assert_eq!(crd["metadata"]["name"], "apps.stead.dev");
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        let names = &crd["spec"]["names"];
+        assert_eq!(
+            (&names["kind"], &names["plural"], &names["singular"]),
+            (&json!("App"), &json!("apps"), &json!("app"))
+        );
+        assert_eq!(names["shortNames"], json!(["app"]));
+        assert_eq!(names["categories"], json!(["stead"]));
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["subresources"]["status"], json!({}));
+        assert_eq!(
+            version["subresources"]["scale"],
+            json!({
+                "specReplicasPath": ".spec.replicas",
+                "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.selector"
+            })
+        );
+        let columns: Vec<(&str, &str)> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap(), c["jsonPath"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                ("Replicas", ".spec.replicas"),
+                ("Ready", ".status.readyReplicas"),
+                ("URL", ".status.url"),
+                ("Age", ".metadata.creationTimestamp")
+            ]
+        );
+    }
+
+    #[test]
+    fn bounds_required_fields_and_list_maps() {
+        let schema = &crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let spec = &schema["properties"]["spec"];
+        assert_eq!(spec["required"], json!(["image"]));
+        let props = &spec["properties"];
+        assert_eq!(
+            (props["replicas"]["minimum"].as_f64(), props["replicas"]["maximum"].as_f64()),
+            (Some(0.0), Some(100.0))
+        );
+        for port in [&props["containerPort"], &props["service"]["properties"]["port"]] {
+            assert_eq!((port["minimum"].as_f64(), port["maximum"].as_f64()), (Some(1.0), Some(65535.0)));
+        }
+        assert_eq!(props["ingress"]["required"], json!(["host"]));
+        assert_eq!(props["ingress"]["properties"]["tls"]["required"], json!(["secretName"]));
+        assert_eq!(props["env"]["x-kubernetes-list-type"], "map");
+        assert_eq!(props["env"]["x-kubernetes-list-map-keys"], json!(["name"]));
+        let status = &schema["properties"]["status"]["properties"];
+        for field in ["observedGeneration", "replicas", "readyReplicas", "updatedReplicas", "url", "selector"] {
+            assert!(status.get(field).is_some(), "status.{field} missing");
+        }
+        assert_eq!(status["conditions"]["x-kubernetes-list-map-keys"], json!(["type"]));
     }
 }
