@@ -15,6 +15,7 @@ DEMO_LISTEN ?= 127.0.0.1:18443
 DEMO_METRICS ?= 127.0.0.1:19090
 CRD := manifests/crds/databaseclusters.stead.dev.yaml
 BACKUP_CRD := manifests/crds/databasebackups.stead.dev.yaml
+APP_CRD := manifests/crds/apps.stead.dev.yaml
 
 .PHONY: all build test fmt fmt-check clippy unit tools validate-manifests crds certs demo \
         run-webhook run-controller image deploy undeploy e2e bench bench-webhook bench-controller clean
@@ -54,6 +55,8 @@ crds:
 	mv $(CRD).tmp $(CRD)
 	$(CARGO) run --quiet -p stead-crds --bin crdgen -- databasebackups > $(BACKUP_CRD).tmp
 	mv $(BACKUP_CRD).tmp $(BACKUP_CRD)
+	$(CARGO) run --quiet -p stead-crds --bin crdgen -- apps > $(APP_CRD).tmp
+	mv $(APP_CRD).tmp $(APP_CRD)
 
 ## validate-manifests: render every kustomize overlay, validate it offline against the Kubernetes
 ## schemas, and run the Argo CD health check (also part of `make test`).
