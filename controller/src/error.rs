@@ -47,11 +47,18 @@ pub enum Error {
     /// cluster: the user's own object, or one of another owner. stead never
     /// writes to an object it did not create.
     #[error(
-        "{kind} {namespace}/{name} already exists and is not controlled by DatabaseCluster {namespace}/{cluster} \
+        "{kind} {namespace}/{name} already exists and is not controlled by {owner_kind} {namespace}/{owner} \
          ({found}); stead-controller never changes an object it did not create, so it left it as it is. \
-         To fix this, rename the DatabaseCluster, or delete or rename {kind} {namespace}/{name}"
+         To fix this, rename the {owner_kind}, or delete or rename {kind} {namespace}/{name}"
     )]
-    ForeignChild { kind: &'static str, namespace: String, name: String, cluster: String, found: String },
+    ForeignChild {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        owner_kind: &'static str,
+        owner: String,
+        found: String,
+    },
 
     /// The API server refused to grow a claim: 403 from the
     /// PersistentVolumeClaimResize admission plugin when the StorageClass does
@@ -360,7 +367,8 @@ mod tests {
             kind: "Service",
             namespace: "shop".into(),
             name: "orders".into(),
-            cluster: "orders".into(),
+            owner_kind: "DatabaseCluster",
+            owner: "orders".into(),
             found: "it has no controller".into(),
         }
     }

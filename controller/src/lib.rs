@@ -5,6 +5,7 @@
 //! Pure parts (`children`, `credentials`, `diff`, `managed_fields`, `status`, `storage`) are separate from the
 //! parts that talk to the API server (`reconciler`, `controller`, `leader`).
 
+pub mod apply;
 pub mod backup_plan;
 pub mod backups;
 pub mod children;

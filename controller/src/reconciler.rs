@@ -9,30 +9,26 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
 use stead_crds::names::{FIELD_MANAGER, FINALIZER, credentials_secret_name};
 use stead_crds::validation::validate_create;
 use stead_crds::{DatabaseCluster, Verdict};
 use tracing::{debug, info, warn};
 
+use crate::apply::{Change, Child, Owner, ensure, publish_changes, remove_unplanned};
 use crate::children::{self, ChildKind, ClusterView};
 use crate::context::Context;
 use crate::credentials::{Credentials, credentials_secret, system_password};
-use crate::diff::is_subset;
-use crate::error::{Error, backoff, foreign_owner, has_code, is_not_found};
-use crate::managed_fields;
+use crate::error::{Error, backoff, has_code, is_not_found};
 use crate::replication::converge;
 use crate::status::{Outcome, Replication, compute_status, needs_write};
 use crate::storage::{expansion_patch, expansions};
@@ -262,6 +258,7 @@ async fn apply_children(
     live_sts: Option<Arc<StatefulSet>>,
 ) -> Result<(String, Option<Arc<StatefulSet>>), (Option<String>, Error)> {
     let stores = &ctx.stores;
+    let owner = owner_of(cluster, view);
     let plan = match children::plan(view, live_sts.as_deref()) {
         Ok(plan) => plan,
         Err(e) => return Err((None, e)),
@@ -271,11 +268,11 @@ async fn apply_children(
     // read the Secret and are found through the headless Service.
     let services = plan.iter().filter(|c| c.kind.is_service()).map(|child| {
         let live = cached(&stores.services, view, child.kind);
-        ensure::<Service>(ctx, view, child.kind, child.body.clone(), live)
+        ensure::<Service>(ctx, &owner, child_of(view, child.kind), child.body.clone(), live)
     });
     let pdb = plan.iter().find(|c| c.kind == ChildKind::PodDisruptionBudget).map(|child| {
         let live = cached(&stores.pdbs, view, child.kind);
-        ensure::<PodDisruptionBudget>(ctx, view, child.kind, child.body.clone(), live)
+        ensure::<PodDisruptionBudget>(ctx, &owner, child_of(view, child.kind), child.body.clone(), live)
     });
     let (credentials, services, pdb) =
         futures::join!(ensure_credentials(cluster, ctx, view), futures::future::join_all(services), async {
@@ -311,7 +308,7 @@ async fn apply_children(
         && let Some(child) = plan.iter().find(|c| c.kind == ChildKind::StatefulSet)
     {
         let live = cached(&stores.stateful_sets, view, child.kind);
-        match ensure::<StatefulSet>(ctx, view, child.kind, child.body.clone(), live).await {
+        match ensure::<StatefulSet>(ctx, &owner, child_of(view, child.kind), child.body.clone(), live).await {
             Ok((written, change)) => {
                 sts = Some(written);
                 changes.extend(change);
@@ -319,7 +316,7 @@ async fn apply_children(
             Err(e) => first_error = Some(e),
         }
     }
-    publish_changes(ctx, cluster, &changes).await;
+    publish_changes(ctx, &owner, &changes).await;
     let secret = match (secret, first_error) {
         (Ok(secret), None) => secret,
         (Ok(secret), Some(e)) => return Err((Some(secret), e)),
@@ -327,8 +324,8 @@ async fn apply_children(
     };
     let planned: Vec<(&str, String)> = plan.iter().map(|c| (c.kind.kind(), c.kind.name(&view.name))).collect();
     let rest = async {
-        remove_unplanned(cluster, ctx, view, &stores.services, &planned).await?;
-        remove_unplanned(cluster, ctx, view, &stores.pdbs, &planned).await?;
+        remove_unplanned(ctx, &owner, &stores.services, &planned).await?;
+        remove_unplanned(ctx, &owner, &stores.pdbs, &planned).await?;
         expand_volumes(cluster, ctx, view).await
     };
     match rest.await {
@@ -337,229 +334,20 @@ async fn apply_children(
     }
 }
 
-/// Deletes the children this cluster controls that the plan no longer
-/// lists (the PDB of a cluster scaled to one replica, the all-pods Service
-/// of stead 0.1). Only objects in our cache, labelled for this cluster and
-/// controlled by it are candidates; the delete is conditional on the uid, so
-/// a recreated object of the same name is never hit.
-async fn remove_unplanned<K>(
-    cluster: &DatabaseCluster,
-    ctx: &Context,
-    view: &ClusterView,
-    store: &Store<K>,
-    planned: &[(&str, String)],
-) -> Result<(), Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    let kind = K::kind(&()).into_owned();
-    let orphans: Vec<Arc<K>> = store
-        .state()
-        .into_iter()
-        .filter(|o| o.meta().namespace.as_deref() == Some(view.namespace.as_str()))
-        .filter(|o| o.labels().get("app.kubernetes.io/instance") == Some(&view.name))
-        .filter(|o| is_controlled_by(o.meta(), view))
-        .filter(|o| !planned.iter().any(|(k, n)| *k == kind && Some(n) == o.meta().name.as_ref()))
-        .collect();
-    for orphan in orphans {
-        let name = orphan.name_any();
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &view.namespace);
-        let params = DeleteParams {
-            preconditions: Some(Preconditions { uid: orphan.meta().uid.clone(), resource_version: None }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &params).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) || has_code(&e, &[409]) => continue,
-            Err(e) => return Err(Error::kube(format!("delete {kind} {}/{name}", view.namespace), e)),
-        }
-        ctx.metrics.count_apply(&kind);
-        info!(cluster = %view.name, namespace = %view.namespace, child = %name, kind = %kind, "deleted child the plan no longer lists");
-        let why = if kind == "PodDisruptionBudget" {
-            "a single replica needs none"
-        } else {
-            "the cluster no longer needs it"
-        };
-        let note = format!("deleted {kind} {name}: {why}");
-        publish(ctx, cluster, EventType::Normal, "Deleted", "Delete", note).await;
-    }
-    Ok(())
-}
-
-fn is_controlled_by(meta: &kube::api::ObjectMeta, view: &ClusterView) -> bool {
-    meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == view.uid)
-}
-
-/// Brings one child to `desired`: creates it when it is not in the cache,
-/// applies it when the cached child lacks a field we own, and otherwise
-/// makes no call.
-///
-/// stead writes only to objects it created. The caches hold only objects
-/// with our managed-by label, so a child missing from them is normally
-/// absent, and a plain create (POST) makes it. But the user's own object of
-/// the same name (say the Service `orders` they had before the cluster) is
-/// invisible to the caches too; server-side apply would merge into it
-/// wherever no other manager set a conflicting value, add our
-/// ownerReference, and the garbage collector would delete it with the
-/// cluster. A create never touches an existing object: its 409 means the
-/// name is taken, and unless the object turns out to be ours (created a
-/// moment ago, not yet in the cache) the cluster reports Degraded/ForeignChild
-/// and nothing is written. A cached child without our controller
-/// ownerReference is refused the same way. Only children we own are
-/// server-side-applied, forced, which takes back fields someone edited.
-async fn ensure<K>(
-    ctx: &Context,
-    view: &ClusterView,
-    child: ChildKind,
-    desired: Value,
-    live: Option<Arc<K>>,
-) -> Result<(Arc<K>, Option<Change>), Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
-{
-    let name = child.name(&view.name);
-    let live = match live {
-        Some(live) => live,
-        None => match create::<K>(ctx, view, child, &desired).await? {
-            Created::New(created) => {
-                ctx.metrics.count_apply(child.kind());
-                info!(cluster = %view.name, namespace = %view.namespace, child = %name, kind = child.kind(), "created child");
-                return Ok((created, Some(Change::Created(child.kind(), name))));
-            }
-            Created::Exists(ours) => ours,
-        },
-    };
-    if let Some(foreign) = foreign(live.meta(), view, child) {
-        return Err(foreign);
-    }
-    let live_json = serde_json::to_value(live.as_ref()).map_err(|source| Error::Serialize {
-        what: format!("the cached {} {}/{name}", child.kind(), view.namespace),
-        source,
-    })?;
-    if is_subset(&desired, &live_json) {
-        return Ok((live, None));
-    }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &view.namespace);
-    // Fields our create recorded as an update first become fields of our
-    // apply, or a field we stop applying would stay on the child forever.
-    if let Some(handover) = managed_fields::handover_patch(live.meta(), FIELD_MANAGER) {
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
-        api.patch(&name, &params, &Patch::Merge(handover)).await.map_err(|e| {
-            Error::kube(
-                format!("hand the created fields of {} {}/{name} to its apply", child.kind(), view.namespace),
-                e,
-            )
-        })?;
-    }
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let applied = api
-        .patch(&name, &params, &Patch::Apply(&desired))
-        .await
-        .map_err(|e| Error::kube(format!("apply {} {}/{name}", child.kind(), view.namespace), e))?;
-    ctx.metrics.count_apply(child.kind());
-    info!(cluster = %view.name, namespace = %view.namespace, child = %name, kind = child.kind(), "updated child");
-    Ok((Arc::new(applied), Some(Change::Updated(child.kind(), name))))
-}
-
-/// A write [`ensure`] made, for the one event a reconcile publishes about them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Change {
-    Created(&'static str, String),
-    Updated(&'static str, String),
-}
-
-/// One Normal event for everything a reconcile created, and one for what it
-/// updated, instead of one per child: a new cluster costs one event, not six.
-async fn publish_changes(ctx: &Context, cluster: &DatabaseCluster, changes: &[Change]) {
-    let list = |created: bool| -> Vec<String> {
-        changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Created(kind, name) if created => Some(format!("{kind} {name}")),
-                Change::Updated(kind, name) if !created => Some(format!("{kind} {name}")),
-                _ => None,
-            })
-            .collect()
-    };
-    let created = list(true);
-    if !created.is_empty() {
-        let note = format!("created {}", created.join(", "));
-        publish(ctx, cluster, EventType::Normal, "Created", "Create", note).await;
-    }
-    let updated = list(false);
-    if !updated.is_empty() {
-        let note = format!("updated {} to match the DatabaseCluster", updated.join(", "));
-        publish(ctx, cluster, EventType::Normal, "Updated", "Apply", note).await;
+/// The cluster as the owner of its children.
+fn owner_of<'a>(cluster: &DatabaseCluster, view: &'a ClusterView) -> Owner<'a> {
+    Owner {
+        kind: stead_crds::cluster::KIND,
+        namespace: &view.namespace,
+        name: &view.name,
+        uid: &view.uid,
+        reference: cluster.object_ref(&()),
     }
 }
 
-/// What creating a child found.
-enum Created<K> {
-    /// The create made it.
-    New(Arc<K>),
-    /// It exists already and is controlled by this cluster (our cache has not seen it yet).
-    Exists(Arc<K>),
-}
-
-/// Creates a child with a plain POST of exactly the apply body, so that
-/// later applies name the same fields.
-///
-/// A 409 means the name is taken. The object is then looked up (by name, a
-/// list: the controller may list children but not get them) to tell our own
-/// child, created by an earlier reconcile and not yet in the cache, from
-/// someone else's, which is refused without a write.
-async fn create<K>(ctx: &Context, view: &ClusterView, child: ChildKind, desired: &Value) -> Result<Created<K>, Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    let name = child.name(&view.name);
-    let action = || format!("create {} {}/{name}", child.kind(), view.namespace);
-    let body = serde_json::to_vec(desired).map_err(|source| Error::Serialize {
-        what: format!("the desired {} {}/{name}", child.kind(), view.namespace),
-        source,
-    })?;
-    let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
-    let request = kube::core::Request::new(K::url_path(&(), Some(&view.namespace)))
-        .create(&params, body)
-        .map_err(|e| Error::kube(action(), kube::Error::BuildRequest(e)))?;
-    let refused = match ctx.client.request::<K>(request).await {
-        Ok(created) => return Ok(Created::New(Arc::new(created))),
-        Err(e) if has_code(&e, &[409]) => e,
-        Err(e) => return Err(Error::kube(action(), e)),
-    };
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &view.namespace);
-    let found = api
-        .list(&ListParams::default().fields(&format!("metadata.name={name}")))
-        .await
-        .map_err(|e| Error::kube(format!("look up {} {}/{name}", child.kind(), view.namespace), e))?;
-    match found.items.into_iter().next() {
-        Some(existing) => match foreign(existing.meta(), view, child) {
-            None => Ok(Created::Exists(Arc::new(existing))),
-            Some(foreign) => {
-                info!(cluster = %view.name, namespace = %view.namespace, child = %name, kind = child.kind(),
-                    "the child's name is taken by an object stead did not create; not touching it");
-                Err(foreign)
-            }
-        },
-        // Deleted between the create and the look-up: a conflict, retried soon.
-        None => Err(Error::kube(action(), refused)),
-    }
-}
-
-/// The error for an object under a child's name that this cluster does not
-/// control; `None` when it is ours. We never take over someone else's object.
-fn foreign(meta: &kube::api::ObjectMeta, view: &ClusterView, child: ChildKind) -> Option<Error> {
-    let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
-    if controller.is_some_and(|owner| owner.uid == view.uid) {
-        return None;
-    }
-    Some(Error::ForeignChild {
-        kind: child.kind(),
-        namespace: view.namespace.clone(),
-        name: child.name(&view.name),
-        cluster: view.name.clone(),
-        found: foreign_owner(meta),
-    })
+/// A child of the cluster, by its kind in the plan.
+fn child_of(view: &ClusterView, kind: ChildKind) -> Child {
+    Child { kind: kind.kind(), name: kind.name(&view.name) }
 }
 
 /// Grows the claims the StatefulSet's immutable template cannot.

@@ -62,9 +62,6 @@ async fn first_apply_creates_every_child_then_writes_status() {
     let c = finalized(cluster(spec()));
     let view = ClusterView::new(&c).unwrap();
     let (ctx, server) = context();
-    let created = |kind: &'static str, name: &'static str| {
-        event("Created", "Normal", move |note| assert_eq!(note, format!("created {kind} {name}")))
-    };
     let status_check = |status: &Value| {
         assert_eq!(status["observedGeneration"], 1);
         assert_eq!(status["replicas"], 0, "the StatefulSet reports no pods yet");

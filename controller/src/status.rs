@@ -606,7 +606,8 @@ mod tests {
             kind: "Service",
             namespace: "shop".into(),
             name: "orders".into(),
-            cluster: "orders".into(),
+            owner_kind: "DatabaseCluster",
+            owner: "orders".into(),
             found: "it has no controller".into(),
         };
         let done = row("False", "Reconciled", "StatefulSet orders is up to date with 3 ready replicas");
