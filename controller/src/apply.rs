@@ -30,11 +30,26 @@ use crate::managed_fields;
 /// Longest event note the API accepts.
 pub const MAX_NOTE: usize = 1024;
 
+/// The kinds that own children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerKind {
+    DatabaseCluster,
+    App,
+}
+
+impl std::fmt::Display for OwnerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DatabaseCluster => "DatabaseCluster",
+            Self::App => "App",
+        })
+    }
+}
+
 /// The object children belong to.
 #[derive(Debug, Clone)]
 pub struct Owner<'a> {
-    /// `DatabaseCluster` or `App`, for messages.
-    pub kind: &'static str,
+    pub kind: OwnerKind,
     pub namespace: &'a str,
     pub name: &'a str,
     /// The uid every child's controller ownerReference carries.
@@ -91,7 +106,7 @@ where
         .collect();
     for orphan in orphans {
         let name = orphan.name_any();
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), owner.namespace);
         let params = DeleteParams {
             preconditions: Some(Preconditions { uid: orphan.meta().uid.clone(), resource_version: None }),
             ..DeleteParams::default()
@@ -165,7 +180,7 @@ where
     if is_subset(&desired, &live_json) {
         return Ok((live, None));
     }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), owner.namespace);
     // Fields our create recorded as an update first become fields of our
     // apply, or a field we stop applying would stay on the child forever.
     if let Some(handover) = managed_fields::handover_patch(live.meta(), FIELD_MANAGER) {
@@ -242,7 +257,7 @@ where
         source,
     })?;
     let params = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
-    let request = kube::core::Request::new(K::url_path(&(), Some(&owner.namespace)))
+    let request = kube::core::Request::new(K::url_path(&(), Some(owner.namespace)))
         .create(&params, body)
         .map_err(|e| Error::kube(action(), kube::Error::BuildRequest(e)))?;
     let refused = match ctx.client.request::<K>(request).await {
@@ -250,7 +265,7 @@ where
         Err(e) if has_code(&e, &[409]) => e,
         Err(e) => return Err(Error::kube(action(), e)),
     };
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), owner.namespace);
     let found = api
         .list(&ListParams::default().fields(&format!("metadata.name={name}")))
         .await

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use stead_crds::backup::{DatabaseBackup, DatabaseBackupSpec, DatabaseBackupStatus};
 
 use crate::fixtures::*;
-use crate::reconciler_tests::running;
 use crate::reconciler::reconcile;
+use crate::reconciler_tests::running;
 
 const BACKUP: &str = "orders-manual";
 
@@ -68,8 +68,7 @@ async fn a_pending_backup_records_the_replica_fences_it_and_creates_its_snapshot
     let (c, instances, fill) = running([Some("primary"), Some("replica"), Some("replica")]);
     let pending = backup(None);
     let running_at = |version: &str, extra: Value| {
-        let mut b =
-            backup(Some(json!({"phase": "Running", "startedAt": now().to_string(), "instance": "orders-1"})));
+        let mut b = backup(Some(json!({"phase": "Running", "startedAt": now().to_string(), "instance": "orders-1"})));
         b.metadata.resource_version = Some(version.into());
         if let Some(status) = b.status.as_mut() {
             status.begin_lsn = extra["beginLSN"].as_str().map(str::to_owned);

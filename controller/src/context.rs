@@ -14,7 +14,6 @@ use kube::runtime::reflector::store::{Writer, WriterDropped};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
-use stead_crds::DatabaseCluster;
 use stead_crds::backup::DatabaseBackup;
 
 use crate::cli::Settings;
@@ -156,7 +155,7 @@ pub struct Context {
     pub keys: Arc<ControllerKeys>,
     /// The instance managers' API.
     pub instances: Arc<dyn InstanceApi>,
-    failures: Mutex<HashMap<ObjectRef<DatabaseCluster>, u32>>,
+    failures: Mutex<HashMap<String, u32>>,
     /// Pods (`namespace/name`) with an instance operation (bootstrap, demote) under way.
     operations: Mutex<std::collections::HashSet<String>>,
 }
@@ -192,16 +191,16 @@ impl Context {
     }
 
     /// Counts one more consecutive failure of `obj` and returns the count.
-    pub fn record_failure(&self, obj: &ObjectRef<DatabaseCluster>) -> u32 {
+    pub fn record_failure<K: kube::Resource<DynamicType = ()>>(&self, obj: &ObjectRef<K>) -> u32 {
         let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = failures.entry(obj.clone()).or_insert(0);
+        let count = failures.entry(obj.to_string()).or_insert(0);
         *count = count.saturating_add(1);
         *count
     }
 
     /// Forgets the failures of `obj` after a successful reconcile.
-    pub fn reset_failures(&self, obj: &ObjectRef<DatabaseCluster>) {
-        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(obj);
+    pub fn reset_failures<K: kube::Resource<DynamicType = ()>>(&self, obj: &ObjectRef<K>) {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&obj.to_string());
     }
 
     /// Marks an operation on `pod` as started; false when one is under way already.
@@ -215,7 +214,12 @@ impl Context {
     }
 
     /// Consecutive failures of `obj` so far.
-    pub fn failures(&self, obj: &ObjectRef<DatabaseCluster>) -> u32 {
-        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(obj).copied().unwrap_or(0)
+    pub fn failures<K: kube::Resource<DynamicType = ()>>(&self, obj: &ObjectRef<K>) -> u32 {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&obj.to_string())
+            .copied()
+            .unwrap_or(0)
     }
 }

@@ -30,7 +30,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::{self, applier};
+use kube::runtime::controller::{self, Action, applier};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
@@ -80,13 +80,52 @@ pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), S
     }
 }
 
-type Requests = Vec<ObjectRef<DatabaseCluster>>;
-type RequestStream = BoxStream<'static, Result<Requests, watcher::Error>>;
+type Requests<K = DatabaseCluster> = Vec<ObjectRef<K>>;
+type RequestStream<K = DatabaseCluster> = BoxStream<'static, Result<Requests<K>, watcher::Error>>;
 
-/// The watches: they fill the caches and say which clusters to reconcile.
+/// A kind stead reconciles: what the generic loop ([`reconcile_loop`])
+/// calls. Each kind keeps its own watches, cache and request queue; the
+/// applier, leadership and shutdown handling are shared.
+pub trait Reconciled:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// Reconciles one object.
+    fn reconcile(
+        object: Arc<Self>,
+        ctx: Arc<Context>,
+    ) -> Pin<Box<dyn Future<Output = Result<Action, crate::Error>> + Send>>;
+    /// What to do after a failed reconcile.
+    fn error_policy(object: Arc<Self>, error: &crate::Error, ctx: Arc<Context>) -> Action;
+}
+
+impl Reconciled for DatabaseCluster {
+    fn reconcile(
+        object: Arc<Self>,
+        ctx: Arc<Context>,
+    ) -> Pin<Box<dyn Future<Output = Result<Action, crate::Error>> + Send>> {
+        Box::pin(reconcile(object, ctx))
+    }
+
+    fn error_policy(object: Arc<Self>, error: &crate::Error, ctx: Arc<Context>) -> Action {
+        error_policy(object, error, ctx)
+    }
+}
+
+/// The watches of one kind: its cache and the requests its events make.
+pub struct KindInformers<K: Reconciled> {
+    store: Store<K>,
+    streams: SelectAll<RequestStream<K>>,
+}
+
+/// The watches: they fill the caches and say which objects to reconcile.
 pub struct Informers {
-    clusters: Store<DatabaseCluster>,
-    streams: SelectAll<RequestStream>,
+    clusters: KindInformers<DatabaseCluster>,
 }
 
 impl Informers {
@@ -163,12 +202,12 @@ impl Informers {
             .map(|r| r.map(|backup| cluster_of_backup(&backup).into_iter().collect()))
             .boxed(),
         );
-        Self { clusters, streams }
+        Self { clusters: KindInformers { store: clusters, streams } }
     }
 
     /// The DatabaseCluster cache.
     pub fn clusters(&self) -> Store<DatabaseCluster> {
-        self.clusters.clone()
+        self.clusters.store.clone()
     }
 }
 
@@ -251,10 +290,10 @@ pub fn cluster_of_labels(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<Datab
 }
 
 /// Where reconcile requests go while this replica leads; `None` while standing by.
-type Sink = Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<ObjectRef<DatabaseCluster>>>>>;
+type Sink<K> = Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<ObjectRef<K>>>>>;
 
 /// Runs the watches forever, forwarding reconcile requests to the current leader loop.
-async fn pump(mut streams: SelectAll<RequestStream>, sink: Sink) {
+async fn pump<K: Reconciled>(mut streams: SelectAll<RequestStream<K>>, sink: Sink<K>) {
     while let Some(item) = streams.next().await {
         match item {
             Ok(requests) => {
@@ -292,6 +331,36 @@ pub enum RunError {
     LeadershipGone,
 }
 
+/// One kind's part of [`run`]: its cache, the sink its watches feed, and the pump task.
+struct Running<K: Reconciled> {
+    store: Store<K>,
+    sink: Sink<K>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl<K: Reconciled> Running<K> {
+    fn start(informers: KindInformers<K>) -> Self {
+        let sink: Sink<K> = Arc::default();
+        let pump = tokio::spawn(pump(informers.streams, sink.clone()));
+        Self { store: informers.store, sink, pump }
+    }
+
+    /// Opens the queue of a leadership term: everything known first, then watch events.
+    fn open(
+        &self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Stream<Item = Result<ObjectRef<K>, Infallible>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded();
+        *self.sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        let initial: Vec<_> = self.store.state().iter().map(|o| ObjectRef::from_obj(o.as_ref())).collect();
+        stream::iter(initial).chain(rx).map(Ok::<_, Infallible>).take_until(shutdown)
+    }
+
+    fn close(&self) {
+        *self.sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}
+
 /// Runs until `shutdown` resolves: caches always, reconciles while `leadership` is `true`
 /// (see [`crate::leader::Leadership::subscribe`]).
 pub async fn run(
@@ -300,25 +369,24 @@ pub async fn run(
     mut leadership: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let sink: Sink = Arc::default();
-    let clusters = informers.clusters();
-    let pump_task = tokio::spawn(pump(informers.streams, sink.clone()));
+    let clusters = Running::start(informers.clusters);
     let shutdown = shutdown.shared();
+    let abort = || clusters.pump.abort();
 
     // Ready once every cache is complete: a standby replica is ready too.
     tokio::select! {
         ready = async {
-            clusters.wait_until_ready().await?;
+            clusters.store.wait_until_ready().await?;
             ctx.stores.wait_until_ready().await
         } => match ready {
             Ok(()) => {
-                info!(clusters = clusters.len(), "caches synced");
+                info!(clusters = clusters.store.len(), "caches synced");
                 ctx.health.set_ready(true);
             }
             Err(e) => warn!(error = %e, "a cache writer stopped before it was ready"),
         },
         () = shutdown.clone() => {
-            pump_task.abort();
+            abort();
             return Ok(());
         }
     }
@@ -336,46 +404,38 @@ pub async fn run(
         }
         ctx.metrics.leader.set(1);
         info!("leading: reconciling");
-        let (tx, rx) = mpsc::unbounded();
-        *sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
-        // Everything known is reconciled once per term; watch events follow.
-        let initial: Vec<_> = clusters.state().iter().map(|c| ObjectRef::from_obj(c.as_ref())).collect();
-        let queue = stream::iter(initial).chain(rx).map(Ok::<_, Infallible>).take_until(shutdown.clone());
-        let reconciling = reconcile_loop(ctx.clone(), clusters.clone(), queue);
+        let reconciling = reconcile_loop(ctx.clone(), clusters.store.clone(), clusters.open(shutdown.clone()));
         let lost = leadership.wait_for(|leader| !*leader);
         // Losing the lease drops the applier at once, cancelling in-flight reconciles.
         let ended = tokio::select! {
             () = reconciling => Some(Ok(())),
             r = lost => r.is_err().then_some(Err(RunError::LeadershipGone)),
         };
-        *sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        clusters.close();
         ctx.metrics.leader.set(0);
         if let Some(result) = ended {
             break result;
         }
         warn!("lost the lease: stopped reconciling, standing by");
     };
-    pump_task.abort();
+    abort();
     info!("controller stopped");
     result
 }
 
 /// The applier over a queue of requests; ends when the queue ends and in-flight reconciles finish.
-async fn reconcile_loop(
+async fn reconcile_loop<K: Reconciled>(
     ctx: Arc<Context>,
-    clusters: Store<DatabaseCluster>,
-    queue: impl Stream<Item = Result<ObjectRef<DatabaseCluster>, Infallible>> + Send + 'static,
+    store: Store<K>,
+    queue: impl Stream<Item = Result<ObjectRef<K>, Infallible>> + Send + 'static,
 ) {
     let config = controller::Config::default().concurrency(ctx.settings.concurrency);
-    let reconciler = |cluster: Arc<DatabaseCluster>, ctx: Arc<Context>| -> Pin<Box<dyn Future<Output = _> + Send>> {
-        Box::pin(reconcile(cluster, ctx))
-    };
-    applier(reconciler, error_policy, ctx, clusters, queue, config)
+    applier(K::reconcile, K::error_policy, ctx, store, queue, config)
         .for_each(|result| async move {
             match result {
-                Ok((obj, action)) => debug!(cluster = %obj, ?action, "reconciled"),
+                Ok((obj, action)) => debug!(object = %obj, ?action, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(e, obj)) => {
-                    debug!(cluster = %obj, error = %e, "reconcile failed")
+                    debug!(object = %obj, error = %e, "reconcile failed")
                 }
                 Err(e) => debug!(error = %e, "reconcile skipped"),
             }

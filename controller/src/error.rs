@@ -55,7 +55,7 @@ pub enum Error {
         kind: &'static str,
         namespace: String,
         name: String,
-        owner_kind: &'static str,
+        owner_kind: crate::apply::OwnerKind,
         owner: String,
         found: String,
     },
@@ -367,7 +367,7 @@ mod tests {
             kind: "Service",
             namespace: "shop".into(),
             name: "orders".into(),
-            owner_kind: "DatabaseCluster",
+            owner_kind: crate::apply::OwnerKind::DatabaseCluster,
             owner: "orders".into(),
             found: "it has no controller".into(),
         }

@@ -337,7 +337,7 @@ async fn apply_children(
 /// The cluster as the owner of its children.
 fn owner_of<'a>(cluster: &DatabaseCluster, view: &'a ClusterView) -> Owner<'a> {
     Owner {
-        kind: stead_crds::cluster::KIND,
+        kind: crate::apply::OwnerKind::DatabaseCluster,
         namespace: &view.namespace,
         name: &view.name,
         uid: &view.uid,

@@ -606,7 +606,7 @@ mod tests {
             kind: "Service",
             namespace: "shop".into(),
             name: "orders".into(),
-            owner_kind: "DatabaseCluster",
+            owner_kind: crate::apply::OwnerKind::DatabaseCluster,
             owner: "orders".into(),
             found: "it has no controller".into(),
         };
