@@ -59,9 +59,10 @@ const APP_DEFAULTS: &[SpecDefault] = &[
     },
 ];
 
-/// The container port as written, when it is an integer (else schema validation refuses it).
+/// The container port as written, when it is a port (else validation
+/// refuses it, and a copy in `service.port` would only repeat the error).
 fn container_port(spec: &Map<String, Value>) -> Option<Value> {
-    spec.get("containerPort").filter(|p| p.is_i64()).cloned()
+    spec.get("containerPort").filter(|p| p.as_i64().is_some_and(|p| (1..=65535).contains(&p))).cloned()
 }
 
 /// The minimal JSON patch that adds every absent default to an App `object`;
@@ -161,15 +162,27 @@ fn claimed_host(spec: &AppSpec) -> Option<&str> {
     spec.ingress.as_ref().map(|i| i.host.as_str()).filter(|h| !h.is_empty())
 }
 
+/// The route rule through `lookup`. A route that is itself refused is not
+/// checked, and a skipped check warns only an App that is otherwise admitted.
 fn check_route(app: &App, namespace: &str, lookup: &dyn Lookup, verdict: &mut Verdict) {
     let Some(host) = claimed_host(&app.spec) else {
         return;
     };
-    match lookup.apps_claiming(namespace, host) {
-        Found::Yes(others) => validate_collisions(app, namespace, &others, verdict),
-        Found::No => {}
-        Found::Unknown(reason) => verdict.warnings.push(collision_skipped(&app.spec, namespace, &reason)),
-        Found::Skipped => verdict.warnings.push(collision_skipped(&app.spec, namespace, NO_VIEW_OF_APPS)),
+    if verdict
+        .errors
+        .iter()
+        .any(|e| e.field.starts_with("spec.ingress.host") || e.field.starts_with("spec.ingress.path"))
+    {
+        return;
+    }
+    let reason = match lookup.apps_claiming(namespace, host) {
+        Found::Yes(others) => return validate_collisions(app, namespace, &others, verdict),
+        Found::No => return,
+        Found::Unknown(reason) => reason,
+        Found::Skipped => NO_VIEW_OF_APPS.to_owned(),
+    };
+    if verdict.is_allowed() {
+        verdict.warnings.push(collision_skipped(&app.spec, namespace, &reason));
     }
 }
 

@@ -88,6 +88,11 @@ fn defaults_table() {
             json!({"replicas": 1, "containerPort": "http"}),
         ),
         (
+            "an out-of-range container port is not copied",
+            json!({"replicas": 1, "containerPort": 70000}),
+            json!({"replicas": 1, "containerPort": 70000}),
+        ),
+        (
             "a malformed service is left for schema validation",
             json!({"replicas": 1, "containerPort": 1, "service": "x", "ingress": [1]}),
             json!({"replicas": 1, "containerPort": 1, "service": "x", "ingress": [1]}),
@@ -430,6 +435,17 @@ fn the_collision_rule_reads_the_cache_and_fails_open() {
     // Offline: the same warning, with the offline reason.
     let verdict = validate_create_with(&web, "shop", &Answers::skipped());
     assert_eq!(verdict.warnings, [collision_skipped(&web.spec, "shop", app_validation::NO_VIEW_OF_APPS)]);
+    // A refused App gets no warning about a skipped check, and a refused route is not looked at.
+    let mut broken = web;
+    broken.spec.replicas = Some(500);
+    let verdict = validate_create_with(&broken, "shop", &Answers::skipped());
+    assert_eq!((fields(&verdict), verdict.warnings.len()), (vec!["spec.replicas: Invalid value".to_owned()], 0));
+    let relative = routed("web", "shop.example.com", Some("api"));
+    let verdict = validate_create_with(&relative, "shop", &taken);
+    assert_eq!(fields(&verdict), ["spec.ingress.path: Invalid value"]);
+    // Other errors do not hide a collision: every error at once.
+    let verdict = validate_create_with(&broken, "shop", &taken);
+    assert_eq!(fields(&verdict), ["spec.replicas: Invalid value", "spec.ingress.host: Duplicate value"]);
 }
 
 #[test]
