@@ -1,14 +1,18 @@
 //! `stead-webhook check`: the admission webhook, offline.
 //!
-//! A GitOps pipeline runs this before Argo CD syncs. Every DatabaseCluster
-//! and DatabaseBackup found in the given files goes through the very
+//! A GitOps pipeline runs this before Argo CD syncs. Every DatabaseCluster,
+//! DatabaseBackup and App found in the given files goes through the very
 //! [`review`] function the server runs: `/mutate` first, the patch applied,
 //! then `/validate`, as the API server would call them on `kubectl apply`.
 //! The output imitates what `kubectl` prints for the same objects.
 //!
 //! Offline, the two rules that read the API (does a backup's cluster exist,
 //! is a restored backup Completed and small enough) are skipped, and a
-//! `note:` line says which read was skipped.
+//! `note:` line says which read was skipped. The App route rule (no other
+//! App of the namespace claims the same Ingress host and path) cannot run
+//! offline either; the rule itself then admits with a warning, the very
+//! warning a server without API access gives, so the offline and the
+//! `--server` output stay the same.
 //!
 //! With `--server`, the same reviews go over HTTPS to a running webhook
 //! instead (`make demo` does this), so one printer shows both.
@@ -22,11 +26,11 @@ use std::time::Duration;
 use json_patch::{Patch, PatchOperation};
 use kube::core::response::Status;
 use serde_json::{Value, json};
-use stead_crds::cluster::{GROUP, KIND, PLURAL, VERSION};
+use stead_crds::cluster::{GROUP, VERSION};
 use stead_crds::lookup::Query;
 
 use crate::client::{ClientError, Endpoint, WebhookClient};
-use crate::review::{BadReview, Route, review};
+use crate::review::{BadReview, Route, Served, review};
 use crate::wire::{AnswerResponse, AnswerReview};
 
 /// Who answers the reviews: the webhook's own code in-process, or a server.
@@ -105,9 +109,9 @@ const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
 pub struct CheckSummary {
     /// Files read.
     pub files: usize,
-    /// DatabaseClusters and DatabaseBackups the webhooks would admit.
+    /// Objects of the served kinds the webhooks would admit.
     pub admitted: usize,
-    /// DatabaseClusters and DatabaseBackups refused, plus documents and files that could not be read.
+    /// Objects of the served kinds refused, plus documents and files that could not be read.
     pub refused: usize,
     /// Documents of other kinds.
     pub skipped: usize,
@@ -120,7 +124,7 @@ impl CheckSummary {
     }
 }
 
-/// Checks every DatabaseCluster and DatabaseBackup under `paths` (files or directories).
+/// Checks every DatabaseCluster, DatabaseBackup and App under `paths` (files or directories).
 ///
 /// Results go to `out`; warnings and refusals go to `err`, as with kubectl.
 /// Only a failure to write the report is an `Err`.
@@ -250,10 +254,10 @@ fn check_object(
     let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let Some(kind) = [KIND, BACKUP_KIND].into_iter().find(|k| group == GROUP && kind == *k) else {
+    let Some(served) = Served::ALL.into_iter().find(|s| group == GROUP && kind == s.kind()) else {
         let shown =
             if kind.is_empty() { "a document without kind".to_owned() } else { format!("{api_version} {kind}") };
-        writeln!(out, "skipped: {at}: {shown} {} is not a {KIND} or a {BACKUP_KIND}", display_name(object))?;
+        writeln!(out, "skipped: {at}: {shown} {} is not a {}", display_name(object), served_kinds_or())?;
         summary.skipped += 1;
         return Ok(());
     };
@@ -267,6 +271,7 @@ fn check_object(
         summary.refused += 1;
         return Ok(());
     }
+    let kind = served.kind();
     if webhook.offline() {
         for query in skipped_lookups(kind, object) {
             writeln!(out, "note: {at}: offline check: {query}")?;
@@ -305,10 +310,17 @@ enum Admission {
     Refused { route: Route, status: Box<Status>, warnings: Vec<String> },
 }
 
-/// Kind of a backup.
-const BACKUP_KIND: &str = stead_crds::backup::KIND;
+/// `DatabaseCluster, DatabaseBackup or App`.
+fn served_kinds_or() -> String {
+    let kinds = Served::ALL.map(Served::kind);
+    match kinds.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => kinds.join(""),
+    }
+}
 
-/// The API reads an offline check skips for `object`, in words.
+/// The API reads an offline check skips for `object`, in words (the App
+/// route rule's own warning says it was skipped, so it has no note).
 fn skipped_lookups(kind: &str, object: &Value) -> Vec<String> {
     let Ok(body) = create_review(kind, object) else {
         return Vec::new();
@@ -319,15 +331,16 @@ fn skipped_lookups(kind: &str, object: &Value) -> Vec<String> {
     parsed
         .queries(Route::Validate)
         .into_iter()
-        .map(|query| match query {
-            Query::Cluster { namespace, name } => format!(
+        .filter_map(|query| match query {
+            Query::Cluster { namespace, name } => Some(format!(
                 "did not look up DatabaseCluster {namespace}/{name} (spec.cluster); the webhook warns when it does \
                  not exist"
-            ),
-            Query::Backup { namespace, name } => format!(
+            )),
+            Query::Backup { namespace, name } => Some(format!(
                 "did not look up DatabaseBackup {namespace}/{name} (spec.bootstrap.fromBackup); the webhook refuses \
                  it unless it is Completed and fits spec.storage.size"
-            ),
+            )),
+            Query::AppsClaiming { .. } => None,
         })
         .collect()
 }
@@ -415,7 +428,7 @@ fn describe(patch: &Patch) -> Vec<String> {
 
 /// The AdmissionReview the API server would send for `kubectl create --dry-run=server`.
 fn create_review(kind: &str, object: &Value) -> Result<Vec<u8>, CheckError> {
-    let plural = if kind == BACKUP_KIND { stead_crds::backup::PLURAL } else { PLURAL };
+    let plural = Served::ALL.into_iter().find(|s| s.kind() == kind).map_or("", Served::plural);
     let metadata = object.get("metadata");
     let field = |key: &str| metadata.and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or_default();
     let review = json!({

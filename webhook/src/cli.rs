@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Admission webhook for stead's DatabaseCluster and DatabaseBackup: defaults and validates at `kubectl apply` time.
+/// Admission webhook for stead's DatabaseCluster, DatabaseBackup and App: defaults and validates at `kubectl apply` time.
 #[derive(Debug, Parser)]
 #[command(name = "stead-webhook", version)]
 pub struct Cli {
@@ -20,7 +20,7 @@ pub enum Command {
     /// Run the admission rules on manifests as a GitOps pipeline step: offline,
     /// or against a running webhook with --server.
     ///
-    /// Exits 1 when any DatabaseCluster or DatabaseBackup is refused or a file cannot be read.
+    /// Exits 1 when any DatabaseCluster, DatabaseBackup or App is refused or a file cannot be read.
     Check(CheckArgs),
 }
 
@@ -39,9 +39,10 @@ pub struct ServeArgs {
     pub metrics_listen: SocketAddr,
 
     /// Kubeconfig for the API reads of admission (does a backup's cluster
-    /// exist, is a restored backup complete). In a cluster the pod's
-    /// ServiceAccount is used without it; with neither, those reads are
-    /// skipped and the answers say so in a warning.
+    /// exist, is a restored backup complete) and the watch of Apps behind the
+    /// App Ingress route rule. In a cluster the pod's ServiceAccount is used
+    /// without it; with neither, those reads are skipped and the answers say
+    /// so in a warning.
     #[arg(long, env = "STEAD_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 }

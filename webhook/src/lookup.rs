@@ -54,6 +54,11 @@ impl KubeResolver {
         Self { client, timeout }
     }
 
+    /// The client, shared with the App cache.
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
     /// The resolver the environment allows: from `kubeconfig` when given
     /// (an error if it cannot be used), else in-cluster when the pod has a
     /// ServiceAccount token (a warning, and none, if that fails), else none.
@@ -132,6 +137,8 @@ impl Resolver for KubeResolver {
                         let found = self.backup(namespace, name).await;
                         answers.with_backup(namespace, name, found)
                     }
+                    // Answered from the App cache, not by a GET (see crate::app_cache).
+                    Query::AppsClaiming { .. } => answers,
                 };
             }
             answers

@@ -65,10 +65,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     "admission lookups read the Kubernetes API (GET by name, {:?} timeout)",
                     resolver_timeout()
                 );
-                settings = settings.with_resolver(std::sync::Arc::new(resolver));
+                let apps = stead_webhook::app_cache::AppCache::start(resolver.client().clone());
+                tracing::info!(
+                    "the App route rule reads the webhook's own watch of Apps (list and watch apps.stead.dev)"
+                );
+                settings = settings.with_resolver(std::sync::Arc::new(resolver)).with_app_cache(apps);
             }
             None => tracing::info!(
-                "no Kubernetes API access (not in a cluster, no --kubeconfig): admission lookups are skipped"
+                "no Kubernetes API access (not in a cluster, no --kubeconfig): admission lookups and the App route \
+                 rule are skipped"
             ),
         }
         anyhow::Ok(server::serve(tls, metrics, settings, shutdown).await?)

@@ -28,6 +28,11 @@ struct LookupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
 }
@@ -41,7 +46,13 @@ pub struct Metrics {
     panics: Counter,
     saturated: Counter,
     lookups: Family<LookupLabels, Counter>,
+    collision_checks: Family<ResultLabels, Counter>,
 }
+
+/// `result` of an App route check that ran against a synced cache.
+pub const COLLISION_CHECKED: &str = "checked";
+/// `result` of an App route check skipped (no cache, or not synced): admitted with a warning.
+pub const COLLISION_SKIPPED: &str = "skipped";
 
 impl Metrics {
     pub fn new() -> Self {
@@ -53,6 +64,7 @@ impl Metrics {
         let panics = Counter::default();
         let saturated = Counter::default();
         let lookups = Family::<LookupLabels, Counter>::default();
+        let collision_checks = Family::<ResultLabels, Counter>::default();
         registry.register(
             "stead_webhook_requests",
             "Admission requests by route and verdict (allowed, denied, patched, bad_request)",
@@ -84,7 +96,16 @@ impl Metrics {
              one), by kind and result (found, not_found, failed); a failed read admits with a warning",
             lookups.clone(),
         );
+        registry.register(
+            "stead_webhook_app_collision_checks",
+            "App Ingress host and path collision checks, by result: checked (against the synced cache of Apps) or \
+             skipped (no cache, or not synced yet; the App was admitted with a warning)",
+            collision_checks.clone(),
+        );
         // Pre-create every series so dashboards see zeros instead of gaps.
+        for result in [COLLISION_CHECKED, COLLISION_SKIPPED] {
+            let _ = collision_checks.get_or_create(&ResultLabels { result });
+        }
         for kind in ["DatabaseCluster", "DatabaseBackup"] {
             for result in ["found", "not_found", "failed"] {
                 let _ = lookups.get_or_create(&LookupLabels { kind, result });
@@ -96,7 +117,7 @@ impl Metrics {
             }
             let _ = duration.get_or_create(&RouteLabels { route: route.as_str() });
         }
-        Self { registry, requests, duration, reloads, panics, saturated, lookups }
+        Self { registry, requests, duration, reloads, panics, saturated, lookups, collision_checks }
     }
 
     /// Counts one answered admission request.
@@ -108,6 +129,11 @@ impl Metrics {
     /// Counts one API read of admission: its kind and result (`found`, `not_found`, `failed`).
     pub fn count_lookup(&self, kind: &'static str, result: &'static str) {
         self.lookups.get_or_create(&LookupLabels { kind, result }).inc();
+    }
+
+    /// Counts one App route check: [`COLLISION_CHECKED`] or [`COLLISION_SKIPPED`].
+    pub fn count_collision_check(&self, result: &'static str) {
+        self.collision_checks.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Counts a handler that panicked.

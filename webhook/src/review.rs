@@ -4,8 +4,8 @@
 //! The HTTP server and the offline checker both call [`review`] (the server
 //! through [`parse`] and [`answer`], with the API reads of [`Parsed::queries`]
 //! fetched in between), so what `stead-webhook check` prints is exactly what
-//! the API server would get. Two kinds are served, dispatched on the
-//! request's `kind`: DatabaseCluster and DatabaseBackup.
+//! the API server would get. Three kinds are served, dispatched on the
+//! request's `kind` ([`served_kind`]): DatabaseCluster, DatabaseBackup and App.
 //!
 //! The request is parsed into a lean struct that keeps `object` and
 //! `oldObject` as raw JSON (minus managed fields, which no rule reads):
@@ -25,7 +25,7 @@ use stead_crds::cluster::{GROUP, KIND, VERSION};
 use stead_crds::defaults::default_patch;
 use stead_crds::lookup::{Answers, Lookup, Query};
 use stead_crds::validation::{decode, validate_create_with, validate_delete, validate_spec, validate_update};
-use stead_crds::{DatabaseBackup, DatabaseCluster, DatabaseClusterSpec, FieldError, Verdict, backup_validation};
+use stead_crds::{DatabaseCluster, DatabaseClusterSpec, FieldError, Verdict, app_validation, backup_validation};
 
 use crate::wire::{AnswerResponse, AnswerReview};
 
@@ -200,7 +200,7 @@ const SPEC: Limit = Limit {
     values: MAX_SPEC_VALUES,
     depth: MAX_SPEC_DEPTH,
     refusal: "spec holds more than 4096 JSON values or nests deeper than 16 levels; a DatabaseCluster spec has a \
-              few dozen values, 4 levels deep (a DatabaseBackup spec two values)",
+              few dozen values, 4 levels deep (a DatabaseBackup spec two values, an App spec a few per env variable)",
 };
 
 /// `apiVersion`, `kind` and the kept metadata fields: one scalar each.
@@ -451,21 +451,35 @@ pub fn parse(body: &[u8]) -> Result<Parsed, BadReview> {
 
 impl Parsed {
     /// The API reads the rules for this request on `route` need: at most one
-    /// GET by name, on CREATE only (a backup's cluster, a restore's backup).
+    /// GET by name, on CREATE only (a backup's cluster, a restore's backup),
+    /// or, for an App that claims an Ingress host on CREATE or changes its
+    /// route on UPDATE, the Apps claiming that host (read from a cache).
     pub fn queries(&self, route: Route) -> Vec<Query> {
         let request = &self.request;
-        let (Route::Validate, Operation::Create, Some(object)) = (route, &request.operation, request.object()) else {
+        let (Route::Validate, Some(object)) = (route, request.object()) else {
             return Vec::new();
         };
         let namespace = namespace(request, object);
-        match served_kind(&request.kind) {
-            Some(Served::Cluster) => {
+        match (served_kind(&request.kind), &request.operation) {
+            (Some(Served::Cluster), Operation::Create) => {
                 decode(object).map(|c| stead_crds::validation::lookups_for_create(&c, &namespace)).unwrap_or_default()
             }
-            Some(Served::Backup) => backup_validation::decode(object)
+            (Some(Served::Backup), Operation::Create) => backup_validation::decode(object)
                 .map(|b| backup_validation::lookups_for_create(&b, &namespace))
                 .unwrap_or_default(),
-            None => Vec::new(),
+            (Some(Served::App), Operation::Create) => app_validation::decode(object)
+                .map(|a| app_validation::lookups_for_create(&a, &namespace))
+                .unwrap_or_default(),
+            (Some(Served::App), Operation::Update) => {
+                let old = request.old_object().map(app_validation::decode);
+                match (old, app_validation::decode(object)) {
+                    (Some(Ok(old)), Ok(new)) => app_validation::lookups_for_update(&old, &new, &namespace),
+                    // A stored App that no longer decodes: judge the route as on CREATE.
+                    (_, Ok(new)) => app_validation::lookups_for_create(&new, &namespace),
+                    (_, Err(_)) => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
         }
     }
 }
@@ -500,28 +514,50 @@ pub fn answer(route: Route, parsed: &Parsed, lookup: &dyn Lookup) -> Result<Answ
 
 /// The kinds this webhook judges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Served {
+pub enum Served {
     Cluster,
     Backup,
+    App,
 }
 
 impl Served {
-    fn kind(self) -> &'static str {
+    /// Every served kind, in the order messages list them.
+    pub const ALL: [Served; 3] = [Served::Cluster, Served::Backup, Served::App];
+
+    /// The kind's name, as in `kind:`.
+    pub fn kind(self) -> &'static str {
         match self {
             Self::Cluster => KIND,
             Self::Backup => stead_crds::backup::KIND,
+            Self::App => stead_crds::app::KIND,
+        }
+    }
+
+    /// The kind's resource name, as in URLs and webhook rules.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::Cluster => stead_crds::cluster::PLURAL,
+            Self::Backup => stead_crds::backup::PLURAL,
+            Self::App => stead_crds::app::PLURAL,
         }
     }
 }
 
-fn served_kind(kind: &GroupVersionKind) -> Option<Served> {
+/// Which served kind a request is about, if any.
+pub fn served_kind(kind: &GroupVersionKind) -> Option<Served> {
     if kind.group != GROUP || kind.version != VERSION {
         return None;
     }
-    match kind.kind.as_str() {
-        KIND => Some(Served::Cluster),
-        stead_crds::backup::KIND => Some(Served::Backup),
-        _ => None,
+    Served::ALL.into_iter().find(|served| served.kind() == kind.kind)
+}
+
+/// `A, B and C`: the served kinds, for messages.
+pub fn served_kinds_in_words() -> String {
+    let kinds = Served::ALL.map(Served::kind);
+    match kinds.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
     }
 }
 
@@ -549,11 +585,12 @@ fn decide(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Decision {
     match served_kind(kind) {
         Some(Served::Cluster) => decide_cluster(route, request, lookup),
         Some(Served::Backup) => decide_backup(route, request, lookup),
+        Some(Served::App) => decide_app(route, request, lookup),
         None => Decision::BadRequest(format!(
-            "{} serves {GROUP}/{VERSION} {KIND} and {} only, but this request is for {} {}; check the rules of the \
-             webhook configuration that sent it",
+            "{} serves {GROUP}/{VERSION} {} only, but this request is for {} {}; check the rules of the webhook \
+             configuration that sent it",
             route.webhook_name(),
-            stead_crds::backup::KIND,
+            served_kinds_in_words(),
             group_version(kind),
             kind.kind
         )),
@@ -563,17 +600,13 @@ fn decide(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Decision {
 fn decide_cluster(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Decision {
     match (route, &request.operation) {
         (_, Operation::Connect) | (Route::Mutate, Operation::Delete) => Decision::Allow(Vec::new()),
-        (Route::Mutate, Operation::Create | Operation::Update) => match request.object() {
-            Some(object) => {
-                let patch = default_patch(object);
-                if patch.0.is_empty() { Decision::Allow(Vec::new()) } else { Decision::Patch(patch) }
-            }
-            None => missing(route, request, "object"),
-        },
+        (Route::Mutate, Operation::Create | Operation::Update) => mutate(route, request, default_patch),
         (Route::Validate, Operation::Create) => match request.object() {
             Some(object) => {
                 let namespace = namespace(request, object);
-                judge(request, object, |cluster| validate_create_with(cluster, &namespace, lookup))
+                judge(Served::Cluster, request, object, decode, |cluster| {
+                    validate_create_with(cluster, &namespace, lookup)
+                })
             }
             None => missing(route, request, "object"),
         },
@@ -598,7 +631,7 @@ fn decide_backup(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Deci
         (Route::Validate, Operation::Create) => match request.object() {
             Some(object) => {
                 let namespace = namespace(request, object);
-                judge_backup(request, object, |backup| {
+                judge(Served::Backup, request, object, backup_validation::decode, |backup| {
                     backup_validation::validate_create_with(backup, &namespace, lookup)
                 })
             }
@@ -616,8 +649,7 @@ fn decide_backup(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Deci
 /// stored object no longer decodes; anything else, and anything being
 /// deleted, is admitted.
 fn validate_backup_update_raw(request: &RequestIn, old: &Value, new: &Value) -> Decision {
-    let being_deleted = new.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
-    if being_deleted || old.get("spec") == new.get("spec") {
+    if spec_untouched_or_deleted(old, new) {
         return Decision::Allow(Vec::new());
     }
     let verdict = match (backup_validation::decode(old), backup_validation::decode(new)) {
@@ -631,25 +663,76 @@ fn validate_backup_update_raw(request: &RequestIn, old: &Value, new: &Value) -> 
     verdict_decision(Served::Backup, request, new, verdict)
 }
 
-fn judge_backup(request: &RequestIn, object: &Value, rules: impl FnOnce(&DatabaseBackup) -> Verdict) -> Decision {
-    let verdict = match backup_validation::decode(object) {
-        Ok(backup) => rules(&backup),
-        Err(error) => Verdict { errors: vec![error], warnings: Vec::new() },
-    };
-    verdict_decision(Served::Backup, request, object, verdict)
+/// App: defaults on CREATE and UPDATE; CREATE judged with the route rule
+/// (the App cache), UPDATE on what it changes, DELETE always admitted.
+fn decide_app(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Decision {
+    match (route, &request.operation) {
+        (_, Operation::Connect | Operation::Delete) => Decision::Allow(Vec::new()),
+        (Route::Mutate, Operation::Create | Operation::Update) => mutate(route, request, app_validation::default_patch),
+        (Route::Validate, Operation::Create) => match request.object() {
+            Some(object) => {
+                let namespace = namespace(request, object);
+                judge(Served::App, request, object, app_validation::decode, |app| {
+                    app_validation::validate_create_with(app, &namespace, lookup)
+                })
+            }
+            None => missing(route, request, "object"),
+        },
+        (Route::Validate, Operation::Update) => match (request.old_object(), request.object()) {
+            (Some(old), Some(new)) => validate_app_update_raw(request, old, new, lookup),
+            (None, _) => missing(route, request, "oldObject"),
+            (_, None) => missing(route, request, "object"),
+        },
+    }
 }
 
-/// UPDATE, with the ratcheting shortcuts taken on the raw JSON so that even
-/// an object that no longer decodes can lose its finalizers or labels.
-fn validate_update_raw(request: &RequestIn, old: &Value, new: &Value) -> Decision {
+/// UPDATE of an App, with the shortcuts of [`validate_update_raw`]; a
+/// stored App that no longer decodes is judged as if it were created.
+fn validate_app_update_raw(request: &RequestIn, old: &Value, new: &Value, lookup: &dyn Lookup) -> Decision {
+    if spec_untouched_or_deleted(old, new) {
+        return Decision::Allow(Vec::new());
+    }
+    let namespace = namespace(request, new);
+    match app_validation::decode(old) {
+        Ok(old) => judge(Served::App, request, new, app_validation::decode, |new| {
+            app_validation::validate_update_with(&old, new, &namespace, lookup)
+        }),
+        Err(_) => judge(Served::App, request, new, app_validation::decode, |new| {
+            let mut verdict = Verdict::default();
+            app_validation::validate_spec(&new.spec, &mut verdict);
+            verdict
+        }),
+    }
+}
+
+/// The defaulting answer of a kind whose defaults `patch` computes.
+fn mutate(route: Route, request: &RequestIn, patch: fn(&Value) -> json_patch::Patch) -> Decision {
+    match request.object() {
+        Some(object) => {
+            let patch = patch(object);
+            if patch.0.is_empty() { Decision::Allow(Vec::new()) } else { Decision::Patch(patch) }
+        }
+        None => missing(route, request, "object"),
+    }
+}
+
+/// The ratcheting shortcuts of every UPDATE, taken on the raw JSON so that
+/// even an object that no longer decodes can lose its finalizers or labels:
+/// anything being deleted, and any update that leaves `spec` alone.
+fn spec_untouched_or_deleted(old: &Value, new: &Value) -> bool {
     let being_deleted = new.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
-    if being_deleted || old.get("spec") == new.get("spec") {
+    being_deleted || old.get("spec") == new.get("spec")
+}
+
+/// UPDATE of a cluster, after the ratcheting shortcuts.
+fn validate_update_raw(request: &RequestIn, old: &Value, new: &Value) -> Decision {
+    if spec_untouched_or_deleted(old, new) {
         return Decision::Allow(Vec::new());
     }
     match decode(old) {
-        Ok(old) => judge(request, new, |new| validate_update(&old, new)),
+        Ok(old) => judge(Served::Cluster, request, new, decode, |new| validate_update(&old, new)),
         // The stored object predates today's schema: judge the new spec on its own.
-        Err(_) => judge(request, new, |new| {
+        Err(_) => judge(Served::Cluster, request, new, decode, |new| {
             let mut verdict = Verdict::default();
             validate_spec(&new.spec, &mut verdict);
             verdict
@@ -667,12 +750,20 @@ fn validate_delete_raw(request: &RequestIn, old: &Value) -> Decision {
     verdict_decision(Served::Cluster, request, old, validate_delete(&cluster))
 }
 
-fn judge(request: &RequestIn, object: &Value, rules: impl FnOnce(&DatabaseCluster) -> Verdict) -> Decision {
+/// Decodes `object` as a `served` kind and applies `rules`; an object that
+/// does not decode is refused with the field that does not fit.
+fn judge<T>(
+    served: Served,
+    request: &RequestIn,
+    object: &Value,
+    decode: fn(&Value) -> Result<T, FieldError>,
+    rules: impl FnOnce(&T) -> Verdict,
+) -> Decision {
     let verdict = match decode(object) {
-        Ok(cluster) => rules(&cluster),
+        Ok(decoded) => rules(&decoded),
         Err(error) => Verdict { errors: vec![error], warnings: Vec::new() },
     };
-    verdict_decision(Served::Cluster, request, object, verdict)
+    verdict_decision(served, request, object, verdict)
 }
 
 fn verdict_decision(served: Served, request: &RequestIn, object: &Value, verdict: Verdict) -> Decision {

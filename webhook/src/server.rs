@@ -25,11 +25,13 @@ use futures::FutureExt as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::TokioExecutor;
 use stead_certs::{DEFAULT_POLL_INTERVAL, ReloadingCertResolver};
+use stead_crds::lookup::{Found, Query};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::app_cache::AppCache;
 use crate::lookup::{NO_API_ACCESS, Resolver};
-use crate::metrics::Metrics;
+use crate::metrics::{COLLISION_CHECKED, COLLISION_SKIPPED, Metrics};
 use crate::review::{Answer, Outcome, Route, answer, parse};
 
 /// Largest body accepted: the API server caps requests at 3 MiB and a review
@@ -80,6 +82,8 @@ pub struct Settings {
     pub slot_timeout: Duration,
     /// Fetches the API reads of a review; `None` answers them "no API access".
     pub resolver: Option<SharedResolver>,
+    /// Answers the App route rule; `None` skips it (admitted with a warning).
+    pub apps: Option<AppCache>,
 }
 
 /// A resolver shared by every request.
@@ -107,12 +111,18 @@ impl Settings {
             max_concurrent_reviews: MAX_CONCURRENT_REVIEWS,
             slot_timeout: SLOT_TIMEOUT,
             resolver: None,
+            apps: None,
         }
     }
 
     /// The same settings, with API reads made by `resolver`.
     pub fn with_resolver(self, resolver: Arc<dyn Resolver>) -> Self {
         Self { resolver: Some(SharedResolver(resolver)), ..self }
+    }
+
+    /// The same settings, with the App route rule answered from `apps`.
+    pub fn with_app_cache(self, apps: AppCache) -> Self {
+        Self { apps: Some(apps), ..self }
     }
 }
 
@@ -137,6 +147,7 @@ struct AppState {
     max_reviews: usize,
     slot_timeout: Duration,
     lookups: Option<SharedResolver>,
+    apps: Option<AppCache>,
 }
 
 impl AppState {
@@ -167,6 +178,7 @@ pub async fn serve(
         max_reviews: settings.max_concurrent_reviews.max(1),
         slot_timeout: settings.slot_timeout,
         lookups: settings.resolver.clone(),
+        apps: settings.apps.clone(),
     });
     metrics.set_nonblocking(true).map_err(|source| ServeError::Listener { what: "metrics", source })?;
     let metrics_task = tokio::spawn(serve_metrics(metrics, settings.clone(), Arc::clone(&state), shutdown.clone()));
@@ -420,11 +432,13 @@ async fn admit(state: &AppState, route: Route, request: Request) -> Response {
     response
 }
 
-/// Parses a review, fetches the API reads its rules need (counted), and judges it.
+/// Parses a review, fetches the API reads its rules need (counted), reads
+/// the App cache for the route rule (counted), and judges it.
 async fn judge(state: &AppState, route: Route, body: &[u8]) -> Result<Answer, crate::review::BadReview> {
     let parsed = parse(body)?;
-    let queries = parsed.queries(route);
-    let answers = match (&state.lookups, queries.is_empty()) {
+    let (claims, queries): (Vec<Query>, Vec<Query>) =
+        parsed.queries(route).into_iter().partition(|q| matches!(q, Query::AppsClaiming { .. }));
+    let mut answers = match (&state.lookups, queries.is_empty()) {
         (_, true) => stead_crds::lookup::Answers::skipped(),
         (None, false) => stead_crds::lookup::Answers::unknown(NO_API_ACCESS),
         (Some(resolver), false) => {
@@ -437,6 +451,16 @@ async fn judge(state: &AppState, route: Route, body: &[u8]) -> Result<Answer, cr
             answers
         }
     };
+    for query in &claims {
+        let Query::AppsClaiming { namespace, host } = query else { continue };
+        let found = state.apps.as_ref().map_or(Found::Skipped, |apps| apps.claiming(namespace, host));
+        let checked = matches!(found, Found::Yes(_) | Found::No);
+        state.metrics.count_collision_check(if checked { COLLISION_CHECKED } else { COLLISION_SKIPPED });
+        if !checked {
+            debug!(%namespace, %host, synced = state.apps.is_some(), "App route check skipped; admitting with a warning");
+        }
+        answers = answers.with_apps_claiming(namespace, host, found);
+    }
     answer(route, &parsed, &answers)
 }
 

@@ -40,13 +40,7 @@ impl Resolver for FakeResolver {
 }
 
 async fn start_with(resolver: Arc<FakeResolver>) -> TestServer {
-    let server = TestServer::start_without_certificate(|settings| {
-        *settings = settings.clone().with_resolver(resolver);
-    })
-    .await;
-    server.issue_certificate();
-    server.wait_ready().await;
-    server
+    TestServer::start_tuned(|settings| *settings = settings.clone().with_resolver(resolver)).await
 }
 
 fn backup(status: Value) -> DatabaseBackup {

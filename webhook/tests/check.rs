@@ -39,9 +39,9 @@ fn a_valid_file_is_admitted_with_defaults_skips_and_warnings() {
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     let shown = file.display();
     let expected_out = format!(
-        "skipped: {shown} (document 1): v1 Namespace shop is not a DatabaseCluster or a DatabaseBackup\n\
+        "skipped: {shown} (document 1): v1 Namespace shop is not a DatabaseCluster, DatabaseBackup or App\n\
          databasecluster.stead.dev/orders defaulted: spec.replicas=1, spec.port=5432\n\
-         skipped: {shown} (document 3): v1 ConfigMap orders-client is not a DatabaseCluster or a DatabaseBackup\n\
+         skipped: {shown} (document 3): v1 ConfigMap orders-client is not a DatabaseCluster, DatabaseBackup or App\n\
          databasecluster.stead.dev/payments admitted\n\
          databasecluster.stead.dev/sessions defaulted: spec.port=5432\n\
          checked 1 file(s): 3 admitted, 0 refused, 2 skipped\n"
@@ -213,5 +213,27 @@ fn backups_are_checked_offline_with_a_note_for_each_skipped_lookup() {
         run.stderr,
         "The DatabaseBackup \"orders-bad-target\" is invalid: spec.target: Unsupported value: \"replica\": supported \
          values: \"prefer-replica\", \"primary\"\n"
+    );
+}
+
+#[test]
+fn apps_are_checked_offline_and_the_skipped_route_check_is_a_warning() {
+    let file = fixtures().with_file_name("check-apps").join("apps.yaml");
+    let run = check(&[&file]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.stdout,
+        "app.stead.dev/shop defaulted: spec.replicas=1, spec.containerPort=8080, spec.service={\"port\":8080}\n\
+         checked 1 file(s): 1 admitted, 1 refused, 0 skipped\n"
+    );
+    assert_eq!(
+        run.stderr,
+        format!(
+            "Warning: spec.ingress: admitted without checking that no other App in namespace \"shop\" claims host \
+             \"shop.example.com\" and path \"/\" ({}); check with kubectl get apps.stead.dev -n shop\n\
+             The App \"broken\" is invalid: spec.replicas: Invalid value: -1: must be between 0 and 100, inclusive, \
+             such as 2\n",
+            stead_crds::app_validation::NO_VIEW_OF_APPS
+        )
     );
 }

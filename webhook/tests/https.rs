@@ -245,7 +245,7 @@ async fn bad_input_gets_a_4xx_and_the_server_stays_healthy() {
     let response = response_of(&reply.body);
     assert!(!response.allowed);
     assert_eq!((response.result.code, response.result.reason.as_str()), (400, "BadRequest"));
-    assert!(response.result.message.contains("stead.dev/v1alpha1 DatabaseCluster and DatabaseBackup only"));
+    assert!(response.result.message.contains("stead.dev/v1alpha1 DatabaseCluster, DatabaseBackup and App only"));
     assert_healthy(&server).await;
 
     let (_, metrics) = server.metrics_get("/metrics").await;

@@ -202,7 +202,7 @@ fn an_unknown_kind_is_refused_naming_what_is_served() {
         assert_eq!(wire["response"]["status"]["code"], 400);
         assert_eq!(wire["response"]["status"]["reason"], "BadRequest");
         let message = wire["response"]["status"]["message"].as_str().unwrap();
-        assert!(message.contains("stead.dev/v1alpha1 DatabaseCluster and DatabaseBackup only"), "{message}");
+        assert!(message.contains("stead.dev/v1alpha1 DatabaseCluster, DatabaseBackup and App only"), "{message}");
         assert!(message.contains("apps/v1 Deployment"), "{message}");
         assert!(message.contains(route.webhook_name()), "{message}");
     }

@@ -90,7 +90,12 @@ pub struct TestServer {
 impl TestServer {
     /// A server whose certificates are in place before it starts.
     pub async fn start() -> Self {
-        let server = Self::start_without_certificate(|_| {}).await;
+        Self::start_tuned(|_| {}).await
+    }
+
+    /// A ready server whose settings `tune` adjusts (a resolver, an App cache).
+    pub async fn start_tuned(tune: impl FnOnce(&mut Settings)) -> Self {
+        let server = Self::start_without_certificate(tune).await;
         server.issue_certificate();
         server.wait_ready().await;
         server
