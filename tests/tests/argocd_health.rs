@@ -1,6 +1,6 @@
 //! Runs the Argo CD health checks for `stead.dev/DatabaseCluster`
-//! (`manifests/argocd/health/databasecluster.lua`) and `stead.dev/DatabaseBackup`
-//! (`databasebackup.lua`) in a Lua 5.1 VM set up
+//! (`manifests/argocd/health/databasecluster.lua`), `stead.dev/DatabaseBackup`
+//! (`databasebackup.lua`) and `stead.dev/App` (`app.lua`) in a Lua 5.1 VM set up
 //! the way Argo CD sets up gopher-lua for health checks: only the base,
 //! package and table libraries, a fresh VM per object, the object as the
 //! global `obj` with JSON null as nil, and the returned table read as
@@ -15,6 +15,11 @@ use serde_json::{Value, json};
 
 const HEALTH_KEY: &str = "resource.customizations.health.stead.dev_DatabaseCluster";
 const BACKUP_HEALTH_KEY: &str = "resource.customizations.health.stead.dev_DatabaseBackup";
+const APP_HEALTH_KEY: &str = "resource.customizations.health.stead.dev_App";
+
+/// Every health script and the argocd-cm key it is installed under.
+const SCRIPTS: [(&str, &str); 3] =
+    [(HEALTH_KEY, "databasecluster.lua"), (BACKUP_HEALTH_KEY, "databasebackup.lua"), (APP_HEALTH_KEY, "app.lua")];
 
 /// Health statuses Argo CD accepts from a script; anything else becomes Unknown.
 const VALID_STATUSES: &[&str] = &["Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"];
@@ -292,7 +297,7 @@ fn mentions(code: &str, name: &str) -> bool {
 fn script_uses_only_libraries_argo_cd_opens() {
     // Runtime calls are covered above; this also covers branches a fixture
     // might miss.
-    for file in ["databasecluster.lua", "databasebackup.lua"] {
+    for (_, file) in SCRIPTS {
         for (number, line) in script_named(file).lines().enumerate() {
             let code = without_strings(line.split("--").next().unwrap_or_default());
             for forbidden in ["string", "math", "io", "os", "debug", "require", "load", "loadstring", "dofile"] {
@@ -318,8 +323,8 @@ fn argocd_cm_patch_carries_the_same_script() {
     let data = patch["data"].as_object().unwrap();
     let mut keys: Vec<&String> = data.keys().collect();
     keys.sort();
-    assert_eq!(keys, vec![BACKUP_HEALTH_KEY, HEALTH_KEY], "argocd-cm patch data keys");
-    for (key, file) in [(HEALTH_KEY, "databasecluster.lua"), (BACKUP_HEALTH_KEY, "databasebackup.lua")] {
+    assert_eq!(keys, vec![APP_HEALTH_KEY, BACKUP_HEALTH_KEY, HEALTH_KEY], "argocd-cm patch data keys");
+    for (key, file) in SCRIPTS {
         let lua = script_named(file);
         let indented: String =
             lua.lines().map(|l| if l.trim().is_empty() { "\n".to_owned() } else { format!("    {l}\n") }).collect();
@@ -343,12 +348,14 @@ fn health_key_names_the_crd_group_and_kind() {
 }
 
 #[test]
-fn health_key_names_the_backup_crd_group_and_kind() {
-    let path = repo_root().join("manifests/crds/databasebackups.stead.dev.yaml");
-    let crd: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let group = crd["spec"]["group"].as_str().unwrap();
-    let kind = crd["spec"]["names"]["kind"].as_str().unwrap();
-    assert_eq!(BACKUP_HEALTH_KEY, format!("resource.customizations.health.{group}_{kind}"));
+fn health_keys_name_the_backup_and_app_crd_group_and_kind() {
+    for (key, crd) in [(BACKUP_HEALTH_KEY, "databasebackups.stead.dev.yaml"), (APP_HEALTH_KEY, "apps.stead.dev.yaml")] {
+        let path = repo_root().join("manifests/crds").join(crd);
+        let crd: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let group = crd["spec"]["group"].as_str().unwrap();
+        let kind = crd["spec"]["names"]["kind"].as_str().unwrap();
+        assert_eq!(key, format!("resource.customizations.health.{group}_{kind}"));
+    }
 }
 
 fn backup(status: Option<Value>) -> Value {
@@ -391,6 +398,88 @@ fn a_backup_is_healthy_when_completed_degraded_when_failed_else_progressing() {
     for (status, want, says) in rows {
         let object = backup(status);
         let health = health_by("databasebackup.lua", &object);
+        assert_eq!(health.status, want, "{object}: {health:?}");
+        assert!(health.message.contains(says), "{object}: {health:?} lacks {says:?}");
+    }
+}
+
+/// An App at `generation` (with `spec.replicas: 2`) and its `status`, if any.
+fn app(generation: i64, status: Option<Value>) -> Value {
+    let mut object = json!({
+        "apiVersion": "stead.dev/v1alpha1",
+        "kind": "App",
+        "metadata": {"name": "shop", "namespace": "shop", "generation": generation},
+        "spec": {"image": "nginx:1.27", "replicas": 2},
+    });
+    if let Some(status) = status {
+        object["status"] = status;
+    }
+    object
+}
+
+#[test]
+fn an_app_follows_deployment_rollout_semantics() {
+    let available = |status: &str, generation: i64| {
+        condition("Available", status, "MinimumReplicasAvailable", "2/2 replicas are available", generation)
+    };
+    let progressing = |status: &str, reason: &str, generation: i64| {
+        condition("Progressing", status, reason, "rollout of revision 3", generation)
+    };
+    // (generation, status, health, what the message says)
+    let rows: Vec<(i64, Option<Value>, &str, &str)> = vec![
+        (
+            2,
+            Some(json!({"observedGeneration": 2, "readyReplicas": 2, "url": "https://shop.example.com/",
+                "conditions": [available("True", 2), progressing("True", "NewReplicaSetAvailable", 2)]})),
+            "Healthy",
+            "MinimumReplicasAvailable: 2/2 replicas are available (https://shop.example.com/)",
+        ),
+        (
+            2,
+            Some(json!({"observedGeneration": 2, "conditions": [{"type": "Available", "status": "True"}]})),
+            "Healthy",
+            "Available",
+        ),
+        (
+            2,
+            Some(json!({"observedGeneration": 2, "conditions": [available("True", 2),
+                progressing("False", "ProgressDeadlineExceeded", 2)]})),
+            "Degraded",
+            "ProgressDeadlineExceeded: rollout of revision 3",
+        ),
+        (
+            3,
+            Some(json!({"observedGeneration": 3, "conditions": [available("False", 3),
+                progressing("False", "ProgressDeadlineExceeded", 2)]})),
+            "Progressing",
+            "Waiting for replicas: 0/2 ready",
+        ),
+        (
+            2,
+            Some(json!({"observedGeneration": 2, "readyReplicas": 1, "conditions": [available("False", 2),
+                progressing("True", "ReplicaSetUpdated", 2)]})),
+            "Progressing",
+            "ReplicaSetUpdated: rollout of revision 3",
+        ),
+        (
+            3,
+            Some(json!({"observedGeneration": 2, "conditions": [available("True", 2)]})),
+            "Progressing",
+            "generation 3",
+        ),
+        (2, Some(json!({"observedGeneration": 2, "conditions": [available("True", 1)]})), "Progressing", "0/2 ready"),
+        (1, None, "Progressing", "Waiting for stead-controller to report status"),
+        (1, Some(json!("not an object")), "Progressing", "Waiting for stead-controller"),
+        (
+            1,
+            Some(json!({"observedGeneration": 1, "readyReplicas": "x", "conditions": [7, {"type": 1}, "x"]})),
+            "Progressing",
+            "Waiting for replicas: 0/2 ready",
+        ),
+    ];
+    for (generation, status, want, says) in rows {
+        let object = app(generation, status);
+        let health = health_by("app.lua", &object);
         assert_eq!(health.status, want, "{object}: {health:?}");
         assert!(health.message.contains(says), "{object}: {health:?} lacks {says:?}");
     }

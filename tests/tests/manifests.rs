@@ -327,7 +327,11 @@ fn check_webhooks(objects: &[Value], p: &mut Problems) {
         (
             "MutatingWebhookConfiguration",
             "/mutate",
-            vec![("databaseclusters", vec!["CREATE", "UPDATE"]), ("databasebackups", vec!["CREATE", "UPDATE"])],
+            vec![
+                ("databaseclusters", vec!["CREATE", "UPDATE"]),
+                ("databasebackups", vec!["CREATE", "UPDATE"]),
+                ("apps", vec!["CREATE", "UPDATE"]),
+            ],
         ),
         (
             "ValidatingWebhookConfiguration",
@@ -335,6 +339,7 @@ fn check_webhooks(objects: &[Value], p: &mut Problems) {
             vec![
                 ("databaseclusters", vec!["CREATE", "UPDATE", "DELETE"]),
                 ("databasebackups", vec!["CREATE", "UPDATE"]),
+                ("apps", vec!["CREATE", "UPDATE"]),
             ],
         ),
     ];
@@ -824,10 +829,12 @@ fn check_rbac(objects: &[Value], p: &mut Problems) {
             webhook_grants.insert(grant);
         }
     }
-    let want: BTreeSet<(String, String, String)> = ["databaseclusters", "databasebackups"]
-        .into_iter()
-        .map(|resource| ("stead.dev".to_owned(), resource.to_owned(), "get".to_owned()))
-        .collect();
+    // GET by name for the lookups, and the watch behind the App cache.
+    let want: BTreeSet<(String, String, String)> =
+        [("databaseclusters", "get"), ("databasebackups", "get"), ("apps", "list"), ("apps", "watch")]
+            .into_iter()
+            .map(|(resource, verb)| ("stead.dev".to_owned(), resource.to_owned(), verb.to_owned()))
+            .collect();
     p.check(webhook_grants == want, || {
         format!("the webhook's ServiceAccount must be granted exactly {want:?}, is {webhook_grants:?}")
     });
@@ -1244,7 +1251,7 @@ fn default_installs_everything_into_stead_system() {
     assert_eq!(namespaces.len(), 1);
     assert_eq!(name(namespaces[0]), NAMESPACE);
     assert_eq!(namespaces[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
-    for crd in ["databaseclusters.stead.dev", "databasebackups.stead.dev"] {
+    for crd in ["databaseclusters.stead.dev", "databasebackups.stead.dev", "apps.stead.dev"] {
         assert!(find(objects, "CustomResourceDefinition", crd).is_some(), "default must install the CRD {crd}");
     }
     assert!(of_kind(objects, "DatabaseCluster").is_empty(), "examples do not belong in default");
