@@ -210,7 +210,7 @@ fn service_ports(view: &ClusterView) -> Value {
 /// Hashing them would turn that canonicalisation into a difference and cost
 /// one needless write after every creation; leaving them out loses nothing,
 /// since they can never change anyway.
-fn with_applied_hash(mut body: Value) -> Value {
+pub(crate) fn with_applied_hash(mut body: Value) -> Value {
     let templates = body.get_mut("spec").and_then(Value::as_object_mut).and_then(|s| s.remove("volumeClaimTemplates"));
     let hash = format!("{:016x}", fnv1a(body.to_string().as_bytes()));
     if let Some(templates) = templates {
@@ -308,7 +308,7 @@ pub fn restore_claim(view: &ClusterView, name: &str) -> k8s_openapi::api::core::
 }
 
 /// `requests`/`limits` that are set and non-empty; `None` when nothing is.
-fn container_resources(resources: Option<&ResourceRequirements>) -> Option<Value> {
+pub(crate) fn container_resources(resources: Option<&ResourceRequirements>) -> Option<Value> {
     let resources = resources?;
     let mut out = serde_json::Map::new();
     let mut put =

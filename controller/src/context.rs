@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
@@ -40,6 +41,10 @@ pub struct Stores {
     pub pods: Store<Pod>,
     /// Every DatabaseBackup: the scheduler, retention and the backups under way.
     pub backups: Store<DatabaseBackup>,
+    /// The children of Apps: Deployments, Services, Ingresses.
+    pub deployments: Store<Deployment>,
+    pub app_services: Store<Service>,
+    pub ingresses: Store<Ingress>,
 }
 
 /// The writing halves of [`Stores`]: the informers own them, tests fill them by hand.
@@ -50,6 +55,9 @@ pub struct StoreWriters {
     pub claims: Writer<PersistentVolumeClaim>,
     pub pods: Writer<Pod>,
     pub backups: Writer<DatabaseBackup>,
+    pub deployments: Writer<Deployment>,
+    pub app_services: Writer<Service>,
+    pub ingresses: Writer<Ingress>,
 }
 
 /// Empty caches and their writers.
@@ -61,6 +69,9 @@ pub fn stores() -> (Stores, StoreWriters) {
         claims: Writer::default(),
         pods: Writer::default(),
         backups: Writer::default(),
+        deployments: Writer::default(),
+        app_services: Writer::default(),
+        ingresses: Writer::default(),
     };
     let stores = Stores {
         stateful_sets: writers.stateful_sets.as_reader(),
@@ -69,6 +80,9 @@ pub fn stores() -> (Stores, StoreWriters) {
         claims: writers.claims.as_reader(),
         pods: writers.pods.as_reader(),
         backups: writers.backups.as_reader(),
+        deployments: writers.deployments.as_reader(),
+        app_services: writers.app_services.as_reader(),
+        ingresses: writers.ingresses.as_reader(),
     };
     (stores, writers)
 }
@@ -81,7 +95,10 @@ impl Stores {
         self.pdbs.wait_until_ready().await?;
         self.claims.wait_until_ready().await?;
         self.pods.wait_until_ready().await?;
-        self.backups.wait_until_ready().await
+        self.backups.wait_until_ready().await?;
+        self.deployments.wait_until_ready().await?;
+        self.app_services.wait_until_ready().await?;
+        self.ingresses.wait_until_ready().await
     }
 }
 
@@ -100,6 +117,21 @@ impl StoreWriters {
         seed(&mut self.claims, claims);
         seed(&mut self.pods, std::iter::empty());
         seed(&mut self.backups, std::iter::empty());
+        seed(&mut self.deployments, std::iter::empty());
+        seed(&mut self.app_services, std::iter::empty());
+        seed(&mut self.ingresses, std::iter::empty());
+    }
+
+    /// Puts the children of Apps into their caches, as a finished initial list would.
+    pub fn seed_apps(
+        &mut self,
+        deployments: impl IntoIterator<Item = Deployment>,
+        services: impl IntoIterator<Item = Service>,
+        ingresses: impl IntoIterator<Item = Ingress>,
+    ) {
+        seed(&mut self.deployments, deployments);
+        seed(&mut self.app_services, services);
+        seed(&mut self.ingresses, ingresses);
     }
 
     /// Puts DatabaseBackups into their cache, as a finished initial list would.

@@ -26,8 +26,9 @@ use std::sync::Arc;
 use futures::channel::mpsc;
 use futures::stream::{self, BoxStream, SelectAll};
 use futures::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Action, applier};
@@ -36,6 +37,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource};
 use stead_crds::DatabaseCluster;
+use stead_crds::app::App;
 use stead_crds::backup::DatabaseBackup;
 use stead_crds::names::{MANAGED_BY, selector_labels};
 use tokio::sync::watch;
@@ -47,6 +49,16 @@ use crate::reconciler::{error_policy, reconcile};
 /// Label selector of everything the controller creates; keeps the caches small.
 pub fn managed_selector() -> String {
     format!("app.kubernetes.io/managed-by={MANAGED_BY}")
+}
+
+/// The children (and pods and claims) of DatabaseClusters.
+pub fn cluster_children_selector() -> String {
+    format!("{},app.kubernetes.io/name={}", managed_selector(), stead_crds::names::APP_NAME)
+}
+
+/// The children (and pods) of Apps.
+pub fn app_children_selector() -> String {
+    format!("{},app.kubernetes.io/name={}", managed_selector(), stead_crds::app::NAME_LABEL_VALUE)
 }
 
 /// Why startup failed before any reconcile.
@@ -126,6 +138,69 @@ pub struct KindInformers<K: Reconciled> {
 /// The watches: they fill the caches and say which objects to reconcile.
 pub struct Informers {
     clusters: KindInformers<DatabaseCluster>,
+    apps: KindInformers<App>,
+}
+
+impl Reconciled for App {
+    fn reconcile(
+        object: Arc<Self>,
+        ctx: Arc<Context>,
+    ) -> Pin<Box<dyn Future<Output = Result<Action, crate::Error>> + Send>> {
+        Box::pin(crate::app_reconciler::reconcile(object, ctx))
+    }
+
+    fn error_policy(object: Arc<Self>, error: &crate::Error, ctx: Arc<Context>) -> Action {
+        crate::app_reconciler::error_policy(object, error, ctx)
+    }
+}
+
+/// The watches of Apps and their children.
+fn app_informers(
+    client: &Client,
+    namespace: Option<&str>,
+    deployments: Writer<Deployment>,
+    services: Writer<Service>,
+    ingresses: Writer<Ingress>,
+) -> KindInformers<App> {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    fn child<K>(api: Api<K>, config: &watcher::Config, writer: Writer<K>) -> RequestStream<App>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    {
+        reflector::reflector(writer, watcher(api, config.clone()).modify(|child| slim_child(child.meta_mut())))
+            .default_backoff()
+            .touched_objects()
+            .map(|r| r.map(|child| crate::app_children::app_of(child.meta()).into_iter().collect()))
+            .boxed()
+    }
+    let children = watcher::Config::default().labels(&app_children_selector()).any_semantic();
+    let writer = Writer::<App>::default();
+    let store = writer.as_reader();
+    let mut streams: SelectAll<RequestStream<App>> = SelectAll::new();
+    streams.push(
+        reflector::reflector(
+            writer,
+            watcher(api::<App>(client, namespace), watcher::Config::default().any_semantic())
+                .modify(|app| slim_cluster(&mut app.metadata)),
+        )
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(predicates::generation.combine(predicates::annotations), Default::default())
+        .map(|r| r.map(|app| vec![ObjectRef::from_obj(&app)]))
+        .boxed(),
+    );
+    streams.push(child(api::<Deployment>(client, namespace), &children, deployments));
+    streams.push(child(api::<Service>(client, namespace), &children, services));
+    streams.push(child(api::<Ingress>(client, namespace), &children, ingresses));
+    KindInformers { store, streams }
 }
 
 impl Informers {
@@ -140,7 +215,7 @@ impl Informers {
                 None => Api::all(client.clone()),
             }
         }
-        let children = watcher::Config::default().labels(&managed_selector()).any_semantic();
+        let children = watcher::Config::default().labels(&cluster_children_selector()).any_semantic();
         let cluster_writer = Writer::<DatabaseCluster>::default();
         let clusters = cluster_writer.as_reader();
         let mut streams: SelectAll<RequestStream> = SelectAll::new();
@@ -202,7 +277,8 @@ impl Informers {
             .map(|r| r.map(|backup| cluster_of_backup(&backup).into_iter().collect()))
             .boxed(),
         );
-        Self { clusters: KindInformers { store: clusters, streams } }
+        let apps = app_informers(client, namespace, writers.deployments, writers.app_services, writers.ingresses);
+        Self { clusters: KindInformers { store: clusters, streams }, apps }
     }
 
     /// The DatabaseCluster cache.
@@ -370,17 +446,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let clusters = Running::start(informers.clusters);
+    let apps = Running::start(informers.apps);
     let shutdown = shutdown.shared();
-    let abort = || clusters.pump.abort();
+    let abort = || {
+        clusters.pump.abort();
+        apps.pump.abort();
+    };
 
     // Ready once every cache is complete: a standby replica is ready too.
     tokio::select! {
         ready = async {
             clusters.store.wait_until_ready().await?;
+            apps.store.wait_until_ready().await?;
             ctx.stores.wait_until_ready().await
         } => match ready {
             Ok(()) => {
-                info!(clusters = clusters.store.len(), "caches synced");
+                info!(clusters = clusters.store.len(), apps = apps.store.len(), "caches synced");
                 ctx.health.set_ready(true);
             }
             Err(e) => warn!(error = %e, "a cache writer stopped before it was ready"),
@@ -404,7 +485,11 @@ pub async fn run(
         }
         ctx.metrics.leader.set(1);
         info!("leading: reconciling");
-        let reconciling = reconcile_loop(ctx.clone(), clusters.store.clone(), clusters.open(shutdown.clone()));
+        let reconciling = futures::future::join(
+            reconcile_loop(ctx.clone(), clusters.store.clone(), clusters.open(shutdown.clone())),
+            reconcile_loop(ctx.clone(), apps.store.clone(), apps.open(shutdown.clone())),
+        )
+        .map(|_| ());
         let lost = leadership.wait_for(|leader| !*leader);
         // Losing the lease drops the applier at once, cancelling in-flight reconciles.
         let ended = tokio::select! {
@@ -412,6 +497,7 @@ pub async fn run(
             r = lost => r.is_err().then_some(Err(RunError::LeadershipGone)),
         };
         clusters.close();
+        apps.close();
         ctx.metrics.leader.set(0);
         if let Some(result) = ended {
             break result;

@@ -5,6 +5,9 @@
 //! Pure parts (`children`, `credentials`, `diff`, `managed_fields`, `status`, `storage`) are separate from the
 //! parts that talk to the API server (`reconciler`, `controller`, `leader`).
 
+pub mod app_children;
+pub mod app_reconciler;
+pub mod app_status;
 pub mod apply;
 pub mod backup_plan;
 pub mod backups;

@@ -343,14 +343,19 @@ impl Observed {
 }
 
 /// A condition before merging: type, status, reason, message.
-struct Proposed {
+pub(crate) struct Proposed {
     type_: &'static str,
     status: bool,
     reason: &'static str,
     message: String,
 }
 
-fn proposed(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Proposed {
+pub(crate) fn proposed(
+    type_: &'static str,
+    status: bool,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> Proposed {
     Proposed { type_, status, reason, message: message.into() }
 }
 
@@ -464,7 +469,7 @@ fn degraded(outcome: Outcome<'_>, health: Option<&ReplicationHealth>) -> Propose
 }
 
 /// Turns a proposal into a condition, keeping the stored transition time unless the status flipped.
-fn merge(p: Proposed, stored: &[Condition], generation: Option<i64>, now: &Time) -> Condition {
+pub(crate) fn merge(p: Proposed, stored: &[Condition], generation: Option<i64>, now: &Time) -> Condition {
     let status = if p.status { "True" } else { "False" };
     let last_transition_time = stored
         .iter()

@@ -651,7 +651,12 @@ fn check_certificate_chain(objects: &[Value], p: &mut Problems) {
 
 /// The controller's verbs, exactly: the API calls stead-controller makes.
 fn controller_permissions() -> BTreeSet<(String, String, String)> {
-    let grants: [(&str, &str, &[&str]); 14] = [
+    let grants: [(&str, &str, &[&str]); 19] = [
+        ("stead.dev", "apps", &["list", "watch"]),
+        ("stead.dev", "apps/status", &["patch"]),
+        ("stead.dev", "apps/finalizers", &["update"]),
+        ("apps", "deployments", &["list", "watch", "create", "patch"]),
+        ("networking.k8s.io", "ingresses", &["list", "watch", "create", "patch", "delete"]),
         ("stead.dev", "databaseclusters", &["list", "watch", "patch"]),
         ("stead.dev", "databaseclusters/status", &["patch"]),
         ("stead.dev", "databaseclusters/finalizers", &["update"]),

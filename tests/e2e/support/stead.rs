@@ -25,6 +25,8 @@ pub const CONTROLLER_BINARY: &str = "stead-controller";
 pub const CRD_NAME: &str = "databaseclusters.stead.dev";
 /// Name of the DatabaseBackup CRD.
 pub const BACKUP_CRD_NAME: &str = "databasebackups.stead.dev";
+/// Name of the App CRD.
+pub const APP_CRD_NAME: &str = "apps.stead.dev";
 /// The VolumeSnapshot CRDs the suite installs (upstream's, copied as test data).
 pub const VOLUME_SNAPSHOT_CRDS: [&str; 3] = [
     "volumesnapshotclasses.snapshot.storage.k8s.io",
@@ -58,12 +60,13 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
-/// Installs the CRDs rendered from the Rust types (DatabaseCluster and
-/// DatabaseBackup) and waits until kubectl can use them.
+/// Installs the CRDs rendered from the Rust types (DatabaseCluster,
+/// DatabaseBackup and App) and waits until kubectl can use them.
 pub fn install_crd(kubectl: &Kubectl) -> anyhow::Result<()> {
     let rendered = [
         ("DatabaseCluster", CRD_NAME, stead_crds::crd::crd_yaml()),
         ("DatabaseBackup", BACKUP_CRD_NAME, stead_crds::crd::backup_crd_yaml()),
+        ("App", APP_CRD_NAME, stead_crds::crd::app_crd_yaml()),
     ];
     for (kind, name, yaml) in rendered {
         let yaml = yaml.with_context(|| format!("rendering the {kind} CRD"))?;
