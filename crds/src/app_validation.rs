@@ -27,7 +27,7 @@ use crate::defaults::{SpecDefault, spec_patch};
 use crate::field_error::{FieldError, Verdict};
 use crate::lookup::{Found, Lookup, Query};
 use crate::validation::{
-    ImageExamples, dns1123_subdomain_error, keep_changed, validate_image_at, validate_object_name, validate_port,
+    ImageExamples, dns1123_subdomain_error, ratcheted_update, validate_image_at, validate_object_name, validate_port,
     validate_resources,
 };
 
@@ -107,16 +107,9 @@ pub fn validate_create(app: &App) -> Verdict {
 ///
 /// Objects being deleted and updates that leave `spec` alone are always admitted.
 pub fn validate_update(old: &App, new: &App) -> Verdict {
-    let mut verdict = Verdict::default();
-    if new.metadata.deletion_timestamp.is_some() || old.spec == new.spec {
-        return verdict;
-    }
-    let json = |spec: &AppSpec| serde_json::to_value(spec).unwrap_or(Value::Null);
-    let mut spec_verdict = Verdict::default();
-    validate_spec(&new.spec, &mut spec_verdict);
+    let deleting = new.metadata.deletion_timestamp.is_some();
     // Each rule's subject is one field of spec: all of spec.env, spec.ingress or spec.resources.
-    keep_changed(spec_verdict, &json(&old.spec), &json(&new.spec), |_| 2, &mut verdict);
-    verdict
+    ratcheted_update(deleting, &old.spec, &new.spec, validate_spec, |_| 2).unwrap_or_default()
 }
 
 /// The cache reads [`validate_create_with`] makes: the Apps claiming the Ingress host.

@@ -53,16 +53,34 @@ pub fn validate_create(cluster: &DatabaseCluster) -> Verdict {
 /// webhook must never block finalizer removal or ownership bookkeeping, even
 /// for an object stored before today's rules existed.
 pub fn validate_update(old: &DatabaseCluster, new: &DatabaseCluster) -> Verdict {
-    let mut verdict = Verdict::default();
-    if new.metadata.deletion_timestamp.is_some() || old.spec == new.spec {
-        return verdict;
-    }
-    let (old_json, new_json) = (spec_json(&old.spec), spec_json(&new.spec));
-    let mut spec_verdict = Verdict::default();
-    validate_spec(&new.spec, &mut spec_verdict);
-    keep_changed(spec_verdict, &old_json, &new_json, cluster_rule_depth, &mut verdict);
+    let deleting = new.metadata.deletion_timestamp.is_some();
+    let Some(mut verdict) = ratcheted_update(deleting, &old.spec, &new.spec, validate_spec, cluster_rule_depth) else {
+        return Verdict::default();
+    };
     validate_transition(&old.spec, &new.spec, &mut verdict);
     verdict
+}
+
+/// The spec rules of an UPDATE, ratcheted: `None` when the update is
+/// admitted outright (the object is being deleted, or `spec` is unchanged),
+/// else `rules` on the new spec, keeping only what the update changes (see
+/// [`keep_changed`]; `depth` says what one rule's subject is).
+pub(crate) fn ratcheted_update<S: serde::Serialize + PartialEq>(
+    deleting: bool,
+    old: &S,
+    new: &S,
+    rules: fn(&S, &mut Verdict),
+    depth: fn(&[&str]) -> usize,
+) -> Option<Verdict> {
+    if deleting || old == new {
+        return None;
+    }
+    let json = |spec: &S| serde_json::to_value(spec).unwrap_or(Value::Null);
+    let mut spec_verdict = Verdict::default();
+    rules(new, &mut spec_verdict);
+    let mut verdict = Verdict::default();
+    keep_changed(spec_verdict, &json(old), &json(new), depth, &mut verdict);
+    Some(verdict)
 }
 
 /// Rules for DELETE: refused while `spec.deletionProtection` is true.
@@ -766,22 +784,12 @@ fn retained_ordinals(new: i32, old: i32) -> String {
     }
 }
 
-fn spec_json(spec: &DatabaseClusterSpec) -> Value {
-    serde_json::to_value(spec).unwrap_or(Value::Null)
-}
-
 /// Ratcheting on UPDATE: keeps of `spec_verdict` (the new spec judged on
 /// its own) only the errors and warnings about parts of the spec that the
 /// update changes. A problem in a part it does not touch was already stored;
 /// refusing now would block unrelated edits. `depth` says how many segments
 /// of a field path (`spec` included) make one rule's subject.
-pub(crate) fn keep_changed(
-    spec_verdict: Verdict,
-    old: &Value,
-    new: &Value,
-    depth: fn(&[&str]) -> usize,
-    verdict: &mut Verdict,
-) {
+fn keep_changed(spec_verdict: Verdict, old: &Value, new: &Value, depth: fn(&[&str]) -> usize, verdict: &mut Verdict) {
     verdict.errors.extend(spec_verdict.errors.into_iter().filter(|e| changed(old, new, &e.field, depth)));
     verdict.warnings.extend(
         spec_verdict.warnings.into_iter().filter(|w| w.split(':').next().is_some_and(|f| changed(old, new, f, depth))),

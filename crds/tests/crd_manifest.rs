@@ -37,35 +37,52 @@ fn schema() -> Value {
     crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
 
-#[test]
-fn names_scope_and_categories() {
-    let crd = crd();
+/// A namespaced CRD of the `stead` category named `[kind, plural, singular, short name]`.
+fn assert_names(crd: &Value, [kind, plural, singular, short]: [&str; 4]) {
     assert_eq!(crd["apiVersion"], "apiextensions.k8s.io/v1");
-    assert_eq!(crd["metadata"]["name"], "databaseclusters.stead.dev");
+    assert_eq!(crd["metadata"]["name"], format!("{plural}.stead.dev"));
     assert_eq!(crd["spec"]["scope"], "Namespaced");
     let names = &crd["spec"]["names"];
-    assert_eq!(names["plural"], "databaseclusters");
-    assert_eq!(names["singular"], "databasecluster");
-    assert_eq!(names["kind"], "DatabaseCluster");
-    assert_eq!(names["shortNames"], serde_json::json!(["dbc"]));
+    let got = [&names["kind"], &names["plural"], &names["singular"]].map(|v| v.as_str().unwrap_or_default());
+    assert_eq!(got, [kind, plural, singular]);
+    assert_eq!(names["shortNames"], serde_json::json!([short]));
     assert_eq!(names["categories"], serde_json::json!(["stead"]));
+}
+
+/// The one served version has the status subresource, and the scale one when `scale`.
+fn assert_subresources(crd: &Value, scale: bool) {
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(
+        (&version["name"], &version["served"], &version["storage"]),
+        (&"v1alpha1".into(), &true.into(), &true.into())
+    );
+    assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+    let want = serde_json::json!({
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector"
+    });
+    assert_eq!(version["subresources"].get("scale"), scale.then_some(&want));
+}
+
+/// `(name, jsonPath)` of every printer column.
+fn columns(crd: &Value) -> Vec<(&str, &str)> {
+    crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["jsonPath"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn names_scope_and_categories() {
+    assert_names(&crd(), ["DatabaseCluster", "databaseclusters", "databasecluster", "dbc"]);
 }
 
 #[test]
 fn status_and_scale_subresources() {
-    let version = &crd()["spec"]["versions"][0];
-    assert_eq!(version["name"], "v1alpha1");
-    assert_eq!(version["served"], true);
-    assert_eq!(version["storage"], true);
-    assert_eq!(version["subresources"]["status"], serde_json::json!({}));
-    assert_eq!(
-        version["subresources"]["scale"],
-        serde_json::json!({
-            "specReplicasPath": ".spec.replicas",
-            "statusReplicasPath": ".status.replicas",
-            "labelSelectorPath": ".status.selector"
-        })
-    );
+    assert_subresources(&crd(), true);
 }
 
 #[test]
@@ -149,26 +166,13 @@ mod backup_crd {
     #[test]
     fn names_columns_subresource_and_immutable_spec() {
         let crd = crd();
-        assert_eq!(crd["metadata"]["name"], "databasebackups.stead.dev");
-        assert_eq!(crd["spec"]["scope"], "Namespaced");
-        let names = &crd["spec"]["names"];
-        assert_eq!(names["kind"], "DatabaseBackup");
-        assert_eq!(names["plural"], "databasebackups");
-        assert_eq!(names["shortNames"], serde_json::json!(["dbb"]));
-        assert_eq!(names["categories"], serde_json::json!(["stead"]));
-        let version = &crd["spec"]["versions"][0];
-        assert_eq!(version["name"], "v1alpha1");
-        assert_eq!(version["subresources"]["status"], serde_json::json!({}));
-        let columns: Vec<(&str, &str)> = version["additionalPrinterColumns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| (c["name"].as_str().unwrap(), c["jsonPath"].as_str().unwrap()))
-            .collect();
+        assert_names(&crd, ["DatabaseBackup", "databasebackups", "databasebackup", "dbb"]);
+        assert_subresources(&crd, false);
         assert_eq!(
-            columns,
+            columns(&crd),
             [("Cluster", ".spec.cluster"), ("Phase", ".status.phase"), ("Age", ".metadata.creationTimestamp")]
         );
+        let version = &crd["spec"]["versions"][0];
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
         assert_eq!(spec["x-kubernetes-validations"][0]["rule"], "self == oldSelf");
         assert_eq!(spec["required"], serde_json::json!(["cluster"]));
@@ -206,33 +210,10 @@ mod app_crd {
     #[test]
     fn names_subresources_and_columns() {
         let crd = crd();
-        assert_eq!(crd["metadata"]["name"], "apps.stead.dev");
-        assert_eq!(crd["spec"]["scope"], "Namespaced");
-        let names = &crd["spec"]["names"];
+        assert_names(&crd, ["App", "apps", "app", "app"]);
+        assert_subresources(&crd, true);
         assert_eq!(
-            (&names["kind"], &names["plural"], &names["singular"]),
-            (&json!("App"), &json!("apps"), &json!("app"))
-        );
-        assert_eq!(names["shortNames"], json!(["app"]));
-        assert_eq!(names["categories"], json!(["stead"]));
-        let version = &crd["spec"]["versions"][0];
-        assert_eq!(version["subresources"]["status"], json!({}));
-        assert_eq!(
-            version["subresources"]["scale"],
-            json!({
-                "specReplicasPath": ".spec.replicas",
-                "statusReplicasPath": ".status.replicas",
-                "labelSelectorPath": ".status.selector"
-            })
-        );
-        let columns: Vec<(&str, &str)> = version["additionalPrinterColumns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| (c["name"].as_str().unwrap(), c["jsonPath"].as_str().unwrap()))
-            .collect();
-        assert_eq!(
-            columns,
+            columns(&crd),
             [
                 ("Replicas", ".spec.replicas"),
                 ("Ready", ".status.readyReplicas"),

@@ -601,20 +601,12 @@ fn decide_cluster(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Dec
     match (route, &request.operation) {
         (_, Operation::Connect) | (Route::Mutate, Operation::Delete) => Decision::Allow(Vec::new()),
         (Route::Mutate, Operation::Create | Operation::Update) => mutate(route, request, default_patch),
-        (Route::Validate, Operation::Create) => match request.object() {
-            Some(object) => {
-                let namespace = namespace(request, object);
-                judge(Served::Cluster, request, object, decode, |cluster| {
-                    validate_create_with(cluster, &namespace, lookup)
-                })
-            }
-            None => missing(route, request, "object"),
-        },
-        (Route::Validate, Operation::Update) => match (request.old_object(), request.object()) {
-            (Some(old), Some(new)) => validate_update_raw(request, old, new),
-            (None, _) => missing(route, request, "oldObject"),
-            (_, None) => missing(route, request, "object"),
-        },
+        (Route::Validate, Operation::Create) => on_create(route, request, |object, namespace| {
+            judge(Served::Cluster, request, object, decode, |cluster| validate_create_with(cluster, namespace, lookup))
+        }),
+        (Route::Validate, Operation::Update) => {
+            on_update(route, request, |old, new| validate_update_raw(request, old, new))
+        }
         (Route::Validate, Operation::Delete) => match request.old_object() {
             Some(old) => validate_delete_raw(request, old),
             // A collection delete may come without the object; nothing to protect is known.
@@ -628,20 +620,14 @@ fn decide_cluster(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Dec
 fn decide_backup(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Decision {
     match (route, &request.operation) {
         (Route::Mutate, _) | (_, Operation::Connect | Operation::Delete) => Decision::Allow(Vec::new()),
-        (Route::Validate, Operation::Create) => match request.object() {
-            Some(object) => {
-                let namespace = namespace(request, object);
-                judge(Served::Backup, request, object, backup_validation::decode, |backup| {
-                    backup_validation::validate_create_with(backup, &namespace, lookup)
-                })
-            }
-            None => missing(route, request, "object"),
-        },
-        (Route::Validate, Operation::Update) => match (request.old_object(), request.object()) {
-            (Some(old), Some(new)) => validate_backup_update_raw(request, old, new),
-            (None, _) => missing(route, request, "oldObject"),
-            (_, None) => missing(route, request, "object"),
-        },
+        (Route::Validate, Operation::Create) => on_create(route, request, |object, namespace| {
+            judge(Served::Backup, request, object, backup_validation::decode, |backup| {
+                backup_validation::validate_create_with(backup, namespace, lookup)
+            })
+        }),
+        (Route::Validate, Operation::Update) => {
+            on_update(route, request, |old, new| validate_backup_update_raw(request, old, new))
+        }
     }
 }
 
@@ -669,20 +655,14 @@ fn decide_app(route: Route, request: &RequestIn, lookup: &dyn Lookup) -> Decisio
     match (route, &request.operation) {
         (_, Operation::Connect | Operation::Delete) => Decision::Allow(Vec::new()),
         (Route::Mutate, Operation::Create | Operation::Update) => mutate(route, request, app_validation::default_patch),
-        (Route::Validate, Operation::Create) => match request.object() {
-            Some(object) => {
-                let namespace = namespace(request, object);
-                judge(Served::App, request, object, app_validation::decode, |app| {
-                    app_validation::validate_create_with(app, &namespace, lookup)
-                })
-            }
-            None => missing(route, request, "object"),
-        },
-        (Route::Validate, Operation::Update) => match (request.old_object(), request.object()) {
-            (Some(old), Some(new)) => validate_app_update_raw(request, old, new, lookup),
-            (None, _) => missing(route, request, "oldObject"),
-            (_, None) => missing(route, request, "object"),
-        },
+        (Route::Validate, Operation::Create) => on_create(route, request, |object, namespace| {
+            judge(Served::App, request, object, app_validation::decode, |app| {
+                app_validation::validate_create_with(app, namespace, lookup)
+            })
+        }),
+        (Route::Validate, Operation::Update) => {
+            on_update(route, request, |old, new| validate_app_update_raw(request, old, new, lookup))
+        }
     }
 }
 
@@ -702,6 +682,23 @@ fn validate_app_update_raw(request: &RequestIn, old: &Value, new: &Value, lookup
             app_validation::validate_spec(&new.spec, &mut verdict);
             verdict
         }),
+    }
+}
+
+/// A CREATE on /validate: `rules` get the object and its namespace.
+fn on_create(route: Route, request: &RequestIn, rules: impl FnOnce(&Value, &str) -> Decision) -> Decision {
+    match request.object() {
+        Some(object) => rules(object, &namespace(request, object)),
+        None => missing(route, request, "object"),
+    }
+}
+
+/// An UPDATE on /validate: `rules` get the stored and the new object.
+fn on_update(route: Route, request: &RequestIn, rules: impl FnOnce(&Value, &Value) -> Decision) -> Decision {
+    match (request.old_object(), request.object()) {
+        (Some(old), Some(new)) => rules(old, new),
+        (None, _) => missing(route, request, "oldObject"),
+        (_, None) => missing(route, request, "object"),
     }
 }
 

@@ -109,9 +109,8 @@ if type(wanted) == "number" then
   end
   waiting = "Waiting for replicas: " .. tostring(ready) .. "/" .. tostring(wanted) .. " ready"
 end
+hs.message = waiting
 if fresh(progressing) then
   hs.message = says(progressing, waiting)
-else
-  hs.message = waiting
 end
 return hs
