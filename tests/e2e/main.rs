@@ -9,6 +9,7 @@
 //! `make e2e` builds the binaries first. `STEAD_E2E_ONLY=scale,printer`
 //! runs a subset; see `support::assets` for the other variables.
 
+mod apps;
 mod backups;
 mod clusters;
 mod database;

@@ -20,7 +20,7 @@ use crate::support::stead::{
     Controller, ControllerOptions, MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION, WEBHOOK_QUANTITY_MESSAGE,
 };
 use crate::support::wait::{self, Poll};
-use crate::{backups, database, finalizers, operations, ownership};
+use crate::{apps, backups, database, finalizers, operations, ownership};
 
 /// What every scenario can reach.
 pub struct Ctx<'a> {
@@ -91,7 +91,7 @@ pub struct Scenario {
 }
 
 /// All scenarios, in order.
-pub const SCENARIOS: [Scenario; 30] = [
+pub const SCENARIOS: [Scenario; 33] = [
     Scenario { name: "defaulting", run: defaulting },
     Scenario { name: "invalid-specs-refused", run: invalid_specs_refused },
     Scenario { name: "server-dry-run-same-answers", run: server_dry_run_same_answers },
@@ -124,6 +124,15 @@ pub const SCENARIOS: [Scenario; 30] = [
     Scenario { name: "restore-into-a-new-cluster", run: backups::restore_into_a_new_cluster },
     Scenario { name: "failed-snapshot-fails-the-backup", run: backups::failed_snapshot_fails_the_backup },
     Scenario { name: "scheduled-backups-keep-the-last-one", run: backups::scheduled_backups_keep_the_last_one },
+    Scenario {
+        name: "app-becomes-deployment-service-and-ingress",
+        run: apps::app_becomes_deployment_service_and_ingress,
+    },
+    Scenario {
+        name: "app-scales-and-its-ingress-follows-the-spec",
+        run: apps::app_scales_and_its_ingress_follows_the_spec,
+    },
+    Scenario { name: "app-refusals-and-host-collision", run: apps::app_refusals_and_host_collision },
     Scenario { name: "deleted-cluster-takes-its-pods", run: database::deleted_cluster_takes_its_pods },
     Scenario { name: "deletion-protection-and-finalizer", run: deletion_protection_and_finalizer },
     Scenario { name: "foreign-objects-are-never-adopted", run: ownership::foreign_objects_are_never_adopted },

@@ -207,8 +207,8 @@ pub fn webhook_args(port: u16, metrics_port: u16, cert_dir: &Path, kubeconfig: &
 /// `base_url` (`https://127.0.0.1:<port>`) and trusting `ca_pem`. Rules match
 /// `manifests/webhook/*`: DatabaseCluster CREATE/UPDATE for defaulting, plus
 /// DELETE for validation; DatabaseBackup CREATE/UPDATE for both (never
-/// DELETE, so retention does not depend on the webhook); the scale
-/// subresource is not sent to the webhook.
+/// DELETE, so retention does not depend on the webhook); App CREATE/UPDATE;
+/// the scale subresources are not sent to the webhook.
 /// Both carry the shipped `matchConditions`, naming the suite's controller
 /// user where an install names its ServiceAccount.
 pub fn webhook_configurations(base_url: &str, ca_pem: &str) -> anyhow::Result<Value> {
@@ -232,6 +232,12 @@ pub fn webhook_configurations(base_url: &str, ca_pem: &str) -> anyhow::Result<Va
                 "apiGroups": [stead_crds::cluster::GROUP],
                 "apiVersions": [stead_crds::cluster::VERSION],
                 "resources": [stead_crds::backup::PLURAL],
+                "operations": ["CREATE", "UPDATE"],
+                "scope": "Namespaced"
+            }, {
+                "apiGroups": [stead_crds::cluster::GROUP],
+                "apiVersions": [stead_crds::cluster::VERSION],
+                "resources": [stead_crds::app::PLURAL],
                 "operations": ["CREATE", "UPDATE"],
                 "scope": "Namespaced"
             }]
@@ -623,6 +629,8 @@ mod tests {
         for hook in [m, v] {
             assert_eq!(hook["rules"][1]["resources"], json!(["databasebackups"]));
             assert_eq!(hook["rules"][1]["operations"], json!(["CREATE", "UPDATE"]), "never DELETE");
+            assert_eq!(hook["rules"][2]["resources"], json!(["apps"]));
+            assert_eq!(hook["rules"][2]["operations"], json!(["CREATE", "UPDATE"]));
             let bundle = hook["clientConfig"]["caBundle"].as_str().unwrap();
             let decoded = base64::engine::general_purpose::STANDARD.decode(bundle).unwrap();
             assert_eq!(decoded, b"-----CA-----\n");
