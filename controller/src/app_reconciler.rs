@@ -148,7 +148,10 @@ async fn write_status(
     let namespace = app.namespace().unwrap_or_default();
     let api: Api<App> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
-    let body = json!({ "metadata": { "resourceVersion": app.metadata.resource_version }, "status": status });
+    let body = json!({
+        "metadata": { "resourceVersion": app.metadata.resource_version },
+        "status": crate::diff::status_merge_patch(app.status.as_ref(), &status),
+    });
     match api.patch_status(&name, &params, &Patch::Merge(body)).await {
         Ok(_) => {
             ctx.metrics.status_writes.inc();

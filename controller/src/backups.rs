@@ -164,19 +164,21 @@ pub async fn drive(
     let failed = backups.iter().filter(|b| b.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(PHASE_FAILED));
     let last_ok = completed.max_by_key(|b| stopped_at(b));
     let last_bad = failed.max_by_key(|b| stopped_at(b));
-    report.last_successful = last_ok.and_then(|b| stopped_at(b));
+    // When the data was taken: the latest completed backup's start.
+    report.last_successful = last_ok
+        .and_then(|b| b.status.as_ref().and_then(|s| s.started_at.as_ref()).map(|t| t.0).or_else(|| stopped_at(b)));
     report.last_failed = last_bad.and_then(|b| stopped_at(b));
     report.condition = match (last_ok, last_bad) {
         (_, Some(bad)) if stopped_at(bad) > last_ok.and_then(|b| stopped_at(b)) => Some((
             false,
-            "BackupFailed",
+            "Failed",
             format!(
                 "the last backup, {}, failed: {}",
                 bad.name_any(),
                 bad.status.as_ref().and_then(|s| s.error.clone()).unwrap_or_else(|| "no reason recorded".into())
             ),
         )),
-        (Some(ok), _) => Some((true, "BackupCompleted", format!("the last backup, {}, completed", ok.name_any()))),
+        (Some(ok), _) => Some((true, "Completed", format!("the last backup, {}, completed", ok.name_any()))),
         _ => None,
     };
     Ok(report)

@@ -23,6 +23,24 @@ use std::cmp::Ordering;
 use serde_json::{Map, Value};
 use stead_crds::quantity::Quantity;
 
+/// The merge patch that turns the stored status into `computed`: `computed`
+/// itself, plus an explicit `null` for every top-level field the stored
+/// status has and `computed` leaves out (a merge patch keeps what it does not
+/// name, so a field that is gone, such as `primaryFailingSince` after a
+/// recovery or `nextScheduledBackup` while suspended, must be removed by name).
+pub fn status_merge_patch<S: serde::Serialize>(stored: Option<&S>, computed: &S) -> Value {
+    let mut patch = serde_json::to_value(computed).unwrap_or(Value::Null);
+    let stored = stored.and_then(|s| serde_json::to_value(s).ok());
+    if let (Some(Value::Object(stored)), Value::Object(patch)) = (stored, &mut patch) {
+        for key in stored.keys() {
+            if !patch.contains_key(key) {
+                patch.insert(key.clone(), Value::Null);
+            }
+        }
+    }
+    patch
+}
+
 /// Whether every field of `desired` is present in `live` with the same value.
 ///
 /// Lists of named objects (containers, ports, volume claim templates, …) are
@@ -103,6 +121,24 @@ pub fn restrict_to_live(desired: &Value, live: &Value) -> Value {
             None => live.clone(),
         },
         _ => live.clone(),
+    }
+}
+
+#[cfg(test)]
+mod status_patch_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    #[test]
+    fn a_field_gone_from_the_status_is_removed_by_name() {
+        let stored = json!({"phase": "FailingOver", "primaryFailingSince": "2026-01-01T00:00:00Z", "replicas": 3});
+        let computed = json!({"phase": "Healthy", "replicas": 3});
+        assert_eq!(
+            super::status_merge_patch(Some(&stored), &computed),
+            json!({"phase": "Healthy", "replicas": 3, "primaryFailingSince": null})
+        );
+        assert_eq!(super::status_merge_patch(None, &computed), computed);
     }
 }
 

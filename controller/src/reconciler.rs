@@ -473,7 +473,7 @@ async fn write_status(
     // The whole conditions list is replaced, so the write is conditional on
     // the version it was computed from: a condition another tool wrote in the
     // meantime makes it a 409 (retried soon, from fresh data), never a loss.
-    let mut body = json!({ "status": status });
+    let mut body = json!({ "status": crate::diff::status_merge_patch(cluster.status.as_ref(), &status) });
     if let Some(version) = cluster.metadata.resource_version.as_deref() {
         body["metadata"] = json!({ "resourceVersion": version });
     }
