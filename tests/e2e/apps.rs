@@ -201,7 +201,7 @@ pub fn app_refusals_and_host_collision(ctx: &mut Ctx<'_>) -> anyhow::Result<()> 
     let bad = json!({
         "image": "nginx:1.27",
         "ingress": {"host": "bad_host.example.com", "path": "shop"},
-        "env": [{"name": "MODE", "value": "a"}, {"name": "MODE", "value": "b"}],
+        "env": [{"name": "MODE=prod", "value": "a"}],
     });
     let refused = k.apply(&app("broken", bad), &[])?;
     expect_refused(&refused, &["spec.ingress.host", "spec.ingress.path", "spec.env"])?;
