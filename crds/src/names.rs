@@ -108,9 +108,10 @@ pub const BACKUP_LABEL: &str = "stead.dev/backup";
 pub const CLUSTER_SPEC_ANNOTATION: &str = "stead.dev/cluster-spec";
 
 /// Annotation on the VolumeSnapshot of a hot backup's data volume: the
-/// `backup_label` file `pg_backup_stop` returned. A restore writes it into
-/// the data directory before PostgreSQL starts, so recovery begins at the
-/// backup's checkpoint.
+/// `backup_label` file `pg_backup_stop` returned, kept for a restore from a
+/// WAL archive. Without one a restore does not use it (recovery from it
+/// needs WAL written after the snapshot was cut); the atomic snapshot's own
+/// checkpoint makes it consistent by crash recovery.
 pub const BACKUP_LABEL_FILE_ANNOTATION: &str = "stead.dev/backup-label";
 
 /// Annotation beside [`BACKUP_LABEL_FILE_ANNOTATION`]: the `tablespace_map`
