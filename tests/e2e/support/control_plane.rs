@@ -34,8 +34,9 @@ const CONTROLLER_MANAGER_START_TIMEOUT: Duration = Duration::from_secs(90);
 /// Validity of the generated certificates.
 const CERT_DAYS: u32 = 2;
 /// Service IPs; nothing routes them, the API server only allocates from it.
-/// A /16, because the benchmark creates a ClusterIP Service per cluster
-/// (1,100 of them) and envtest's /24 would run out.
+/// A /16 (65,534 addresses), because the benchmark makes three ClusterIP
+/// Services per cluster (`-rw`, `-ro`, `-r`; the headless one takes none),
+/// 3,000 at 1,000 clusters, and envtest's /24 would run out.
 pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/16";
 /// Controllers run by kube-controller-manager: all defaults (the StatefulSet
 /// controller makes the pods the stand-in kubelet runs, the endpointslice

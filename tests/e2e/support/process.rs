@@ -133,6 +133,15 @@ impl ManagedProcess {
         vm_hwm_bytes(&status).with_context(|| format!("{path} has no VmHWM line"))
     }
 
+    /// CPU time used so far, user plus system, of all its threads, in seconds
+    /// (`utime` + `stime` of `/proc/<pid>/stat`), while the process still runs.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let path = format!("/proc/{}/stat", self.pid());
+        let stat = fs::read_to_string(&path).with_context(|| format!("reading {path} of {}", self.name))?;
+        let ticks = cpu_ticks(&stat).with_context(|| format!("{path} has no utime and stime fields"))?;
+        Ok(ticks as f64 / USER_HZ as f64)
+    }
+
     /// Sends `signal` (`TERM`, `KILL`, …) by pid, without waiting; fails when it is not running.
     pub fn signal(&mut self, signal: &str) -> anyhow::Result<()> {
         if let Some(status) = self.exit_status()? {
@@ -229,6 +238,22 @@ pub fn vm_hwm_bytes(proc_status: &str) -> Option<u64> {
     }
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` times: the kernel reports
+/// them in `USER_HZ`, which is 100 on every architecture Linux runs stead on.
+pub const USER_HZ: u64 = 100;
+
+/// `utime` + `stime` (fields 14 and 15) from `/proc/<pid>/stat`, in clock
+/// ticks. The command name (field 2) is parenthesised and may hold spaces or
+/// parentheses itself, so fields are counted after its last `)`.
+pub fn cpu_ticks(proc_stat: &str) -> Option<u64> {
+    let (_, rest) = proc_stat.rsplit_once(')')?;
+    // `rest` starts at field 3 (state): utime and stime are its 12th and 13th.
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    utime.checked_add(stime)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -255,6 +280,30 @@ mod tests {
         assert_eq!(vm_hwm_bytes(status), Some(20480 * 1024));
         assert_eq!(vm_hwm_bytes("VmRSS:\t 1 kB\n"), None);
         assert_eq!(vm_hwm_bytes("VmHWM:\t 1 MB\n"), None);
+    }
+
+    #[test]
+    fn cpu_ticks_add_utime_and_stime_after_the_command_name() {
+        let stat = "4242 (stead (ctl) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 37 0 0 20 0 9 0 1234 0 0\n";
+        assert_eq!(cpu_ticks(stat), Some(287));
+        assert_eq!(cpu_ticks("4242 (short) S 1 2"), None);
+        assert_eq!(cpu_ticks("no parenthesis"), None);
+    }
+
+    #[test]
+    fn cpu_seconds_of_a_running_process_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut process = ManagedProcess::spawn(
+            "idler",
+            Path::new("/bin/sh"),
+            &["-c".to_owned(), "exec sleep 600".to_owned()],
+            std::iter::empty::<(&str, &str)>(),
+            dir.path(),
+        )
+        .unwrap();
+        let seconds = process.cpu_seconds().unwrap();
+        assert!((0.0..5.0).contains(&seconds), "{seconds}");
+        process.stop().unwrap();
     }
 
     #[test]
