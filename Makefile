@@ -94,11 +94,13 @@ e2e:
 ## bench: webhook and controller benchmarks (figures only, nothing asserted).
 bench: bench-webhook bench-controller
 
-## bench-controller: 100 and 1,000 clusters against the e2e control plane when KUBEBUILDER_ASSETS is
-## set, otherwise the reconcile function against an in-process mock API.
+## bench-controller: issue 13's figures for 100, 500 and 1,000 clusters against the e2e control plane
+## when KUBEBUILDER_ASSETS is set, otherwise the reconcile function against an in-process mock API.
+## Pass flags with BENCH_CONTROLLER_ARGS, e.g. "--clusters 500 --concurrency 16 --repeat 3".
+BENCH_CONTROLLER_ARGS ?=
 bench-controller:
 	$(CARGO) build --release -p stead-controller -p stead-instance
-	$(CARGO) run --release -p stead-tests --bin bench-controller
+	$(CARGO) run --release -p stead-tests --bin bench-controller -- $(BENCH_CONTROLLER_ARGS)
 
 ## certs: a development CA and serving certificate for localhost/127.0.0.1 in target/certs
 ## (the CA is reused, so a second run rotates only the serving certificate).
