@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use stead_crds::app::{self, App, AppSpec, CONTAINER_NAME, PORT_NAME};
 
 use crate::apply::{Child, Owner, OwnerKind};
-use crate::children::{container_resources, display_name, with_applied_hash};
+use crate::children::{Identity, container_resources, with_applied_hash};
 use crate::error::Error;
 
 /// The App as the builders see it: identity plus the spec with every
@@ -26,13 +26,12 @@ pub struct AppView {
 
 impl AppView {
     pub fn new(app: &App) -> Result<Self, Error> {
-        let meta = app.meta();
-        let missing = |field| Error::MissingMetadata { object: display_name(meta), field };
+        let Identity { name, namespace, uid } = Identity::of(app.meta())?;
         Ok(Self {
-            name: meta.name.clone().ok_or_else(|| missing("metadata.name"))?,
-            namespace: meta.namespace.clone().ok_or_else(|| missing("metadata.namespace"))?,
-            uid: meta.uid.clone().ok_or_else(|| missing("metadata.uid"))?,
-            generation: meta.generation,
+            name,
+            namespace,
+            uid,
+            generation: app.meta().generation,
             spec: stead_crds::app_validation::with_defaults(&app.spec),
         })
     }

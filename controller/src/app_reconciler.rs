@@ -9,7 +9,6 @@
 //! owns no data to keep.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -22,36 +21,17 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use stead_crds::app::App;
 use stead_crds::names::FIELD_MANAGER;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::app_children::{self, AppView};
 use crate::app_status::{self, Outcome};
 use crate::apply::{ensure, publish_changes, remove_unplanned};
 use crate::context::Context;
-use crate::error::{Error, backoff, is_not_found};
+use crate::error::{Error, is_not_found};
 
 /// Reconciles one App; the entry point handed to the applier.
 pub async fn reconcile(app: Arc<App>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    ctx.metrics.reconciles.inc();
-    let result = reconcile_inner(&app, &ctx).await;
-    ctx.metrics.observe_duration(started.elapsed());
-    if result.is_ok() {
-        ctx.reset_failures(&ObjectRef::from_obj(app.as_ref()));
-    }
-    result
-}
-
-/// Requeues a failed App with exponential backoff (per object) and counts the error.
-#[allow(clippy::needless_pass_by_value)] // the signature the applier calls
-pub fn error_policy(app: Arc<App>, error: &Error, ctx: Arc<Context>) -> Action {
-    let kind = error.kind();
-    ctx.metrics.count_error(kind.as_str());
-    let obj = ObjectRef::from_obj(app.as_ref());
-    let failures = ctx.record_failure(&obj);
-    let delay = backoff(failures, kind);
-    warn!(app = %obj, error = %error, kind = kind.as_str(), failures, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    crate::reconciler::measured(app.as_ref(), &ctx, reconcile_inner(&app, &ctx)).await
 }
 
 async fn reconcile_inner(app: &App, ctx: &Context) -> Result<Action, Error> {

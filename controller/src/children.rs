@@ -66,13 +66,12 @@ pub const DEFAULT_INSTANCE_IMAGE: &str = "ghcr.io/stead-dev/stead:0.1.0";
 impl ClusterView {
     /// Extracts what the builders need; fails only for objects not read from an API server.
     pub fn new(cluster: &DatabaseCluster) -> Result<Self, Error> {
-        let meta = cluster.meta();
-        let missing = |field| Error::MissingMetadata { object: display_name(meta), field };
+        let Identity { name, namespace, uid } = Identity::of(cluster.meta())?;
         Ok(Self {
-            name: meta.name.clone().ok_or_else(|| missing("metadata.name"))?,
-            namespace: meta.namespace.clone().ok_or_else(|| missing("metadata.namespace"))?,
-            uid: meta.uid.clone().ok_or_else(|| missing("metadata.uid"))?,
-            generation: meta.generation,
+            name,
+            namespace,
+            uid,
+            generation: cluster.meta().generation,
             spec: with_defaults(&cluster.spec),
             instance_image: DEFAULT_INSTANCE_IMAGE.to_owned(),
         })
@@ -110,6 +109,26 @@ impl ClusterView {
             "namespace": self.namespace,
             "labels": child_labels(&self.name),
             "ownerReferences": [self.owner_reference()],
+        })
+    }
+}
+
+/// What every owner of children must have: the API server sets all three.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+}
+
+impl Identity {
+    /// Fails only for objects not read from an API server.
+    pub fn of(meta: &kube::api::ObjectMeta) -> Result<Self, Error> {
+        let missing = |field| Error::MissingMetadata { object: display_name(meta), field };
+        Ok(Self {
+            name: meta.name.clone().ok_or_else(|| missing("metadata.name"))?,
+            namespace: meta.namespace.clone().ok_or_else(|| missing("metadata.namespace"))?,
+            uid: meta.uid.clone().ok_or_else(|| missing("metadata.uid"))?,
         })
     }
 }

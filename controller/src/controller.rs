@@ -150,7 +150,7 @@ impl Reconciled for App {
     }
 
     fn error_policy(object: Arc<Self>, error: &crate::Error, ctx: Arc<Context>) -> Action {
-        crate::app_reconciler::error_policy(object, error, ctx)
+        error_policy(object, error, ctx)
     }
 }
 
@@ -162,15 +162,6 @@ fn app_informers(
     services: Writer<Service>,
     ingresses: Writer<Ingress>,
 ) -> KindInformers<App> {
-    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     fn child<K>(api: Api<K>, config: &watcher::Config, writer: Writer<K>) -> RequestStream<App>
     where
         K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -206,15 +197,6 @@ fn app_informers(
 impl Informers {
     /// Watches DatabaseClusters and our children in `namespace` (or everywhere).
     pub fn new(client: &Client, namespace: Option<&str>, writers: StoreWriters) -> Self {
-        fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-        where
-            K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-        {
-            match namespace {
-                Some(ns) => Api::namespaced(client.clone(), ns),
-                None => Api::all(client.clone()),
-            }
-        }
         let children = watcher::Config::default().labels(&cluster_children_selector()).any_semantic();
         let cluster_writer = Writer::<DatabaseCluster>::default();
         let clusters = cluster_writer.as_reader();
@@ -341,6 +323,17 @@ pub fn owner_of(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<DatabaseCluste
                 && o.api_version == DatabaseCluster::api_version(&())
         })
         .map(|o| ObjectRef::new(&o.name).within(namespace))
+}
+
+/// The API of `K` in `namespace`, or in every namespace.
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// The cluster a DatabaseBackup backs up (`spec.cluster`, same namespace).

@@ -38,12 +38,25 @@ const MAX_NOTE: usize = 1024;
 
 /// Reconciles one cluster; the entry point handed to the applier.
 pub async fn reconcile(cluster: Arc<DatabaseCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    measured(cluster.as_ref(), &ctx, reconcile_inner(&cluster, &ctx)).await
+}
+
+/// Runs one reconcile of `object` (of any kind): counted and timed in the
+/// metrics, and its failure count forgotten once it succeeds.
+pub async fn measured<K>(
+    object: &K,
+    ctx: &Context,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+{
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let result = reconcile_inner(&cluster, &ctx).await;
+    let result = reconcile.await;
     ctx.metrics.observe_duration(started.elapsed());
     if result.is_ok() {
-        ctx.reset_failures(&ObjectRef::from_obj(cluster.as_ref()));
+        ctx.reset_failures(&ObjectRef::from_obj(object));
     }
     result
 }
@@ -86,15 +99,15 @@ async fn reconcile_inner(cluster: &Arc<DatabaseCluster>, ctx: &Arc<Context>) -> 
     }
 }
 
-/// Requeues a failed cluster with exponential backoff (per object) and counts the error.
+/// Requeues a failed object (of any kind) with exponential backoff (per object) and counts the error.
 #[allow(clippy::needless_pass_by_value)] // the signature the applier calls
-pub fn error_policy(cluster: Arc<DatabaseCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     let kind = error.kind();
     ctx.metrics.count_error(kind.as_str());
-    let obj = ObjectRef::from_obj(cluster.as_ref());
+    let obj = ObjectRef::from_obj(object.as_ref());
     let failures = ctx.record_failure(&obj);
     let delay = backoff(failures, kind);
-    warn!(cluster = %obj, error = %error, kind = kind.as_str(), failures, retry_in = ?delay, "reconcile failed");
+    warn!(object = %obj, error = %error, kind = kind.as_str(), failures, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
