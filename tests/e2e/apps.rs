@@ -23,7 +23,7 @@ const HOST: &str = "shop.example.com";
 /// How long the controller is watched for writes while nothing changes.
 const QUIET: Duration = Duration::from_secs(8);
 
-fn app(name: &str, spec: Value) -> Value {
+fn app(name: &str, spec: &Value) -> Value {
     json!({"apiVersion": "stead.dev/v1alpha1", "kind": "App", "metadata": {"name": name, "namespace": NS}, "spec": spec})
 }
 
@@ -116,7 +116,7 @@ pub fn app_becomes_deployment_service_and_ingress(ctx: &mut Ctx<'_>) -> anyhow::
     let k = ctx.kubectl.clone();
     ensure_namespace(&k)?;
     let spec = json!({"image": "nginx:1.27", "replicas": 2, "ingress": {"host": HOST}});
-    expect_ok(k.apply(&app(SHOP, spec), &[])?)?;
+    expect_ok(k.apply(&app(SHOP, &spec), &[])?)?;
     let stored = k.get("app", NS, SHOP)?.context("the App was not stored")?;
     ensure!(stored["spec"]["containerPort"] == 8080, "containerPort not defaulted: {}", stored["spec"]);
     ensure!(stored["spec"]["service"]["port"] == 8080, "service.port not defaulted: {}", stored["spec"]);
@@ -203,11 +203,11 @@ pub fn app_refusals_and_host_collision(ctx: &mut Ctx<'_>) -> anyhow::Result<()> 
         "ingress": {"host": "bad_host.example.com", "path": "shop"},
         "env": [{"name": "MODE=prod", "value": "a"}],
     });
-    let refused = k.apply(&app("broken", bad), &[])?;
+    let refused = k.apply(&app("broken", &bad), &[])?;
     expect_refused(&refused, &["spec.ingress.host", "spec.ingress.path", "spec.env"])?;
     ensure!(k.get("app", NS, "broken")?.is_none(), "a refused App was stored");
     // The webhook's App cache must know `shop` before it can refuse a collision.
-    let other = app("shop-copy", json!({"image": "nginx:1.27", "ingress": {"host": HOST}}));
+    let other = app("shop-copy", &json!({"image": "nginx:1.27", "ingress": {"host": HOST}}));
     let refused = wait::until("the webhook to refuse a second App on the same host and path", REACT_TIMEOUT, || {
         let output = k.apply(&other, &[])?;
         if output.success() {
