@@ -15,8 +15,8 @@
 //!    backup mode (`POST /backup/stop`); `endLSN`;
 //! 5. once it is `readyToUse`, `phase: Completed` with the snapshot.
 //!
-//! A snapshot error fails the backup once [`SNAPSHOT_ERROR_GRACE`] has
-//! passed since it began (snapshotters retry transient errors), a snapshot
+//! A snapshot error fails the backup once `--snapshot-error-grace-seconds`
+//! (default [`SNAPSHOT_ERROR_GRACE`]) has passed since it began (snapshotters retry transient errors), a snapshot
 //! not cut within [`CUT_DEADLINE`] fails it, and an instance that cannot
 //! enter backup mode within [`START_DEADLINE`] fails it; a failed backup
 //! always leaves backup mode first.
@@ -59,7 +59,8 @@ pub const SCHEDULED_LABEL: &str = "stead.dev/scheduled";
 pub const START_DEADLINE: Duration = Duration::from_secs(10 * 60);
 /// How long the snapshotter may take to cut the snapshot.
 pub const CUT_DEADLINE: Duration = Duration::from_secs(30 * 60);
-/// How long a snapshot may report an error (snapshotters retry) before the backup fails.
+/// How long a snapshot may report an error (snapshotters retry) before the backup fails, by default
+/// (`--snapshot-error-grace-seconds`).
 pub const SNAPSHOT_ERROR_GRACE: Duration = Duration::from_secs(5 * 60);
 /// How long a cut snapshot may take to become ready to use (an upload to object storage).
 pub const READY_DEADLINE: Duration = Duration::from_secs(6 * 60 * 60);
@@ -320,7 +321,8 @@ async fn advance(
     }
     if let Some(error) = snapshot.error() {
         let why = format!("VolumeSnapshot {}/{name}: {error}", view.namespace);
-        return give_up_after(backup, ctx, target.as_ref(), now, &status, SNAPSHOT_ERROR_GRACE, why).await;
+        let grace = ctx.settings.snapshot_error_grace;
+        return give_up_after(backup, ctx, target.as_ref(), now, &status, grace, why).await;
     }
 
     // 4. Out of backup mode once the snapshot is cut.

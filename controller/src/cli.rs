@@ -47,6 +47,11 @@ pub struct Cli {
     /// client's namespace.
     #[arg(long, env = "STEAD_KEYS_NAMESPACE")]
     pub keys_namespace: Option<String>,
+
+    /// Seconds a VolumeSnapshot may report an error (snapshotters retry transient ones) before its
+    /// backup fails.
+    #[arg(long, env = "STEAD_SNAPSHOT_ERROR_GRACE_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub snapshot_error_grace_seconds: u64,
 }
 
 /// What the reconciler needs to know from the command line.
@@ -58,6 +63,8 @@ pub struct Settings {
     /// How often a cluster with pods is polled.
     pub poll: Duration,
     pub instance_image: String,
+    /// How long a snapshot error may last before its backup fails.
+    pub snapshot_error_grace: Duration,
 }
 
 impl Default for Settings {
@@ -68,6 +75,7 @@ impl Default for Settings {
             resync: RESYNC,
             poll: POLL,
             instance_image: crate::children::DEFAULT_INSTANCE_IMAGE.to_owned(),
+            snapshot_error_grace: crate::backups::SNAPSHOT_ERROR_GRACE,
         }
     }
 }
@@ -80,6 +88,7 @@ impl From<&Cli> for Settings {
             resync: RESYNC,
             poll: Duration::from_secs(cli.poll_seconds),
             instance_image: cli.instance_image.clone(),
+            snapshot_error_grace: Duration::from_secs(cli.snapshot_error_grace_seconds),
         }
     }
 }

@@ -439,6 +439,9 @@ pub fn controller_args(health_port: u16, metrics_port: u16, options: &Controller
         loopback(metrics_port).to_string(),
         "--keys-namespace".to_owned(),
         CONTROLLER_NAMESPACE.to_owned(),
+        // A failing snapshot fails its backup after 20 s, not 5 minutes.
+        "--snapshot-error-grace-seconds".to_owned(),
+        "20".to_owned(),
         "--poll-seconds".to_owned(),
         "2".to_owned(),
     ];
@@ -713,6 +716,8 @@ mod tests {
                 "127.0.0.1:8080",
                 "--keys-namespace",
                 "stead-system",
+                "--snapshot-error-grace-seconds",
+                "20",
                 "--poll-seconds",
                 "2"
             ]
