@@ -240,6 +240,11 @@ impl Context {
         self.operations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(pod.to_owned())
     }
 
+    /// Whether an operation on `pod` (`namespace/name`) is under way.
+    pub fn operation_under_way(&self, pod: &str) -> bool {
+        self.operations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(pod)
+    }
+
     /// Marks the operation on `pod` as finished.
     pub fn finish_operation(&self, pod: &str) {
         self.operations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(pod);

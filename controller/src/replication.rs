@@ -266,10 +266,11 @@ pub async fn converge(
             publish(ctx, cluster, EventType::Normal, "PrimaryLabelled", note).await;
         }
     }
-    // No instance is told anything while a promotion is unfinished.
+    // No instance is told anything while a promotion is unfinished, and
+    // repoints are paced so that at most one instance restarts at a time.
     if !matches!(state.phase, "FailingOver" | "Switchover") {
-        for call in &topology.calls {
-            start(cluster, ctx, &view.namespace, call, &token, &server_name).await;
+        for call in crate::topology::paced(topology.calls.clone(), &members) {
+            start(cluster, ctx, &view.namespace, &call, &token, &server_name).await;
         }
     }
     Ok(Convergence { topology, failover: state, recorded: recorded_cluster })
@@ -291,6 +292,15 @@ pub async fn roll(
 ) -> Result<Option<String>, Error> {
     if converged.failover.phase != "Healthy" {
         return Ok(None);
+    }
+    // An instance busy with an operation (a clone, a repoint, a rejoin) may be down: wait for it.
+    if let Some(busy) =
+        converged.topology.instances.iter().find(|i| ctx.operation_under_way(&format!("{}/{}", view.namespace, i.pod)))
+    {
+        return Ok(Some(format!(
+            "rolling update: waiting for the operation under way on {} to finish before restarting the next instance",
+            busy.pod
+        )));
     }
     let update_revision = sts.status.as_ref().and_then(|s| s.update_revision.as_deref());
     let primary = converged.topology.current_primary.as_deref();

@@ -172,6 +172,39 @@ fn serving(status: &InstanceStatus) -> bool {
     status.role == Role::Primary && status.postmaster == Postmaster::Running && status.ready
 }
 
+/// Paces the repoints of `calls` so that at most one instance is down at a
+/// time: pointing a replica at another primary restarts its postgres. A
+/// replica that streams (from the old primary, now itself a standby that
+/// passes WAL on) is repointed only while every other instance that answers
+/// is Ready, and only one such replica per pass; one that does not stream
+/// serves no fresh reads anyway and is repointed at once. Bootstraps and
+/// rejoins are never held back.
+pub fn paced(calls: Vec<Call>, members: &[Member]) -> Vec<Call> {
+    let streaming = |pod: &str| members.iter().any(|m| m.pod == pod && m.status().is_some_and(|s| s.streaming));
+    // An instance that answers as primary or replica but is not Ready yet is
+    // coming back (the old primary restarting as a replica): wait for it. One
+    // that does not answer is down for another reason, and waiting for it
+    // could wait for ever.
+    let others_ready = |pod: &str| {
+        members
+            .iter()
+            .filter(|m| m.pod != pod && (m.reports(Role::Primary) || m.reports(Role::Replica)))
+            .all(|m| m.pod_ready)
+    };
+    let mut repointed = false;
+    calls
+        .into_iter()
+        .filter(|call| match call {
+            Call::Repoint { pod, .. } if streaming(pod) => {
+                let go = !repointed && others_ready(pod);
+                repointed |= go;
+                go
+            }
+            _ => true,
+        })
+        .collect()
+}
+
 /// What to ask `member` next, if anything.
 fn next_call(
     member: &Member,
@@ -355,6 +388,40 @@ mod tests {
                 request: Bootstrap::Clone { primary_host: Some("10.0.0.10".into()), primary_port: Some(5432) },
             }]
         );
+    }
+
+    #[test]
+    fn repoints_of_streaming_replicas_go_one_at_a_time_while_the_others_are_ready() {
+        let repoint = |ordinal: i32| Call::Repoint {
+            pod: format!("orders-{ordinal}"),
+            ip: format!("10.0.0.{}", 10 + ordinal),
+            request: Demote { primary_host: Some("10.0.0.11".into()), primary_port: Some(5432) },
+        };
+        let lost = || Report::Status(Box::new(InstanceStatus { streaming: false, ..status(Role::Replica) }));
+        let calls = vec![repoint(0), repoint(2)];
+        // Both stream (from the old primary, a standby now): one at a time.
+        let all_ready = [
+            member(0, replica_of("10.0.0.10", true), Some("replica")),
+            member(1, reports(Role::Primary), Some("primary")),
+            member(2, replica_of("10.0.0.10", true), Some("replica")),
+        ];
+        assert_eq!(paced(calls.clone(), &all_ready), vec![repoint(0)]);
+        // The old primary restarting as a replica is not Ready yet: wait.
+        let mut restarting = all_ready.clone();
+        restarting[0].pod_ready = false;
+        assert_eq!(paced(vec![repoint(2)], &restarting), vec![]);
+        // The old primary does not answer (it failed): it holds nothing back.
+        let mut failed = all_ready.clone();
+        failed[0] = member(0, Report::Unreachable("connection refused".into()), None);
+        failed[0].pod_ready = false;
+        assert_eq!(paced(vec![repoint(2)], &failed), vec![repoint(2)]);
+        // A replica that lost its upstream (after a failover) is repointed at once, all of them.
+        let orphaned = [
+            member(0, lost(), Some("replica")),
+            member(1, reports(Role::Primary), Some("primary")),
+            member(2, lost(), Some("replica")),
+        ];
+        assert_eq!(paced(calls, &orphaned), vec![repoint(0), repoint(2)]);
     }
 
     #[test]
