@@ -411,7 +411,7 @@ mod tests {
         restarting[0].pod_ready = false;
         assert_eq!(paced(vec![repoint(2)], &restarting), vec![]);
         // The old primary does not answer (it failed): it holds nothing back.
-        let mut failed = all_ready.clone();
+        let mut failed = all_ready;
         failed[0] = member(0, Report::Unreachable("connection refused".into()), None);
         failed[0].pod_ready = false;
         assert_eq!(paced(vec![repoint(2)], &failed), vec![repoint(2)]);
