@@ -1274,6 +1274,39 @@ async fn a_new_revision_restarts_the_highest_replica_first_and_one_at_a_time() {
     verify(server).await;
 }
 
+/// The replica restarted a moment ago is gone from the cache before the
+/// StatefulSet recreates it: it counts as down, so nothing else restarts.
+#[tokio::test]
+async fn a_pod_deleted_a_moment_ago_holds_the_rollout() {
+    let (c, instances, _) = running([Some("primary"), Some("replica"), Some("replica")]);
+    let base = finalized(cluster(spec()));
+    let mut sts = live_sts(&base, 3);
+    sts.status.as_mut().unwrap().update_revision = Some("orders-new".into());
+    let on = |ordinal: i32, revision: &str| {
+        let mut pod = live_pod(ordinal, true, Some(if ordinal == 0 { "primary" } else { "replica" }));
+        pod.metadata.labels.as_mut().unwrap().insert("controller-revision-hash".into(), revision.into());
+        pod
+    };
+    let (ctx, server) = context_with_instances(
+        |w| {
+            w.seed([sts], live_services(&base), [live_pdb(&base)], []);
+            w.seed_pods([on(0, "orders-old"), on(1, "orders-old")]);
+        },
+        instances,
+    );
+    let server = server.expect(vec![status_patch(&c, |status| {
+        let (_, reason, message) = condition(status, "Progressing");
+        assert_eq!(reason, "RollingUpdate");
+        assert_eq!(
+            message,
+            "rolling update: waiting for orders-2 to be recreated and ready before restarting the next instance"
+        );
+    })]);
+    reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    drop(ctx);
+    verify(server).await;
+}
+
 /// The primary is the last on the old revision and every replica serves on
 /// the new one: by default (`primaryUpdateMethod: switchover`) the
 /// controller records a switchover to the most advanced updated replica

@@ -306,8 +306,12 @@ pub async fn roll(
     let primary = converged.topology.current_primary.as_deref();
     let mut instances = Vec::new();
     let mut pods = Vec::new();
+    let mut missing = Vec::new();
     for observed in &converged.topology.instances {
-        let Some(pod) = ctx.stores.pods.get(&ObjectRef::new(&observed.pod).within(&view.namespace)) else { continue };
+        let Some(pod) = ctx.stores.pods.get(&ObjectRef::new(&observed.pod).within(&view.namespace)) else {
+            missing.push(observed.pod.clone());
+            continue;
+        };
         let is_primary = primary == Some(observed.pod.as_str());
         instances.push(rollout::Instance {
             pod: observed.pod.clone(),
@@ -318,6 +322,14 @@ pub async fn roll(
             position: u64::MAX - observed.lag_bytes.unwrap_or(u64::MAX),
         });
         pods.push(pod);
+    }
+    // A pod deleted a moment ago and not recreated yet is down: while a
+    // rollout is under way, nothing else restarts until it is back.
+    let rolling = update_revision.is_some_and(|rev| instances.iter().any(|i| i.revision.as_deref() != Some(rev)));
+    if rolling && let Some(pod) = missing.first() {
+        return Ok(Some(format!(
+            "rolling update: waiting for {pod} to be recreated and ready before restarting the next instance"
+        )));
     }
     let primary_update = rollout::PrimaryUpdate {
         supervised: view.spec.primary_update_is_supervised(),
