@@ -1235,24 +1235,28 @@ async fn a_replica_beyond_the_failover_lag_bound_is_not_promoted() {
     verify(server).await;
 }
 
-#[tokio::test]
-async fn a_new_revision_restarts_the_highest_replica_first_and_one_at_a_time() {
-    let (c, instances, _) = running([Some("primary"), Some("replica"), Some("replica")]);
+/// The stores of a 3-instance cluster (0 primary, 1 and 2 replicas) whose
+/// StatefulSet's update revision is `orders-new`, with the pods of `revisions`
+/// (ordinal, `controller-revision-hash`) cached; a pod not listed is absent.
+fn mid_rollout<const N: usize>(revisions: [(i32, &'static str); N]) -> impl FnOnce(&mut crate::context::StoreWriters) {
     let base = finalized(cluster(spec()));
     let mut sts = live_sts(&base, 3);
     sts.status.as_mut().unwrap().update_revision = Some("orders-new".into());
-    let on = |ordinal: i32, revision: &str| {
-        let mut pod = live_pod(ordinal, true, Some(if ordinal == 0 { "primary" } else { "replica" }));
-        pod.metadata.labels.as_mut().unwrap().insert("controller-revision-hash".into(), revision.into());
-        pod
-    };
-    let (ctx, server) = context_with_instances(
-        |w| {
-            w.seed([sts], live_services(&base), [live_pdb(&base)], []);
-            w.seed_pods([on(0, "orders-old"), on(1, "orders-old"), on(2, "orders-old")]);
-        },
-        instances,
-    );
+    move |w| {
+        w.seed([sts], live_services(&base), [live_pdb(&base)], []);
+        w.seed_pods(revisions.map(|(ordinal, revision)| {
+            let mut pod = live_pod(ordinal, true, Some(if ordinal == 0 { "primary" } else { "replica" }));
+            pod.metadata.labels.as_mut().unwrap().insert("controller-revision-hash".into(), revision.into());
+            pod
+        }));
+    }
+}
+
+#[tokio::test]
+async fn a_new_revision_restarts_the_highest_replica_first_and_one_at_a_time() {
+    let (c, instances, _) = running([Some("primary"), Some("replica"), Some("replica")]);
+    let (ctx, server) =
+        context_with_instances(mid_rollout([(0, "orders-old"), (1, "orders-old"), (2, "orders-old")]), instances);
     let server = server.expect(vec![
         Call::new(
             Method::DELETE,
@@ -1279,21 +1283,7 @@ async fn a_new_revision_restarts_the_highest_replica_first_and_one_at_a_time() {
 #[tokio::test]
 async fn a_pod_deleted_a_moment_ago_holds_the_rollout() {
     let (c, instances, _) = running([Some("primary"), Some("replica"), Some("replica")]);
-    let base = finalized(cluster(spec()));
-    let mut sts = live_sts(&base, 3);
-    sts.status.as_mut().unwrap().update_revision = Some("orders-new".into());
-    let on = |ordinal: i32, revision: &str| {
-        let mut pod = live_pod(ordinal, true, Some(if ordinal == 0 { "primary" } else { "replica" }));
-        pod.metadata.labels.as_mut().unwrap().insert("controller-revision-hash".into(), revision.into());
-        pod
-    };
-    let (ctx, server) = context_with_instances(
-        |w| {
-            w.seed([sts], live_services(&base), [live_pdb(&base)], []);
-            w.seed_pods([on(0, "orders-old"), on(1, "orders-old")]);
-        },
-        instances,
-    );
+    let (ctx, server) = context_with_instances(mid_rollout([(0, "orders-old"), (1, "orders-old")]), instances);
     let server = server.expect(vec![status_patch(&c, |status| {
         let (_, reason, message) = condition(status, "Progressing");
         assert_eq!(reason, "RollingUpdate");
@@ -1316,19 +1306,8 @@ async fn the_last_outdated_primary_hands_over_to_the_most_advanced_updated_repli
     let (mut c, instances, _) = running([Some("primary"), Some("replica"), Some("replica")]);
     c.status.as_mut().unwrap().current_primary = Some("orders-0".into());
     c.status.as_mut().unwrap().target_primary = Some("orders-0".into());
-    let base = finalized(cluster(spec()));
-    let mut sts = live_sts(&base, 3);
-    sts.status.as_mut().unwrap().update_revision = Some("orders-new".into());
-    let on = |ordinal: i32, revision: &str| {
-        let mut pod = live_pod(ordinal, true, Some(if ordinal == 0 { "primary" } else { "replica" }));
-        pod.metadata.labels.as_mut().unwrap().insert("controller-revision-hash".into(), revision.into());
-        pod
-    };
     let (ctx, server) = context_with_instances(
-        |w| {
-            w.seed([sts], live_services(&base), [live_pdb(&base)], []);
-            w.seed_pods([on(0, "orders-old"), on(1, "orders-new"), on(2, "orders-new")]);
-        },
+        mid_rollout([(0, "orders-old"), (1, "orders-new"), (2, "orders-new")]),
         instances.clone(),
     );
     let mut recorded = c.clone();
