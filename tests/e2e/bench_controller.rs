@@ -186,6 +186,8 @@ fn run() -> anyhow::Result<ExitCode> {
     );
     println!();
     println!("{}", render_table(&rows));
+    println!();
+    println!("{}", render_breakdown(&rows));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -196,6 +198,8 @@ struct Row {
     timings: Timings,
     /// Controller requests from the first create to the last convergence.
     creation_requests: u64,
+    /// The same requests by `verb resource[/subresource]`.
+    creation_breakdown: BTreeMap<String, u64>,
     /// Controller requests in [`STEADY_PERIODS`] poll periods after convergence.
     steady_requests: u64,
     peak_rss_bytes: u64,
@@ -265,6 +269,7 @@ fn measure(
     let creators = runtime.block_on(creating_clients(&admin, &namespace))?;
 
     let before = audit::read_counts(&audit_log, CONTROLLER_USER)?;
+    let breakdown_before = audit::read_breakdown(&audit_log, CONTROLLER_USER)?;
     let first_create = Instant::now();
     let created = runtime.block_on(create_all(creators, &namespace, clusters))?;
     let last_created = first_create.elapsed();
@@ -289,6 +294,7 @@ fn measure(
         thread::sleep(CHECK_INTERVAL);
     }
     let at_convergence = audit::read_counts(&audit_log, CONTROLLER_USER)?;
+    let breakdown_at_convergence = audit::read_breakdown(&audit_log, CONTROLLER_USER)?;
     watch.abort();
     let converged = lock(&tracked).converged.clone();
 
@@ -313,10 +319,22 @@ fn measure(
         clusters,
         timings,
         creation_requests: at_convergence.since(before).requests,
+        creation_breakdown: breakdown_between(&breakdown_before, breakdown_at_convergence),
         steady_requests: requests_between(steady_start, steady_end),
         peak_rss_bytes,
         cpu_seconds,
     })
+}
+
+/// The requests of each kind made between two readings of the breakdown.
+fn breakdown_between(start: &BTreeMap<String, u64>, end: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    end.into_iter()
+        .map(|(what, n)| {
+            let earlier = start.get(&what).copied().unwrap_or(0);
+            (what, n.saturating_sub(earlier))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 fn requests_between(start: AuditCounts, end: AuditCounts) -> u64 {
@@ -589,6 +607,20 @@ fn render_table(rows: &[Row]) -> String {
     out.trim_end().to_owned()
 }
 
+/// Each run's requests per new cluster by verb and resource, one line per run.
+fn render_breakdown(rows: &[Row]) -> String {
+    let mut out = String::from("Requests per new cluster, by verb and resource:\n");
+    for row in rows {
+        let parts: Vec<String> = row
+            .creation_breakdown
+            .iter()
+            .map(|(what, n)| format!("{what} {:.2}", per(*n, row.clusters as f64)))
+            .collect();
+        out.push_str(&format!("- N={}: {}\n", row.clusters, parts.join(", ")));
+    }
+    out.trim_end().to_owned()
+}
+
 /// Runs the controller crate's mock-API benchmark and passes on its exit.
 fn mock_benchmark() -> anyhow::Result<ExitCode> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -727,16 +759,35 @@ mod tests {
             clusters: 100,
             timings: Timings { creates: 1.234, total: 5.5, p50: 2.0, p99: 4.321 },
             creation_requests: 1150,
+            creation_breakdown: [
+                ("create services".to_owned(), 300),
+                ("patch databaseclusters/status".to_owned(), 150),
+            ]
+            .into(),
             steady_requests: 0,
             peak_rss_bytes: 20 * 1024 * 1024,
             cpu_seconds: 1.5,
         };
-        let table = render_table(&[row.clone(), Row { steady_requests: 50, ..row }]);
+        let table = render_table(&[row.clone(), Row { steady_requests: 50, ..row.clone() }]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(lines[0].starts_with("| N | creates (s) | total (s) | p50 (s) | p99 (s) | requests/new cluster |"));
         assert_eq!(lines[0].matches('|').count(), lines[1].matches('|').count());
         assert_eq!(lines[2], "| 100 | 1.23 | 5.50 | 2.00 | 4.32 | 11.50 | 0.00 | 20.0 | 1.50 |");
         assert_eq!(lines[3], "| 100 | 1.23 | 5.50 | 2.00 | 4.32 | 11.50 | 0.25 | 20.0 | 1.50 |");
+        assert_eq!(
+            render_breakdown(&[row]),
+            "Requests per new cluster, by verb and resource:\n\
+             - N=100: create services 3.00, patch databaseclusters/status 1.50"
+        );
+    }
+
+    #[test]
+    fn the_breakdown_counts_only_what_happened_between_two_readings() {
+        let start: BTreeMap<String, u64> = [("list pods".to_owned(), 2), ("create services".to_owned(), 1)].into();
+        let end: BTreeMap<String, u64> =
+            [("list pods".to_owned(), 2), ("create services".to_owned(), 4), ("create events".to_owned(), 1)].into();
+        let want: BTreeMap<String, u64> = [("create services".to_owned(), 3), ("create events".to_owned(), 1)].into();
+        assert_eq!(breakdown_between(&start, end), want);
     }
 }

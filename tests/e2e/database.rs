@@ -203,6 +203,8 @@ pub fn row_reaches_every_replica(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 #[derive(Debug, PartialEq)]
 struct WriteSnapshot {
     audit: AuditCounts,
+    /// The same requests by verb and resource, to say which writes they were.
+    requests: std::collections::BTreeMap<String, u64>,
     reconciles: Option<f64>,
     status_writes: Option<f64>,
     child_applies: Option<f64>,
@@ -218,6 +220,7 @@ fn write_snapshot(ctx: &mut Ctx<'_>, objects: &[(&str, &str)]) -> anyhow::Result
     }
     Ok(WriteSnapshot {
         audit: audit::read_counts(&ctx.audit_log, CONTROLLER_USER)?,
+        requests: audit::read_breakdown(&ctx.audit_log, CONTROLLER_USER)?,
         reconciles: counters.reconciles,
         status_writes: counters.status_writes,
         child_applies: counters.child_applies,

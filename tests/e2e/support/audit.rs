@@ -4,6 +4,7 @@
 //! controller are counted from the audit log instead: the policy below logs
 //! only that user, one event per request (stage RequestReceived).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -118,6 +119,39 @@ pub fn read_changes_to(path: &Path, username: &str, object: ObjectRef<'_>) -> an
     }
 }
 
+/// The requests of `username`, counted by what they did: `verb resource`,
+/// with `/subresource` when there is one (`patch databaseclusters/status`).
+pub fn breakdown(log: &str, username: &str) -> BTreeMap<String, u64> {
+    let complete = match log.rfind('\n') {
+        Some(end) => &log[..end],
+        None => "",
+    };
+    let mut counts = BTreeMap::new();
+    for event in complete.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok()) {
+        if event.pointer("/user/username").and_then(Value::as_str) != Some(username) {
+            continue;
+        }
+        let field = |pointer: &str| event.pointer(pointer).and_then(Value::as_str);
+        let verb = field("/verb").unwrap_or("?");
+        let what = match (field("/objectRef/resource"), field("/objectRef/subresource")) {
+            (Some(resource), Some(sub)) => format!("{verb} {resource}/{sub}"),
+            (Some(resource), None) => format!("{verb} {resource}"),
+            (None, _) => format!("{verb} {}", field("/requestURI").unwrap_or("?")),
+        };
+        *counts.entry(what).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// [`breakdown`] over the log file; no file yet means no requests.
+pub fn read_breakdown(path: &Path, username: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    match fs::read_to_string(path) {
+        Ok(log) => Ok(breakdown(&log, username)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(err) => Err(err).with_context(|| format!("reading the audit log {}", path.display())),
+    }
+}
+
 /// [`count`] over the log file; no file yet means no requests.
 pub fn read_counts(path: &Path, username: &str) -> anyhow::Result<AuditCounts> {
     match fs::read_to_string(path) {
@@ -195,6 +229,38 @@ mod tests {
             changes_to(&log, "stead-controller", shop),
             ["patch /api/v1/namespaces/shop/services/shop", "delete /api/v1/namespaces/shop/services/shop"]
         );
+    }
+
+    #[test]
+    fn requests_are_broken_down_by_verb_and_resource() {
+        let on = |user: &str, verb: &str, resource: Option<&str>, subresource: Option<&str>| {
+            let mut e: Value = serde_json::from_str(&event(user, verb)).unwrap();
+            e["requestURI"] = json!("/version");
+            if let Some(resource) = resource {
+                e["objectRef"] = json!({"resource": resource, "namespace": "shop"});
+            }
+            if let Some(sub) = subresource {
+                e["objectRef"]["subresource"] = json!(sub);
+            }
+            e.to_string()
+        };
+        let log = [
+            on("stead-controller", "create", Some("services"), None),
+            on("stead-controller", "create", Some("services"), None),
+            on("stead-controller", "patch", Some("databaseclusters"), Some("status")),
+            on("admin", "create", Some("services"), None),
+            on("stead-controller", "get", None, None),
+        ]
+        .join("\n")
+            + "\n";
+        let got = breakdown(&log, "stead-controller");
+        let want: BTreeMap<String, u64> = [
+            ("create services".to_owned(), 2),
+            ("get /version".to_owned(), 1),
+            ("patch databaseclusters/status".to_owned(), 1),
+        ]
+        .into();
+        assert_eq!(got, want);
     }
 
     #[test]
