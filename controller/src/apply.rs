@@ -183,11 +183,21 @@ where
     let api: Api<K> = Api::namespaced(ctx.client.clone(), owner.namespace);
     // Fields our create recorded as an update first become fields of our
     // apply, or a field we stop applying would stay on the child forever.
-    if let Some(handover) = managed_fields::handover_patch(live.meta(), FIELD_MANAGER) {
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
-        api.patch(&name, &params, &Patch::Merge(handover)).await.map_err(|e| {
-            Error::kube(format!("hand the created fields of {} {}/{name} to its apply", child.kind, owner.namespace), e)
-        })?;
+    // The cache keeps no field sets, so the patch comes from a fresh read.
+    if managed_fields::handover_pending(live.meta(), FIELD_MANAGER) {
+        let fresh = look_up::<K>(ctx, owner, child).await?;
+        if let Some(foreign) = fresh.as_ref().and_then(|f| foreign(f.meta(), owner, child)) {
+            return Err(foreign);
+        }
+        if let Some(handover) = fresh.as_ref().and_then(|f| managed_fields::handover_patch(f.meta(), FIELD_MANAGER)) {
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+            api.patch(&name, &params, &Patch::Merge(handover)).await.map_err(|e| {
+                Error::kube(
+                    format!("hand the created fields of {} {}/{name} to its apply", child.kind, owner.namespace),
+                    e,
+                )
+            })?;
+        }
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let applied = api
@@ -265,12 +275,7 @@ where
         Err(e) if has_code(&e, &[409]) => e,
         Err(e) => return Err(Error::kube(action(), e)),
     };
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), owner.namespace);
-    let found = api
-        .list(&ListParams::default().fields(&format!("metadata.name={name}")))
-        .await
-        .map_err(|e| Error::kube(format!("look up {} {}/{name}", child.kind, owner.namespace), e))?;
-    match found.items.into_iter().next() {
+    match look_up::<K>(ctx, owner, child).await? {
         Some(existing) => match foreign(existing.meta(), owner, child) {
             None => Ok(Created::Exists(Arc::new(existing))),
             Some(foreign) => {
@@ -282,6 +287,21 @@ where
         // Deleted between the create and the look-up: a conflict, retried soon.
         None => Err(Error::kube(action(), refused)),
     }
+}
+
+/// The object under a child's name as the API server has it now, by a list
+/// by name (the controller may list children but not get them).
+async fn look_up<K>(ctx: &Context, owner: &Owner<'_>, child: &Child) -> Result<Option<K>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let name = &child.name;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), owner.namespace);
+    let found = api
+        .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+        .await
+        .map_err(|e| Error::kube(format!("look up {} {}/{name}", child.kind, owner.namespace), e))?;
+    Ok(found.items.into_iter().next())
 }
 
 /// The error for an object under a child's name that this cluster does not

@@ -283,19 +283,11 @@ where
 /// The annotation `kubectl apply` (client-side) keeps: the whole object again.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// What a cached child does not need: `managedFields` (often the largest
-/// part of an object) once the handover of our create is done (see
-/// [`crate::managed_fields`], which needs every entry while it is pending),
-/// and a client-side-apply copy of the object.
+/// What a cached child does not need: the field sets of `managedFields`
+/// (often the largest part of an object; see [`crate::managed_fields::slim`]
+/// for the little that is kept), and a client-side-apply copy of the object.
 pub fn slim_child(meta: &mut kube::api::ObjectMeta) {
-    let handover_pending = meta.managed_fields.iter().flatten().any(|entry| {
-        entry.manager.as_deref() == Some(stead_crds::names::FIELD_MANAGER)
-            && entry.operation.as_deref() == Some("Update")
-            && entry.subresource.as_deref().is_none_or(str::is_empty)
-    });
-    if !handover_pending {
-        meta.managed_fields = None;
-    }
+    crate::managed_fields::slim(meta, stead_crds::names::FIELD_MANAGER);
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
     }
@@ -582,7 +574,7 @@ mod tests {
         slim_child(&mut handed_over);
         assert_eq!(handed_over.managed_fields, None);
         assert_eq!(handed_over.annotations, Some([("keep".to_owned(), "me".to_owned())].into()));
-        // Created by our POST and not applied yet: the handover needs every entry.
+        // Created by our POST and not applied yet: who wrote it is kept, for the handover.
         let mut pending = meta(vec![entry("stead-controller", "Update"), entry("kube-controller-manager", "Update")]);
         slim_child(&mut pending);
         assert_eq!(pending.managed_fields.map(|m| m.len()), Some(2));

@@ -13,6 +13,11 @@
 //! entry, the way `kubectl apply --server-side` migrates objects that
 //! client-side apply managed. The patch also carries the resourceVersion the
 //! list was read at, so it never replaces a newer list.
+//!
+//! The caches keep no field sets (they are often the largest part of an
+//! object, and most children never need a handover): [`slim`] leaves only
+//! who wrote the object and how, enough for [`handover_pending`]. The patch
+//! itself is computed from the child as the API server has it now.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::api::ObjectMeta;
@@ -41,6 +46,27 @@ pub fn handover_patch(meta: &ObjectMeta, manager: &str) -> Option<Value> {
     }
     // A merge patch replaces a list whole: this is the new managedFields.
     Some(json!({ "metadata": { "resourceVersion": version, "managedFields": entries } }))
+}
+
+/// Whether `manager` created the object with a plain write and has not yet
+/// handed those fields to its apply. Works on slimmed entries too.
+pub fn handover_pending(meta: &ObjectMeta, manager: &str) -> bool {
+    meta.managed_fields.iter().flatten().any(|entry| is_entry(entry, manager, "Update"))
+}
+
+/// What a cache keeps of `managedFields`: while a handover is pending, each
+/// entry without its field set (the patch is computed from a fresh read);
+/// otherwise nothing.
+pub fn slim(meta: &mut ObjectMeta, manager: &str) {
+    if !handover_pending(meta, manager) {
+        meta.managed_fields = None;
+        return;
+    }
+    for entry in meta.managed_fields.iter_mut().flatten() {
+        entry.fields_v1 = None;
+        entry.fields_type = None;
+        entry.time = None;
+    }
 }
 
 /// An entry of `manager` for `operation` on the object itself (not a subresource).
@@ -117,6 +143,22 @@ mod tests {
                 &json!({"f:spec": {"f:replicas": {}, "f:serviceName": {}, "f:template": {"f:spec": {"f:containers": {}}}}})
             )])
         );
+    }
+
+    #[test]
+    fn a_cache_keeps_only_who_wrote_while_a_handover_is_pending() {
+        let fields = json!({"f:spec": {"f:replicas": {}}});
+        let mut pending = meta(&[entry(ME, "Update", None, &fields), entry("kcm", "Update", Some("status"), &fields)]);
+        slim(&mut pending, ME);
+        assert!(handover_pending(&pending, ME));
+        let kept = pending.managed_fields.as_deref().unwrap();
+        assert_eq!(kept.len(), 2);
+        assert!(kept.iter().all(|e| e.fields_v1.is_none() && e.time.is_none()), "{kept:?}");
+
+        let mut done = meta(&[entry(ME, "Apply", None, &fields), entry("kcm", "Update", Some("status"), &fields)]);
+        slim(&mut done, ME);
+        assert!(!handover_pending(&done, ME));
+        assert_eq!(done.managed_fields, None);
     }
 
     #[test]
