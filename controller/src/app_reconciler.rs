@@ -135,6 +135,9 @@ async fn write_status(
     match api.patch_status(&name, &params, &Patch::Merge(body)).await {
         Ok(_) => {
             ctx.metrics.status_writes.inc();
+            if let Some(version) = app.metadata.resource_version.as_deref() {
+                ctx.note_superseded(&ObjectRef::from_obj(app), version);
+            }
             debug!(app = %name, namespace = %namespace, "status written");
             Ok(())
         }

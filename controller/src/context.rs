@@ -190,7 +190,15 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Pods (`namespace/name`) with an instance operation (bootstrap, demote) under way.
     operations: Mutex<std::collections::HashSet<String>>,
+    /// Per object, the resourceVersion a conditional write of ours replaced,
+    /// and when: a cached copy still at that version has not seen the write.
+    superseded: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
+
+/// How long a cache may lag behind a write of ours before it is trusted
+/// again anyway (a reflector that stopped is restarted; a write judged from
+/// the old version then fails its precondition, which is safe).
+pub const CACHE_LAG_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Context {
     /// Builds the context; `instance` tells replicas apart in events (the pod name).
@@ -219,6 +227,7 @@ impl Context {
             instances,
             failures: Mutex::new(HashMap::new()),
             operations: Mutex::new(std::collections::HashSet::new()),
+            superseded: Mutex::new(HashMap::new()),
         }
     }
 
@@ -248,6 +257,30 @@ impl Context {
     /// Marks the operation on `pod` as finished.
     pub fn finish_operation(&self, pod: &str) {
         self.operations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(pod);
+    }
+
+    /// Notes that a write of ours, conditional on `version`, replaced that
+    /// version of `obj`.
+    pub fn note_superseded<K: kube::Resource<DynamicType = ()>>(&self, obj: &ObjectRef<K>, version: &str) {
+        self.superseded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(obj.to_string(), (version.to_owned(), std::time::Instant::now()));
+    }
+
+    /// Whether the cached `object` is the very version a write of ours
+    /// replaced (within [`CACHE_LAG_BOUND`]): judging it would redo what was
+    /// just done. Forgets the note once the cache has moved on.
+    pub fn cache_behind<K: kube::Resource<DynamicType = ()>>(&self, object: &K) -> bool {
+        let key = ObjectRef::from_obj(object).to_string();
+        let mut superseded = self.superseded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let behind = superseded.get(&key).is_some_and(|(version, at)| {
+            object.meta().resource_version.as_deref() == Some(version.as_str()) && at.elapsed() < CACHE_LAG_BOUND
+        });
+        if !behind {
+            superseded.remove(&key);
+        }
+        behind
     }
 
     /// Consecutive failures of `obj` so far.

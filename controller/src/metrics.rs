@@ -24,6 +24,8 @@ pub struct Metrics {
     pub leader: Gauge,
     pub status_writes: Counter,
     pub child_applies: Family<KindLabel, Counter>,
+    /// Reconciles put off because the cache had not seen our last write.
+    pub cache_behind: Counter,
 }
 
 impl Default for Metrics {
@@ -36,6 +38,7 @@ impl Default for Metrics {
             leader: Gauge::default(),
             status_writes: Counter::default(),
             child_applies: Family::default(),
+            cache_behind: Counter::default(),
         }
     }
 }
@@ -58,6 +61,11 @@ impl Metrics {
         );
         sub.register("status_writes", "Writes to DatabaseCluster /status", self.status_writes.clone());
         sub.register("child_applies", "Server-side applies of children, by kind", self.child_applies.clone());
+        sub.register(
+            "cache_behind",
+            "Reconciles put off for a moment because the cache had not yet seen the controller's last write",
+            self.cache_behind.clone(),
+        );
     }
 
     /// Counts one failed reconcile.

@@ -36,6 +36,9 @@ use crate::storage::{expansion_patch, expansions};
 /// Longest event note the API accepts.
 const MAX_NOTE: usize = 1024;
 
+/// When an object whose cached copy missed our last write is looked at again.
+pub const CACHE_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Reconciles one cluster; the entry point handed to the applier.
 pub async fn reconcile(cluster: Arc<DatabaseCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     measured(cluster.as_ref(), &ctx, reconcile_inner(&cluster, &ctx)).await
@@ -51,6 +54,13 @@ pub async fn measured<K>(
 where
     K: Resource<DynamicType = ()>,
 {
+    if ctx.cache_behind(object) {
+        // Our own write has not reached the cache yet; its watch event is
+        // moments away. Judging the old copy would repeat the write (a 409).
+        ctx.metrics.cache_behind.inc();
+        debug!(object = %ObjectRef::from_obj(object), "the cache has not seen our last write yet; soon again");
+        return Ok(Action::requeue(CACHE_CATCH_UP));
+    }
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let result = reconcile.await;
@@ -493,6 +503,9 @@ async fn write_status(
     match api.patch_status(&name, &params, &Patch::Merge(body)).await {
         Ok(_) => {
             ctx.metrics.status_writes.inc();
+            if let Some(version) = cluster.metadata.resource_version.as_deref() {
+                ctx.note_superseded(&ObjectRef::from_obj(cluster), version);
+            }
             debug!(cluster = %name, namespace = %namespace, "status written");
             Ok(StatusWrite::Written)
         }

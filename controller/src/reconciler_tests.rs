@@ -118,6 +118,47 @@ async fn first_apply_creates_every_child_then_writes_status() {
 }
 
 #[tokio::test]
+async fn a_copy_older_than_our_status_write_is_not_judged_again() {
+    // The children's watch events trigger a second reconcile while the cache
+    // still holds the version our status write replaced. Judging it would
+    // create the Secret again (409) and write a status that fails its precondition.
+    let c = finalized(cluster(spec()));
+    let view = ClusterView::new(&c).unwrap();
+    let (ctx, server) = context();
+    let server = server.expect(vec![
+        create_secret(Reply::Echo),
+        create(service_create_uri(), children::service(&view, ChildKind::HeadlessService)),
+        create(service_create_uri(), children::service(&view, ChildKind::PrimaryService)),
+        create(service_create_uri(), children::service(&view, ChildKind::ReplicaService)),
+        create(service_create_uri(), children::service(&view, ChildKind::AnyService)),
+        create(pdb_create_uri(), children::pod_disruption_budget(&view)),
+        create(sts_create_uri(), children::stateful_set(&view, None).unwrap()),
+        event("Created", "Normal", |_| {}),
+        status_patch(&c, |_| {}),
+    ]);
+    assert_eq!(reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap(), resync());
+    // The same copy again: no call, looked at again in a moment.
+    let again = reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap();
+    assert_eq!(again, Action::requeue(crate::reconciler::CACHE_CATCH_UP));
+    assert!(metric(&ctx, "stead_controller_cache_behind_total").unwrap().ends_with(" 1"));
+    assert!(metric(&ctx, "stead_controller_reconciles_total").unwrap().ends_with(" 1"), "not counted as a reconcile");
+    drop(ctx);
+    verify(server).await;
+}
+
+#[tokio::test]
+async fn a_newer_copy_is_judged_after_our_write() {
+    let c = finalized(cluster(spec()));
+    let (ctx, _server) = context();
+    ctx.note_superseded(&ObjectRef::from_obj(&c), c.metadata.resource_version.as_deref().unwrap());
+    assert!(ctx.cache_behind(&c));
+    let mut newer = c.clone();
+    newer.metadata.resource_version = Some("8".into());
+    assert!(!ctx.cache_behind(&newer), "the cache has seen the write (or a later one)");
+    assert!(!ctx.cache_behind(&c), "the note is forgotten once the cache moved on");
+}
+
+#[tokio::test]
 async fn an_existing_credentials_secret_is_used_as_it_is() {
     // The user created orders-credentials before the cluster (or an earlier
     // reconcile did and lost its status write): 409, no event, and on we go.
@@ -340,16 +381,19 @@ async fn a_new_cluster_initialises_ordinal_0_then_clones_the_others_from_it() {
     let instances = instances_answering([empty_status(0)]);
     instances.hold.store(true, std::sync::atomic::Ordering::SeqCst);
     let (ctx, server) = context_with_instances(fill(vec![live_pod(0, false, None)]), instances.clone());
+    // The next poll sees the cluster as our status write left it (a newer version).
+    let mut polled = c.clone();
+    polled.metadata.resource_version = Some("101".into());
     let server = server.expect(vec![
         event("Bootstrapping", "Normal", |note| assert_eq!(note, "initialising orders-0 as the first primary")),
         status_patch(&c, |status| assert_eq!(condition(status, "Available").1, "NoPrimary")),
         // The next poll, while initdb still runs: no second bootstrap, no second event.
-        status_patch(&c, |_| {}),
+        status_patch(&polled, |_| {}),
     ]);
     reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap();
     // The bootstrap runs in the background: it answers when done, which may take hours.
     eventually(|| instances.calls.lock().unwrap().len() == 2).await;
-    reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap();
+    reconcile(Arc::new(polled), ctx.clone()).await.unwrap();
     assert_eq!(
         *instances.calls.lock().unwrap(),
         ["GET /status orders-0", r#"POST /bootstrap orders-0 {"mode":"initdb"}"#, "GET /status orders-0"]

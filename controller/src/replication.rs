@@ -542,11 +542,15 @@ async fn record(ctx: &Context, cluster: &DatabaseCluster, step: serde_json::Valu
     let namespace = cluster.namespace().unwrap_or_default();
     let api: Api<DatabaseCluster> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+    let precondition = step.pointer("/metadata/resourceVersion").and_then(serde_json::Value::as_str).map(str::to_owned);
     let written = api
         .patch_status(&name, &params, &Patch::Merge(step))
         .await
         .map_err(|e| Error::kube(format!("record the failover of DatabaseCluster {namespace}/{name}"), e))?;
     ctx.metrics.status_writes.inc();
+    if let Some(version) = precondition {
+        ctx.note_superseded(&kube::runtime::reflector::ObjectRef::from_obj(cluster), &version);
+    }
     Ok(written)
 }
 
