@@ -100,7 +100,8 @@ async fn reconcile_inner(app: &App, ctx: &Context) -> Result<Action, Error> {
         }
     };
     // The Ingress goes when spec.ingress does.
-    remove_unplanned(ctx, &owner, &stores.ingresses, &app_children::planned(&view)).await?;
+    let ingress = [view.name.clone()];
+    remove_unplanned(ctx, &owner, &stores.ingresses, &ingress, &app_children::planned(&view)).await?;
     write_status(app, ctx, Some(&deployment), Outcome::Reconciled).await?;
     Ok(resync)
 }

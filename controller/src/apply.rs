@@ -81,28 +81,30 @@ pub struct Child {
     pub name: String,
 }
 
-/// Deletes the children this cluster controls that the plan no longer
-/// lists (the PDB of a cluster scaled to one replica, the all-pods Service
-/// of stead 0.1). Only objects in our cache, labelled for this cluster and
-/// controlled by it are candidates; the delete is conditional on the uid, so
-/// a recreated object of the same name is never hit.
+/// Deletes the children this owner controls that the plan no longer lists
+/// (the PDB of a cluster scaled to one replica, the all-pods Service of
+/// stead 0.1). The candidates are the names stead ever gave a child of this
+/// kind, looked up in the cache by name: the cost is per owner, not per
+/// cached object. Only objects labelled for this owner and controlled by it
+/// are deleted, and the delete is conditional on the uid, so a recreated
+/// object of the same name is never hit.
 pub async fn remove_unplanned<K>(
     ctx: &Context,
     owner: &Owner<'_>,
     store: &Store<K>,
+    candidates: &[String],
     planned: &[(&str, String)],
 ) -> Result<(), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
     let kind = K::kind(&()).into_owned();
-    let orphans: Vec<Arc<K>> = store
-        .state()
-        .into_iter()
-        .filter(|o| o.meta().namespace.as_deref() == Some(owner.namespace))
+    let orphans: Vec<Arc<K>> = candidates
+        .iter()
+        .filter(|name| !planned.iter().any(|(k, n)| *k == kind && n == *name))
+        .filter_map(|name| store.get(&kube::runtime::reflector::ObjectRef::new(name).within(owner.namespace)))
         .filter(|o| o.labels().get("app.kubernetes.io/instance").map(String::as_str) == Some(owner.name))
         .filter(|o| is_controlled_by(o.meta(), owner))
-        .filter(|o| !planned.iter().any(|(k, n)| *k == kind && Some(n) == o.meta().name.as_ref()))
         .collect();
     for orphan in orphans {
         let name = orphan.name_any();

@@ -181,6 +181,16 @@ impl ChildKind {
     }
 }
 
+/// Every name a Service of the cluster `cluster` has had: the four of
+/// today, and the all-pods `<name>` Service of stead 0.1 (removed when found).
+pub fn service_names_ever(cluster: &str) -> Vec<String> {
+    let today =
+        [ChildKind::HeadlessService, ChildKind::PrimaryService, ChildKind::ReplicaService, ChildKind::AnyService];
+    let mut names: Vec<String> = today.iter().map(|kind| kind.name(cluster)).collect();
+    names.push(cluster.to_owned());
+    names
+}
+
 /// Suffix of the Service that reaches the primary (read-write).
 pub const PRIMARY_SUFFIX: &str = "-rw";
 /// Suffix of the Service that reaches the ready replicas (read-only).

@@ -347,8 +347,9 @@ async fn apply_children(
     };
     let planned: Vec<(&str, String)> = plan.iter().map(|c| (c.kind.kind(), c.kind.name(&view.name))).collect();
     let rest = async {
-        remove_unplanned(ctx, &owner, &stores.services, &planned).await?;
-        remove_unplanned(ctx, &owner, &stores.pdbs, &planned).await?;
+        remove_unplanned(ctx, &owner, &stores.services, &children::service_names_ever(&view.name), &planned).await?;
+        let pdb = [ChildKind::PodDisruptionBudget.name(&view.name)];
+        remove_unplanned(ctx, &owner, &stores.pdbs, &pdb, &planned).await?;
         expand_volumes(cluster, ctx, view).await
     };
     match rest.await {

@@ -764,6 +764,36 @@ async fn scaling_to_one_removes_the_pdb() {
     verify(server).await;
 }
 
+#[tokio::test]
+async fn the_all_pods_service_of_stead_0_1_is_removed_and_a_foreign_one_left_alone() {
+    let base = finalized(cluster(spec()));
+    let sts = live_sts(&base, 3);
+    let c = settled(base.clone(), Some(&sts));
+    // `orders`, as stead 0.1 made it: our labels and our controller reference.
+    let mut legacy = live_services(&base)[0].clone();
+    legacy.metadata.name = Some(NAME.into());
+    legacy.metadata.uid = Some("uid-legacy".into());
+    // The same, in another cluster's namespace, controlled by someone else: never a candidate.
+    let mut foreign = legacy.clone();
+    foreign.metadata.namespace = Some("elsewhere".into());
+    foreign.metadata.owner_references = None;
+    let mut services = live_services(&base);
+    services.extend([legacy, foreign]);
+    let (ctx, server) = context_with(|w| w.seed([sts.clone()], services, [live_pdb(&base)], []));
+    let server = server.expect(vec![
+        Call::new(
+            Method::DELETE,
+            format!("/api/v1/namespaces/{NS}/services/{NAME}?"),
+            |body| assert_eq!(body["preconditions"], json!({"uid": "uid-legacy"})),
+            Reply::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}})),
+        ),
+        event("Deleted", "Normal", |note| assert!(note.starts_with("deleted Service orders:"), "{note}")),
+    ]);
+    assert_eq!(reconcile(Arc::new(c), ctx.clone()).await.unwrap(), resync());
+    drop(ctx);
+    verify(server).await;
+}
+
 /// A settled 3-replica cluster of 10Gi volumes whose generation 2 asks for 20Gi:
 /// the stored cluster, its StatefulSet, and the grown cluster (status not yet set).
 fn grown_to_20gi() -> (DatabaseCluster, StatefulSet, DatabaseCluster) {
