@@ -175,11 +175,18 @@ where
     if let Some(foreign) = foreign(live.meta(), owner, child) {
         return Err(foreign);
     }
-    let live_json = serde_json::to_value(live.as_ref()).map_err(|source| Error::Serialize {
-        what: format!("the cached {} {}/{name}", child.kind, owner.namespace),
-        source,
-    })?;
-    if is_subset(&desired, &live_json) {
+    let holds = match crate::cached_template::holds(live.meta(), &desired) {
+        // Judged when this version reached the cache (a StatefulSet, kept without its template).
+        Some(holds) => holds,
+        None => {
+            let live_json = serde_json::to_value(live.as_ref()).map_err(|source| Error::Serialize {
+                what: format!("the cached {} {}/{name}", child.kind, owner.namespace),
+                source,
+            })?;
+            is_subset(&desired, &live_json)
+        }
+    };
+    if holds {
         return Ok((live, None));
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), owner.namespace);

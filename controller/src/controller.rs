@@ -195,17 +195,26 @@ fn app_informers(
 }
 
 impl Informers {
-    /// Watches DatabaseClusters and our children in `namespace` (or everywhere).
-    pub fn new(client: &Client, namespace: Option<&str>, writers: StoreWriters) -> Self {
+    /// Watches DatabaseClusters and our children in `namespace` (or everywhere);
+    /// `instance_image` is the controller's `--instance-image`, which the
+    /// StatefulSets it wants are built with (see [`crate::cached_template`]).
+    pub fn new(client: &Client, namespace: Option<&str>, writers: StoreWriters, instance_image: &str) -> Self {
         let children = watcher::Config::default().labels(&cluster_children_selector()).any_semantic();
         let cluster_writer = Writer::<DatabaseCluster>::default();
         let clusters = cluster_writer.as_reader();
+        // Says when the clusters are listed, for the StatefulSet watch below.
+        let (clusters_listed, mut listed) = watch::channel(false);
         let mut streams: SelectAll<RequestStream> = SelectAll::new();
         streams.push(
             reflector::reflector(
                 cluster_writer,
                 watcher(api::<DatabaseCluster>(client, namespace), watcher::Config::default().any_semantic())
-                    .modify(|cluster| slim_cluster(&mut cluster.metadata)),
+                    .modify(|cluster| slim_cluster(&mut cluster.metadata))
+                    .inspect(move |event| {
+                        if matches!(event, Ok(watcher::Event::InitDone)) {
+                            clusters_listed.send_replace(true);
+                        }
+                    }),
             )
             .default_backoff()
             .touched_objects()
@@ -216,7 +225,28 @@ impl Informers {
             .map(|r| r.map(|c| vec![ObjectRef::from_obj(&c)]))
             .boxed(),
         );
-        streams.push(owned(api::<StatefulSet>(client, namespace), &children, writers.stateful_sets));
+        // StatefulSets are judged against their cluster on arrival and cached
+        // without their pod template, so their watch starts once every
+        // cluster is cached.
+        let (sts_api, sts_config) = (api::<StatefulSet>(client, namespace), children.clone());
+        let (judge_against, instance_image) = (clusters.clone(), instance_image.to_owned());
+        let judge = move |sts: &mut StatefulSet| {
+            slim_child(&mut sts.metadata);
+            let cluster = owner_of(&sts.metadata).and_then(|owner| judge_against.get(&owner));
+            crate::cached_template::judge_and_slim(sts, cluster.as_deref(), &instance_image);
+        };
+        // Not `Store::wait_until_ready`: its future keeps one waker, and `run` waits on it too.
+        // (A sender gone before the list means the controller is stopping.)
+        let sts_events = stream::once(async move { listed.wait_for(|listed| *listed).await.is_ok() })
+            .filter(|listed| futures::future::ready(*listed))
+            .flat_map(move |_| watcher(sts_api.clone(), sts_config.clone()).modify(judge.clone()));
+        streams.push(
+            reflector::reflector(writers.stateful_sets, sts_events)
+                .default_backoff()
+                .touched_objects()
+                .map(|r| r.map(|child| owner_of(child.meta()).into_iter().collect()))
+                .boxed(),
+        );
         streams.push(owned(api::<Service>(client, namespace), &children, writers.services));
         streams.push(owned(api::<PodDisruptionBudget>(client, namespace), &children, writers.pdbs));
         streams.push(
@@ -659,7 +689,7 @@ mod tests {
             crate::fixtures::keys(),
             Arc::new(crate::fixtures::FakeInstances::default()),
         ));
-        let informers = Informers::new(&client, None, writers);
+        let informers = Informers::new(&client, None, writers, crate::children::DEFAULT_INSTANCE_IMAGE);
         let mut writes = serve_informers(handle);
         let (lease, leading) = watch::channel(false);
         let shutdown = tokio_util::sync::CancellationToken::new();

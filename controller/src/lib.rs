@@ -11,6 +11,7 @@ pub mod app_status;
 pub mod apply;
 pub mod backup_plan;
 pub mod backups;
+pub mod cached_template;
 pub mod children;
 pub mod cli;
 pub mod context;

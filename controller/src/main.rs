@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(keys),
         Arc::new(instances),
     ));
-    let informers = Informers::new(&client, cli.namespace.as_deref(), writers);
+    let informers = Informers::new(&client, cli.namespace.as_deref(), writers, &ctx.settings.instance_image);
 
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
