@@ -85,9 +85,9 @@ pub struct Child {
 /// (the PDB of a cluster scaled to one replica, the all-pods Service of
 /// stead 0.1). The candidates are the names stead ever gave a child of this
 /// kind, looked up in the cache by name: the cost is per owner, not per
-/// cached object. Only objects labelled for this owner and controlled by it
-/// are deleted, and the delete is conditional on the uid, so a recreated
-/// object of the same name is never hit.
+/// cached object. Only objects controlled by this owner (their controller
+/// reference carries its uid) are deleted, and the delete is conditional on
+/// the uid, so a recreated object of the same name is never hit.
 pub async fn remove_unplanned<K>(
     ctx: &Context,
     owner: &Owner<'_>,
@@ -103,7 +103,6 @@ where
         .iter()
         .filter(|name| !planned.iter().any(|(k, n)| *k == kind && n == *name))
         .filter_map(|name| store.get(&kube::runtime::reflector::ObjectRef::new(name).within(owner.namespace)))
-        .filter(|o| o.labels().get("app.kubernetes.io/instance").map(String::as_str) == Some(owner.name))
         .filter(|o| is_controlled_by(o.meta(), owner))
         .collect();
     for orphan in orphans {
@@ -175,7 +174,7 @@ where
     if let Some(foreign) = foreign(live.meta(), owner, child) {
         return Err(foreign);
     }
-    let holds = match crate::cached_template::holds(live.meta(), &desired) {
+    let holds = match crate::cached_children::holds(live.meta(), &desired) {
         // Judged when this version reached the cache (a StatefulSet, kept without its template).
         Some(holds) => holds,
         None => {

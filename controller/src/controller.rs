@@ -197,13 +197,13 @@ fn app_informers(
 impl Informers {
     /// Watches DatabaseClusters and our children in `namespace` (or everywhere);
     /// `instance_image` is the controller's `--instance-image`, which the
-    /// StatefulSets it wants are built with (see [`crate::cached_template`]).
+    /// StatefulSets it wants are built with (see [`crate::cached_children`]).
     pub fn new(client: &Client, namespace: Option<&str>, writers: StoreWriters, instance_image: &str) -> Self {
         let children = watcher::Config::default().labels(&cluster_children_selector()).any_semantic();
         let cluster_writer = Writer::<DatabaseCluster>::default();
         let clusters = cluster_writer.as_reader();
         // Says when the clusters are listed, for the StatefulSet watch below.
-        let (clusters_listed, mut listed) = watch::channel(false);
+        let (clusters_listed, listed) = watch::channel(false);
         let mut streams: SelectAll<RequestStream> = SelectAll::new();
         streams.push(
             reflector::reflector(
@@ -225,30 +225,34 @@ impl Informers {
             .map(|r| r.map(|c| vec![ObjectRef::from_obj(&c)]))
             .boxed(),
         );
-        // StatefulSets are judged against their cluster on arrival and cached
-        // without their pod template, so their watch starts once every
-        // cluster is cached.
-        let (sts_api, sts_config) = (api::<StatefulSet>(client, namespace), children.clone());
-        let (judge_against, instance_image) = (clusters.clone(), instance_image.to_owned());
-        let judge = move |sts: &mut StatefulSet| {
-            slim_child(&mut sts.metadata);
-            let cluster = owner_of(&sts.metadata).and_then(|owner| judge_against.get(&owner));
-            crate::cached_template::judge_and_slim(sts, cluster.as_deref(), &instance_image);
-        };
-        // Not `Store::wait_until_ready`: its future keeps one waker, and `run` waits on it too.
-        // (A sender gone before the list means the controller is stopping.)
-        let sts_events = stream::once(async move { listed.wait_for(|listed| *listed).await.is_ok() })
-            .filter(|listed| futures::future::ready(*listed))
-            .flat_map(move |_| watcher(sts_api.clone(), sts_config.clone()).modify(judge.clone()));
-        streams.push(
-            reflector::reflector(writers.stateful_sets, sts_events)
-                .default_backoff()
-                .touched_objects()
-                .map(|r| r.map(|child| owner_of(child.meta()).into_iter().collect()))
-                .boxed(),
-        );
-        streams.push(owned(api::<Service>(client, namespace), &children, writers.services));
-        streams.push(owned(api::<PodDisruptionBudget>(client, namespace), &children, writers.pdbs));
+        // The cluster's children are judged against it on arrival and cached
+        // without their bodies (see `cached_children`), so their watches
+        // start once every cluster is cached.
+        let instance_image = instance_image.to_owned();
+        streams.push(judged(
+            api::<StatefulSet>(client, namespace),
+            &children,
+            writers.stateful_sets,
+            &listed,
+            &clusters,
+            move |sts, cluster| crate::cached_children::judge_and_slim(sts, cluster, &instance_image),
+        ));
+        streams.push(judged(
+            api::<Service>(client, namespace),
+            &children,
+            writers.services,
+            &listed,
+            &clusters,
+            crate::cached_children::judge_and_slim_service,
+        ));
+        streams.push(judged(
+            api::<PodDisruptionBudget>(client, namespace),
+            &children,
+            writers.pdbs,
+            &listed,
+            &clusters,
+            crate::cached_children::judge_and_slim_pdb,
+        ));
         streams.push(
             reflector::reflector(
                 writers.claims,
@@ -299,11 +303,35 @@ impl Informers {
     }
 }
 
-fn owned<K>(api: Api<K>, config: &watcher::Config, writer: Writer<K>) -> RequestStream
+/// The watch of one kind of cluster child, started once the clusters are
+/// listed (`listed`); each arriving object is slimmed and then judged by
+/// `judge` against its cluster as cached (see [`crate::cached_children`]).
+///
+/// The start waits on a watch channel, not on `Store::wait_until_ready`:
+/// that future keeps a single waker, and `run` waits on it too.
+fn judged<K, F>(
+    api: Api<K>,
+    config: &watcher::Config,
+    writer: Writer<K>,
+    listed: &watch::Receiver<bool>,
+    clusters: &Store<DatabaseCluster>,
+    judge: F,
+) -> RequestStream
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    F: Fn(&mut K, Option<&DatabaseCluster>) + Clone + Send + 'static,
 {
-    reflector::reflector(writer, watcher(api, config.clone()).modify(|child| slim_child(child.meta_mut())))
+    let (config, clusters, mut listed) = (config.clone(), clusters.clone(), listed.clone());
+    let hook = move |object: &mut K| {
+        slim_child(object.meta_mut());
+        let cluster = owner_of(object.meta()).and_then(|owner| clusters.get(&owner));
+        judge(object, cluster.as_deref());
+    };
+    // A sender gone before the list means the controller is stopping.
+    let events = stream::once(async move { listed.wait_for(|listed| *listed).await.is_ok() })
+        .filter(|listed| futures::future::ready(*listed))
+        .flat_map(move |_| watcher(api.clone(), config.clone()).modify(hook.clone()));
+    reflector::reflector(writer, events)
         .default_backoff()
         .touched_objects()
         .map(|r| r.map(|child| owner_of(child.meta()).into_iter().collect()))

@@ -11,7 +11,7 @@ pub mod app_status;
 pub mod apply;
 pub mod backup_plan;
 pub mod backups;
-pub mod cached_template;
+pub mod cached_children;
 pub mod children;
 pub mod cli;
 pub mod context;

@@ -24,7 +24,10 @@
 //! p50 and p99; the controller's own requests (the audit log, filtered to its
 //! user) from the first create to the last convergence per cluster, and per
 //! steady resync per cluster; its peak RSS (VmHWM) and its CPU time
-//! (utime + stime) at the end. Figures only; nothing is asserted.
+//! (utime + stime) at the end; and the CPU time kube-apiserver and etcd used
+//! from the first create to the last convergence (the machine's other
+//! bound). Then the requests per new cluster by verb and resource. Figures
+//! only; nothing is asserted.
 //!
 //! Without a control plane it says so in one line and runs the controller
 //! crate's mock-API benchmark instead.
@@ -200,6 +203,8 @@ struct Row {
     creation_requests: u64,
     /// The same requests by `verb resource[/subresource]`.
     creation_breakdown: BTreeMap<String, u64>,
+    /// CPU seconds kube-apiserver and etcd used from the first create to the last convergence.
+    control_plane_cpu_seconds: f64,
     /// Controller requests in [`STEADY_PERIODS`] poll periods after convergence.
     steady_requests: u64,
     peak_rss_bytes: u64,
@@ -270,6 +275,7 @@ fn measure(
 
     let before = audit::read_counts(&audit_log, CONTROLLER_USER)?;
     let breakdown_before = audit::read_breakdown(&audit_log, CONTROLLER_USER)?;
+    let control_plane_before = control_plane_cpu(&control_plane)?;
     let first_create = Instant::now();
     let created = runtime.block_on(create_all(creators, &namespace, clusters))?;
     let last_created = first_create.elapsed();
@@ -295,6 +301,7 @@ fn measure(
     }
     let at_convergence = audit::read_counts(&audit_log, CONTROLLER_USER)?;
     let breakdown_at_convergence = audit::read_breakdown(&audit_log, CONTROLLER_USER)?;
+    let control_plane_cpu_seconds = control_plane_cpu(&control_plane)? - control_plane_before;
     watch.abort();
     let converged = lock(&tracked).converged.clone();
 
@@ -320,10 +327,16 @@ fn measure(
         timings,
         creation_requests: at_convergence.since(before).requests,
         creation_breakdown: breakdown_between(&breakdown_before, breakdown_at_convergence),
+        control_plane_cpu_seconds,
         steady_requests: requests_between(steady_start, steady_end),
         peak_rss_bytes,
         cpu_seconds,
     })
+}
+
+/// CPU seconds kube-apiserver and etcd have used so far, together.
+fn control_plane_cpu(control_plane: &ControlPlane) -> anyhow::Result<f64> {
+    Ok(control_plane.cpu_seconds()?.iter().map(|(_, seconds)| seconds).sum())
 }
 
 /// The requests of each kind made between two readings of the breakdown.
@@ -579,12 +592,13 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 const TABLE_HEADER: &str = "| N | creates (s) | total (s) | p50 (s) | p99 (s) | requests/new cluster | \
-                            requests/steady resync per cluster | peak RSS (MiB) | CPU (s) |\n\
-                            |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+                            requests/steady resync per cluster | peak RSS (MiB) | CPU (s) | \
+                            API server + etcd CPU (s) |\n\
+                            |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
 
 fn render_row(row: &Row) -> String {
     format!(
-        "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |",
+        "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
         row.clusters,
         row.timings.creates,
         row.timings.total,
@@ -594,6 +608,7 @@ fn render_row(row: &Row) -> String {
         row.requests_per_steady_resync(),
         row.peak_rss_bytes as f64 / (1024.0 * 1024.0),
         row.cpu_seconds,
+        row.control_plane_cpu_seconds,
     )
 }
 
@@ -767,14 +782,15 @@ mod tests {
             steady_requests: 0,
             peak_rss_bytes: 20 * 1024 * 1024,
             cpu_seconds: 1.5,
+            control_plane_cpu_seconds: 9.25,
         };
         let table = render_table(&[row.clone(), Row { steady_requests: 50, ..row.clone() }]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(lines[0].starts_with("| N | creates (s) | total (s) | p50 (s) | p99 (s) | requests/new cluster |"));
         assert_eq!(lines[0].matches('|').count(), lines[1].matches('|').count());
-        assert_eq!(lines[2], "| 100 | 1.23 | 5.50 | 2.00 | 4.32 | 11.50 | 0.00 | 20.0 | 1.50 |");
-        assert_eq!(lines[3], "| 100 | 1.23 | 5.50 | 2.00 | 4.32 | 11.50 | 0.25 | 20.0 | 1.50 |");
+        assert_eq!(lines[2], "| 100 | 1.23 | 5.50 | 2.00 | 4.32 | 11.50 | 0.00 | 20.0 | 1.50 | 9.25 |");
+        assert_eq!(lines[3], "| 100 | 1.23 | 5.50 | 2.00 | 4.32 | 11.50 | 0.25 | 20.0 | 1.50 | 9.25 |");
         assert_eq!(
             render_breakdown(&[row]),
             "Requests per new cluster, by verb and resource:\n\

@@ -213,6 +213,11 @@ fn run_scenarios(control_plane: &mut ControlPlane, stage: &mut Stage, binaries: 
     if let Ok(bytes) = ctx.controller.process().peak_rss_bytes() {
         ctx.figures.push(format!("stead-controller peak RSS {:.1} MiB", mib(bytes)));
     }
+    if let Ok(cpu) = control_plane.cpu_seconds() {
+        let parts: Vec<String> = cpu.iter().map(|(name, seconds)| format!("{name} {seconds:.1} s")).collect();
+        let controller = ctx.controller.process().cpu_seconds().map_or_else(|_| "?".to_owned(), |s| format!("{s:.1}"));
+        ctx.figures.push(format!("CPU over the run: {}, stead-controller {controller} s", parts.join(", ")));
+    }
     if let Ok(kubelet) = ctx.kubelet {
         for (process, bytes) in kubelet.instance_peaks() {
             ctx.figures.push(format!("stead-instance peak RSS (VmHWM) {:.1} MiB: {process}", mib(bytes)));

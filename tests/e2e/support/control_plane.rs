@@ -303,6 +303,11 @@ impl ControlPlane {
         self.controller_manager
     }
 
+    /// CPU seconds each control plane process has used so far, by name.
+    pub fn cpu_seconds(&self) -> anyhow::Result<Vec<(String, f64)>> {
+        self.processes.iter().map(|process| Ok((process.name().to_owned(), process.cpu_seconds()?))).collect()
+    }
+
     /// Fails when a control plane process has died.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         self.processes.iter_mut().try_for_each(ManagedProcess::ensure_running)
