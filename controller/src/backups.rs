@@ -84,10 +84,11 @@ pub struct BackupReport {
 fn backups_of(ctx: &Context, view: &ClusterView) -> Vec<Arc<DatabaseBackup>> {
     let mut backups: Vec<Arc<DatabaseBackup>> = ctx
         .stores
-        .backups
-        .state()
-        .into_iter()
-        .filter(|b| b.namespace().as_deref() == Some(view.namespace.as_str()) && b.spec.cluster == view.name)
+        .backup_index
+        .names(&view.namespace, &view.name)
+        .iter()
+        .filter_map(|name| ctx.stores.backups.get(&ObjectRef::new(name).within(&view.namespace)))
+        .filter(|b| b.spec.cluster == view.name)
         .collect();
     backups.sort_by(|a, b| {
         a.metadata

@@ -17,6 +17,7 @@ use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
 use stead_crds::backup::DatabaseBackup;
 
+use crate::backup_index::BackupIndex;
 use crate::cli::Settings;
 use crate::instances::InstanceApi;
 use crate::keys::ControllerKeys;
@@ -41,6 +42,8 @@ pub struct Stores {
     pub pods: Store<Pod>,
     /// Every DatabaseBackup: the scheduler, retention and the backups under way.
     pub backups: Store<DatabaseBackup>,
+    /// The names of each cluster's backups, for looking them up in `backups`.
+    pub backup_index: BackupIndex,
     /// The children of Apps: Deployments, Services, Ingresses.
     pub deployments: Store<Deployment>,
     pub app_services: Store<Service>,
@@ -55,6 +58,7 @@ pub struct StoreWriters {
     pub claims: Writer<PersistentVolumeClaim>,
     pub pods: Writer<Pod>,
     pub backups: Writer<DatabaseBackup>,
+    pub backup_index: BackupIndex,
     pub deployments: Writer<Deployment>,
     pub app_services: Writer<Service>,
     pub ingresses: Writer<Ingress>,
@@ -69,6 +73,7 @@ pub fn stores() -> (Stores, StoreWriters) {
         claims: Writer::default(),
         pods: Writer::default(),
         backups: Writer::default(),
+        backup_index: BackupIndex::default(),
         deployments: Writer::default(),
         app_services: Writer::default(),
         ingresses: Writer::default(),
@@ -80,6 +85,7 @@ pub fn stores() -> (Stores, StoreWriters) {
         claims: writers.claims.as_reader(),
         pods: writers.pods.as_reader(),
         backups: writers.backups.as_reader(),
+        backup_index: writers.backup_index.clone(),
         deployments: writers.deployments.as_reader(),
         app_services: writers.app_services.as_reader(),
         ingresses: writers.ingresses.as_reader(),
@@ -116,7 +122,7 @@ impl StoreWriters {
         seed(&mut self.pdbs, pdbs);
         seed(&mut self.claims, claims);
         seed(&mut self.pods, std::iter::empty());
-        seed(&mut self.backups, std::iter::empty());
+        self.seed_backups(std::iter::empty());
         seed(&mut self.deployments, std::iter::empty());
         seed(&mut self.app_services, std::iter::empty());
         seed(&mut self.ingresses, std::iter::empty());
@@ -136,6 +142,12 @@ impl StoreWriters {
 
     /// Puts DatabaseBackups into their cache, as a finished initial list would.
     pub fn seed_backups(&mut self, backups: impl IntoIterator<Item = DatabaseBackup>) {
+        let backups: Vec<DatabaseBackup> = backups.into_iter().collect();
+        self.backup_index.apply(&watcher::Event::Init);
+        for backup in &backups {
+            self.backup_index.apply(&watcher::Event::InitApply(backup.clone()));
+        }
+        self.backup_index.apply(&watcher::Event::InitDone);
         seed(&mut self.backups, backups);
     }
 

@@ -282,11 +282,18 @@ impl Informers {
         );
         // DatabaseBackups: the cluster they name is reconciled, which drives
         // them (one at a time), schedules new ones and applies retention.
+        // The index by cluster follows the same events as the cache.
+        let index = writers.backup_index.clone();
         streams.push(
             reflector::reflector(
                 writers.backups,
                 watcher(api::<DatabaseBackup>(client, namespace), watcher::Config::default().any_semantic())
-                    .modify(|backup| slim_cluster(&mut backup.metadata)),
+                    .modify(|backup| slim_cluster(&mut backup.metadata))
+                    .inspect(move |event| {
+                        if let Ok(event) = event {
+                            index.apply(event);
+                        }
+                    }),
             )
             .default_backoff()
             .touched_objects()

@@ -9,6 +9,7 @@ pub mod app_children;
 pub mod app_reconciler;
 pub mod app_status;
 pub mod apply;
+pub mod backup_index;
 pub mod backup_plan;
 pub mod backups;
 pub mod cached_children;
