@@ -10,7 +10,6 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store::{Writer, WriterDropped};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -187,7 +186,8 @@ impl Health {
 /// Everything a reconcile needs, built once.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Publishes events (create-only; see [`crate::events`]).
+    pub recorder: crate::events::Publisher,
     pub metrics: Metrics,
     pub registry: Registry,
     pub settings: Settings,
@@ -222,7 +222,7 @@ impl Context {
         keys: Arc<ControllerKeys>,
         instances: Arc<dyn InstanceApi>,
     ) -> Self {
-        let recorder = Recorder::new(client.clone(), Reporter { controller: REPORTER.to_owned(), instance });
+        let recorder = crate::events::Publisher::new(client.clone(), REPORTER, instance);
         let metrics = Metrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);

@@ -20,6 +20,7 @@ pub mod controller;
 pub mod credentials;
 pub mod diff;
 pub mod error;
+pub mod events;
 pub mod failover;
 pub mod http;
 pub mod instances;

@@ -669,7 +669,7 @@ fn controller_permissions() -> BTreeSet<(String, String, String)> {
         ("", "pods", &["list", "watch", "patch", "delete"]),
         ("policy", "poddisruptionbudgets", &["list", "watch", "create", "patch", "delete"]),
         ("", "persistentvolumeclaims", &["list", "watch", "patch", "delete", "create"]),
-        ("events.k8s.io", "events", &["create", "patch"]),
+        ("events.k8s.io", "events", &["create"]),
         ("", "secrets", &["create"]),
     ];
     grants
