@@ -23,8 +23,8 @@
 //! the first create to the last convergence; per-object create → converged
 //! p50 and p99; the controller's own requests (the audit log, filtered to its
 //! user) from the first create to the last convergence per cluster, and per
-//! steady resync per cluster; its peak RSS (VmHWM) and its CPU time
-//! (utime + stime) at the end; and the CPU time kube-apiserver and etcd used
+//! steady resync per cluster; its peak RSS (VmHWM), its RSS at the end split
+//! into anonymous and file-backed pages, and its CPU time (utime + stime); and the CPU time kube-apiserver and etcd used
 //! from the first create to the last convergence (the machine's other
 //! bound). Then the requests per new cluster by verb and resource. Figures
 //! only; nothing is asserted.
@@ -208,6 +208,9 @@ struct Row {
     /// Controller requests in [`STEADY_PERIODS`] poll periods after convergence.
     steady_requests: u64,
     peak_rss_bytes: u64,
+    /// Resident at the end: anonymous (heap, stacks) and file-backed (the mapped binary).
+    anon_rss_bytes: u64,
+    file_rss_bytes: u64,
     cpu_seconds: f64,
 }
 
@@ -313,6 +316,7 @@ fn measure(
     controller.ensure_running()?;
     let steady_end = audit::read_counts(&audit_log, CONTROLLER_USER)?;
     let peak_rss_bytes = controller.process().peak_rss_bytes()?;
+    let (anon_rss_bytes, file_rss_bytes) = controller.process().rss_split_bytes()?;
     let cpu_seconds = controller.process().cpu_seconds()?;
     controller.stop()?;
     drop(runtime);
@@ -330,6 +334,8 @@ fn measure(
         control_plane_cpu_seconds,
         steady_requests: requests_between(steady_start, steady_end),
         peak_rss_bytes,
+        anon_rss_bytes,
+        file_rss_bytes,
         cpu_seconds,
     })
 }
@@ -592,13 +598,13 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 const TABLE_HEADER: &str = "| N | creates (s) | total (s) | p50 (s) | p99 (s) | requests/new cluster | \
-                            requests/steady resync per cluster | peak RSS (MiB) | CPU (s) | \
-                            API server + etcd CPU (s) |\n\
-                            |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+                            requests/steady resync per cluster | peak RSS (MiB) | RSS at the end, \
+                            anonymous + file (MiB) | CPU (s) | API server + etcd CPU (s) |\n\
+                            |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
 
 fn render_row(row: &Row) -> String {
     format!(
-        "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
+        "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} + {:.1} | {:.2} | {:.2} |",
         row.clusters,
         row.timings.creates,
         row.timings.total,
@@ -607,6 +613,8 @@ fn render_row(row: &Row) -> String {
         row.requests_per_new_cluster(),
         row.requests_per_steady_resync(),
         row.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+        row.anon_rss_bytes as f64 / (1024.0 * 1024.0),
+        row.file_rss_bytes as f64 / (1024.0 * 1024.0),
         row.cpu_seconds,
         row.control_plane_cpu_seconds,
     )
@@ -781,6 +789,8 @@ mod tests {
             .into(),
             steady_requests: 0,
             peak_rss_bytes: 20 * 1024 * 1024,
+            anon_rss_bytes: 6 * 1024 * 1024,
+            file_rss_bytes: 14 * 1024 * 1024,
             cpu_seconds: 1.5,
             control_plane_cpu_seconds: 9.25,
         };
@@ -789,8 +799,8 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert!(lines[0].starts_with("| N | creates (s) | total (s) | p50 (s) | p99 (s) | requests/new cluster |"));
         assert_eq!(lines[0].matches('|').count(), lines[1].matches('|').count());
-        assert_eq!(lines[2], "| 100 | 1.23 | 5.50 | 2.00 | 4.32 | 11.50 | 0.00 | 20.0 | 1.50 | 9.25 |");
-        assert_eq!(lines[3], "| 100 | 1.23 | 5.50 | 2.00 | 4.32 | 11.50 | 0.25 | 20.0 | 1.50 | 9.25 |");
+        assert_eq!(lines[2], "| 100 | 1.23 | 5.50 | 2.00 | 4.32 | 11.50 | 0.00 | 20.0 | 6.0 + 14.0 | 1.50 | 9.25 |");
+        assert_eq!(lines[3], "| 100 | 1.23 | 5.50 | 2.00 | 4.32 | 11.50 | 0.25 | 20.0 | 6.0 + 14.0 | 1.50 | 9.25 |");
         assert_eq!(
             render_breakdown(&[row]),
             "Requests per new cluster, by verb and resource:\n\

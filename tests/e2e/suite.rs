@@ -211,7 +211,11 @@ fn run_scenarios(control_plane: &mut ControlPlane, stage: &mut Stage, binaries: 
         }
     }
     if let Ok(bytes) = ctx.controller.process().peak_rss_bytes() {
-        ctx.figures.push(format!("stead-controller peak RSS {:.1} MiB", mib(bytes)));
+        let split = ctx.controller.process().rss_split_bytes().map_or_else(
+            |_| String::new(),
+            |(anon, file)| format!(" (at the end {:.1} MiB anonymous, {:.1} MiB file-backed)", mib(anon), mib(file)),
+        );
+        ctx.figures.push(format!("stead-controller peak RSS {:.1} MiB{split}", mib(bytes)));
     }
     if let Ok(cpu) = control_plane.cpu_seconds() {
         let parts: Vec<String> = cpu.iter().map(|(name, seconds)| format!("{name} {seconds:.1} s")).collect();

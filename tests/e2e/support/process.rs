@@ -133,6 +133,15 @@ impl ManagedProcess {
         vm_hwm_bytes(&status).with_context(|| format!("{path} has no VmHWM line"))
     }
 
+    /// Resident memory now, anonymous (heap, stacks) and file-backed (the
+    /// mapped binary and libraries), in bytes, while the process still runs.
+    pub fn rss_split_bytes(&self) -> anyhow::Result<(u64, u64)> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = fs::read_to_string(&path).with_context(|| format!("reading {path} of {}", self.name))?;
+        let field = |name: &str| status_bytes(&status, name).with_context(|| format!("{path} has no {name} line"));
+        Ok((field("RssAnon:")?, field("RssFile:")?))
+    }
+
     /// CPU time used so far, user plus system, of all its threads, in seconds
     /// (`utime` + `stime` of `/proc/<pid>/stat`), while the process still runs.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
@@ -229,7 +238,12 @@ pub fn tail(text: &str, lines: usize) -> String {
 
 /// `VmHWM` (peak resident set size) from `/proc/<pid>/status`, in bytes.
 pub fn vm_hwm_bytes(proc_status: &str) -> Option<u64> {
-    let line = proc_status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?;
+    status_bytes(proc_status, "VmHWM:")
+}
+
+/// A `kB` line of `/proc/<pid>/status` (`field` with its colon), in bytes.
+pub fn status_bytes(proc_status: &str, field: &str) -> Option<u64> {
+    let line = proc_status.lines().find_map(|line| line.strip_prefix(field))?;
     let mut parts = line.split_whitespace();
     let value: u64 = parts.next()?.parse().ok()?;
     match parts.next() {
@@ -280,6 +294,9 @@ mod tests {
         assert_eq!(vm_hwm_bytes(status), Some(20480 * 1024));
         assert_eq!(vm_hwm_bytes("VmRSS:\t 1 kB\n"), None);
         assert_eq!(vm_hwm_bytes("VmHWM:\t 1 MB\n"), None);
+        let split = "RssAnon:\t    2556 kB\nRssFile:\t   15428 kB\n";
+        assert_eq!(status_bytes(split, "RssAnon:"), Some(2556 * 1024));
+        assert_eq!(status_bytes(split, "RssFile:"), Some(15428 * 1024));
     }
 
     #[test]
