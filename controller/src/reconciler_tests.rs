@@ -57,6 +57,23 @@ async fn first_reconcile_adds_the_finalizer_only() {
     verify(server).await;
 }
 
+/// The creates of a new cluster's first reconcile: the Secret, the Services
+/// and the PDB together (sent in this order); nothing is cached yet, so every
+/// child is created with a POST of exactly its apply body, which can never
+/// change an object that exists already. The StatefulSet after them: its pods
+/// read the password from the Secret.
+fn creates_of_a_new_cluster(view: &ClusterView) -> Vec<Call> {
+    vec![
+        create_secret(Reply::Echo),
+        create(service_create_uri(), children::service(view, ChildKind::HeadlessService)),
+        create(service_create_uri(), children::service(view, ChildKind::PrimaryService)),
+        create(service_create_uri(), children::service(view, ChildKind::ReplicaService)),
+        create(service_create_uri(), children::service(view, ChildKind::AnyService)),
+        create(pdb_create_uri(), children::pod_disruption_budget(view)),
+        create(sts_create_uri(), children::stateful_set(view, None).unwrap()),
+    ]
+}
+
 #[tokio::test]
 async fn first_apply_creates_every_child_then_writes_status() {
     let c = finalized(cluster(spec()));
@@ -83,18 +100,8 @@ async fn first_apply_creates_every_child_then_writes_status() {
         assert_eq!(status["conditions"][0]["lastTransitionTime"], "2023-11-14T22:13:20Z");
         assert_eq!(status["credentialsSecret"], SECRET);
     };
-    let server = server.expect(vec![
-        // The Secret, the Services and the PDB together (sent in this order);
-        // nothing is cached yet, so every child is created with a POST of exactly
-        // its apply body, which can never change an object that exists already.
-        create_secret(Reply::Echo),
-        create(service_create_uri(), children::service(&view, ChildKind::HeadlessService)),
-        create(service_create_uri(), children::service(&view, ChildKind::PrimaryService)),
-        create(service_create_uri(), children::service(&view, ChildKind::ReplicaService)),
-        create(service_create_uri(), children::service(&view, ChildKind::AnyService)),
-        create(pdb_create_uri(), children::pod_disruption_budget(&view)),
-        // The StatefulSet after them: its pods read the password from the Secret.
-        create(sts_create_uri(), children::stateful_set(&view, None).unwrap()),
+    let mut calls = creates_of_a_new_cluster(&view);
+    calls.extend([
         // One event for all of it, not one per child.
         event("Created", "Normal", |note| {
             assert_eq!(
@@ -106,6 +113,7 @@ async fn first_apply_creates_every_child_then_writes_status() {
         }),
         status_patch(&c, status_check),
     ]);
+    let server = server.expect(calls);
     let action = reconcile(Arc::new(c), ctx.clone()).await.unwrap();
     assert_eq!(action, resync());
     assert_eq!(
@@ -125,17 +133,9 @@ async fn a_copy_older_than_our_status_write_is_not_judged_again() {
     let c = finalized(cluster(spec()));
     let view = ClusterView::new(&c).unwrap();
     let (ctx, server) = context();
-    let server = server.expect(vec![
-        create_secret(Reply::Echo),
-        create(service_create_uri(), children::service(&view, ChildKind::HeadlessService)),
-        create(service_create_uri(), children::service(&view, ChildKind::PrimaryService)),
-        create(service_create_uri(), children::service(&view, ChildKind::ReplicaService)),
-        create(service_create_uri(), children::service(&view, ChildKind::AnyService)),
-        create(pdb_create_uri(), children::pod_disruption_budget(&view)),
-        create(sts_create_uri(), children::stateful_set(&view, None).unwrap()),
-        event("Created", "Normal", |_| {}),
-        status_patch(&c, |_| {}),
-    ]);
+    let mut calls = creates_of_a_new_cluster(&view);
+    calls.extend([event("Created", "Normal", |_| {}), status_patch(&c, |_| {})]);
+    let server = server.expect(calls);
     assert_eq!(reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap(), resync());
     // The same copy again: no call, looked at again in a moment.
     let again = reconcile(Arc::new(c.clone()), ctx.clone()).await.unwrap();
