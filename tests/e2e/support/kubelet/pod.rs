@@ -201,6 +201,9 @@ impl Worker {
                 self.say(&format!("being deleted; stopping its containers within {}s", grace.as_secs()));
                 self.terminate(grace).await;
                 self.publish().await;
+                // Torn down before the API object goes, as a kubelet does: whoever
+                // sees the pod gone must not find it running still.
+                self.cleanup();
                 self.delete().await;
                 break;
             }
